@@ -1,0 +1,1 @@
+"""Mask R-CNN (FPN + ResNet) on Keras 3, compatible with matterport's mrcnn API and weights."""

@@ -1,0 +1,1 @@
+"""Concrete pipelines wired from vidseg parts and a model."""
