@@ -1,0 +1,17 @@
+"""Where rendered frames go."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class FrameSink(Protocol):
+    """write() takes a uint8 RGB [H, W, 3] frame and its pts in seconds; close() finalises
+    (an MP4 sink flushes the encoder and writes the index, so the file plays).
+    A window sink's write() returns False when the user asked to quit (q, Esc, closed window);
+    other sinks return True."""
+
+    def write(self, image: np.ndarray, pts: float) -> bool: ...
+
+    def close(self) -> None: ...
