@@ -1,0 +1,94 @@
+"""RtspSource against a real RTSP server on 127.0.0.1."""
+import socket
+import time
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from vidseg.sources.reconnect import SourceLost, SourceUnavailable
+from vidseg.sources.rtsp import RtspSource
+
+pytestmark = pytest.mark.rtsp
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_reads_live_frames_on_the_capture_clock(rtsp_server, transport):
+    source = RtspSource(rtsp_server.url("live"), transport=transport, read_timeout=3)
+    try:
+        assert (source.width, source.height, source.live) == (320, 240, True)
+        assert source.fps == pytest.approx(30, abs=1)
+        frames = list(islice(source.frames(), 45))
+    finally:
+        source.close()
+    assert all(f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert all(f.image.flags.c_contiguous for f in frames)
+    pts = np.array([f.pts for f in frames])
+    assert pts[0] == 0 and np.all(np.diff(pts) > 0)
+    # pts follow the capture clock: 44 intervals of a 30 fps stream take about 1.5 s
+    assert 1.0 < pts[-1] < 3.0
+    assert [f.pts for f in frames] == pytest.approx([f.capture_time - frames[0].capture_time for f in frames])
+    assert frames[-1].image.std() > 0  # a picture, not a blank buffer
+
+
+def test_file_stream_ends(rtsp_server):
+    source = RtspSource(rtsp_server.url("file"), read_timeout=3)
+    try:
+        frames = list(source.frames())
+    finally:
+        source.close()
+    assert 60 <= len(frames) <= 90  # a 3 s clip at 30 fps; the server may skip its first GOP
+
+
+def test_stalled_server_raises_within_the_read_timeout(rtsp_server):
+    source = RtspSource(rtsp_server.url("live"), read_timeout=1.5)
+    frames = source.frames()
+    next(frames)
+    rtsp_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SourceLost, match="no frame for 1.5 s"):
+            for _ in frames:
+                pass
+        assert time.monotonic() - started < 1.5 + 1.0
+    finally:
+        rtsp_server.resume()
+        source.close()
+
+
+def test_stalled_server_at_open_times_out(rtsp_server):
+    rtsp_server.pause()  # the kernel still accepts the TCP connection; RTSP never answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(SourceLost, match="cannot open"):
+            RtspSource(rtsp_server.url("live"), open_timeout=1.5, read_timeout=1.5)
+        assert time.monotonic() - started < 1.5 * 2 + 1.0
+    finally:
+        rtsp_server.resume()
+
+
+def test_nothing_listening_is_a_lost_source():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SourceLost, match=f"cannot open rtsp://u:\\*\\*\\*@127.0.0.1:{port}/live"):
+        RtspSource(f"rtsp://u:topsecret@127.0.0.1:{port}/live", open_timeout=2)
+
+
+def test_wrong_password_is_permanent_and_masked(make_rtsp_server):
+    server = make_rtsp_server(auth="alice:s3cret")
+    with pytest.raises(SourceUnavailable) as error:
+        RtspSource(server.url("live", credentials="alice:wrongpass"))
+    assert "wrongpass" not in str(error.value) and "alice:***@" in str(error.value)
+    assert "401" in str(error.value)
+    source = RtspSource(server.url("live"))
+    try:
+        assert source.name == f"rtsp://alice:***@127.0.0.1:{server.port}/live"
+        assert next(source.frames()).image.shape == (240, 320, 3)
+    finally:
+        source.close()
+
+
+def test_unknown_mount_is_permanent(rtsp_server):
+    with pytest.raises(SourceUnavailable, match="cannot open"):
+        RtspSource(rtsp_server.url("nosuchpath"))

@@ -1,0 +1,150 @@
+"""Keep a live source going: reopen it with exponential backoff when it ends, fails or stalls.
+
+Live sources (camera.py, rtsp.py) raise `SourceLost` when reopening may help (stream ended,
+read timed out, connection refused) and `SourceUnavailable` when it cannot (wrong password,
+no such stream or device). `Reconnecting` wraps the function that opens one, so the rest of
+the pipeline never sees an outage: frames simply stop for a while, and their pts (seconds on
+the capture clock since the first frame) keep counting, so an MP4 plays across the gap.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from fractions import Fraction
+from typing import Callable, Iterator, Optional
+
+import cv2
+
+from vidseg.secrets import mask
+from vidseg.sources.base import FrameSource, SourceFrame
+
+
+class SourceLost(Exception):
+    """The source ended, failed or stalled; opening it again may bring it back."""
+
+
+class SourceUnavailable(Exception):
+    """The source cannot be used and retrying will not change that (the message says why)."""
+
+
+def backoff_delays(first: float = 1.0, longest: float = 30.0) -> Iterator[float]:
+    """1, 2, 4, 8, 16, 30, 30, ... seconds."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, longest)
+
+
+def _to_stderr(message: str) -> None:
+    print(f"vidseg: {message}", file=sys.stderr, flush=True)
+
+
+class Reconnecting:
+    """A FrameSource that reopens `open_source()` after every outage.
+
+    open_source: returns an open live FrameSource, raises SourceLost or SourceUnavailable.
+    name: the source as the user wrote it (masked before it is shown).
+    max_retries: reopen attempts per outage before giving up with SourceUnavailable
+        (None = never give up). The first open is retried the same way.
+    report: called with one line when an outage starts and one when it ends.
+    reconnects: outages survived so far (for the run's stats).
+    """
+
+    live = True
+    frame_count = None
+
+    def __init__(self, open_source: Callable[[], FrameSource], name: str,
+                 max_retries: Optional[int] = None, first_delay: float = 1.0,
+                 longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr):
+        self.name = mask(name)
+        self.reconnects = 0
+        self._open_source = open_source
+        self._max_retries = max_retries
+        self._delays = (first_delay, longest_delay)
+        self._report = report
+        self._closed = threading.Event()
+        self._origin: Optional[float] = None
+        try:
+            self._source = open_source()
+        except SourceLost as error:
+            started = time.monotonic()
+            self._report(f"{mask(error)}; retrying")
+            self._source = self._open_with_retries(str(error))
+            if self._source is None:
+                raise SourceUnavailable(f"{self.name}: closed before it opened") from None
+            self._report(f"{self.name}: connected after {time.monotonic() - started:.1f} s")
+        self.width, self.height = self._source.width, self._source.height
+        self.fps = self._source.fps
+        self.time_base: Fraction = self._source.time_base
+
+    def _open_with_retries(self, cause: str) -> Optional[FrameSource]:
+        """Waits 1, 2, 4, ... s before each attempt; None if close() was called meanwhile.
+
+        cause: why the source is down, quoted if we give up."""
+        for attempt, delay in enumerate(backoff_delays(*self._delays), start=1):
+            if self._max_retries is not None and attempt > self._max_retries:
+                raise SourceUnavailable(f"{mask(cause)}; gave up after {self._max_retries} retries")
+            if self._closed.wait(delay):
+                return None
+            try:
+                return self._open_source()
+            except SourceLost as error:
+                cause = str(error)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        """Yields frames until close(); an outage only pauses the flow.
+
+        image uint8 RGB [height, width, 3] (resized if the source came back at another size);
+        pts seconds on the capture clock since the first frame; capture_time time.monotonic()."""
+        frames = self._source.frames()
+        while frames is not None and not self._closed.is_set():
+            try:
+                for frame in frames:
+                    yield self._stamp(frame)
+                cause = f"{self.name}: stream ended"
+            except SourceLost as error:
+                cause = str(error)
+            self._source.close()
+            if self._closed.is_set():
+                return
+            frames = yield from self._outage(mask(cause))
+
+    def _outage(self, cause: str):
+        """Reports the outage, reopens the source until a frame arrives, yields that frame and
+        returns the reopened source's frame iterator (None if close() was called)."""
+        started = time.monotonic()
+        self._report(f"{cause}; reconnecting")
+        while True:
+            self._source = self._open_with_retries(cause)
+            if self._source is None:
+                return None
+            frames = self._source.frames()
+            try:
+                first = next(frames)
+                break
+            except StopIteration:
+                cause = f"{self.name}: stream ended"
+            except SourceLost as error:
+                cause = mask(error)
+            self._source.close()
+        self.reconnects += 1
+        self._report(f"{self.name}: reconnected after {time.monotonic() - started:.1f} s")
+        yield self._stamp(first)
+        return frames
+
+    def _stamp(self, frame: SourceFrame) -> SourceFrame:
+        """Re-times a frame on this source's clock and keeps its size constant."""
+        if self._origin is None:
+            self._origin = frame.capture_time
+        image = frame.image
+        if image.shape[:2] != (self.height, self.width):
+            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return SourceFrame(image, frame.capture_time - self._origin, frame.capture_time)
+
+    def close(self) -> None:
+        """Ends frames() at its next frame or retry wait (safe from a signal handler), and
+        releases the current source."""
+        self._closed.set()
+        if self._source is not None:
+            self._source.close()
