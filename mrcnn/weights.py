@@ -1,0 +1,136 @@
+"""Weights I/O in the Keras 2 HDF5 layout of matterport's `mask_rcnn_coco.h5`.
+
+Layout: root attr `layer_names` (every layer, weightless ones too); one group per layer
+with attr `weight_names`; dataset `<layer>/<weight_name>`. Inside a TimeDistributed
+wrapper the weights carry the wrapper's name (`mrcnn_mask/kernel:0`); the nested
+`rpn_model` group holds the six weights of its three convs. Matching is by layer name
+and then by position inside the layer, in Keras 2 order (kernel, bias; gamma, beta,
+moving_mean, moving_variance) — independent of which layers are frozen.
+Our own checkpoints are written in the same layout, so one loader serves both.
+"""
+import os
+
+import h5py
+import keras
+import numpy as np
+
+_ORDER = ["kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"]
+CLASS_SPECIFIC_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be loaded into this model; the message says why and what to do."""
+
+
+def _leaf_weights(layer, prefix):
+    """[(keras2_name, variable)] of one non-wrapper layer, in Keras 2 order."""
+    named = [(a, getattr(layer, a, None)) for a in _ORDER]
+    named = [(a, v) for a, v in named if isinstance(v, keras.Variable)]
+    if len(named) != len(layer.weights):
+        named = [(v.name, v) for v in layer.weights]
+    return [(f"{prefix}/{a}:0", v) for a, v in named]
+
+
+def layer_weights(layer):
+    """[(keras2_name, variable)] of a top-level layer: unwraps TimeDistributed (weights
+    named after the wrapper) and nested models (weights of their layers, in order)."""
+    if isinstance(layer, keras.Model):
+        return [w for sub in layer.layers for w in layer_weights(sub)]
+    if isinstance(layer, keras.layers.TimeDistributed):
+        return _leaf_weights(layer.layer, layer.name)
+    return _leaf_weights(layer, layer.name)
+
+
+def weighted_layers(model):
+    """{name: [(keras2_name, variable)]} for the model's top-level layers that have weights,
+    in model.layers order."""
+    return {layer.name: layer_weights(layer) for layer in model.layers if layer.weights}
+
+
+def manifest(model):
+    """The model's weights as SPEC manifests list them:
+    [{"layer": name, "weights": [[keras2_name, shape], ...]}] in model.layers order."""
+    return [{"layer": name, "weights": [[w, list(v.shape)] for w, v in ws]}
+            for name, ws in weighted_layers(model).items()]
+
+
+def _open_layers(f, path):
+    """The group holding `layer_names` (handles a `model_weights` wrapper) and the names."""
+    if "layer_names" not in f.attrs and "model_weights" in f:
+        f = f["model_weights"]
+    if "layer_names" not in f.attrs:
+        raise WeightsError(f"{path} is not a Keras 2 weights file (no 'layer_names'); "
+                           "use matterport's .h5 or a checkpoint written by vidseg")
+    return f, [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+
+
+def load_weights(model, path, exclude=None, require_all=False):
+    """Assign the weights stored in `path` to the model's layers of the same name.
+
+    exclude: layer names to skip. require_all: every weighted model layer (not excluded)
+    must be in the file. Nothing is assigned unless every tensor fits.
+    Returns the names of the layers that were loaded.
+    Raises WeightsError (missing/unreadable file, not a weights file, missing layers,
+    weight count or shape mismatch: names the layer, the expected and the found shape).
+    """
+    path = os.fspath(path)
+    exclude = set(exclude or [])
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise WeightsError(f"{path} is not an HDF5 weights file") from None
+    with f:
+        group, file_names = _open_layers(f, path)
+        targets = {n: ws for n, ws in weighted_layers(model).items() if n not in exclude}
+        if require_all:
+            missing = [n for n in targets if n not in set(file_names)]
+            if missing:
+                raise WeightsError(
+                    f"{path} has no weights for {len(missing)} layer(s) of this model "
+                    f"(e.g. {', '.join(missing[:3])}); load with by_name=True to keep their initial values")
+        assignments, loaded = [], []
+        for name in file_names:
+            if name not in targets:
+                continue
+            g = group[name]
+            weight_names = [w.decode("utf8") if isinstance(w, bytes) else str(w)
+                            for w in g.attrs.get("weight_names", [])]
+            variables = targets[name]
+            if len(weight_names) != len(variables):
+                raise WeightsError(f"layer '{name}': {path} holds {len(weight_names)} weights, "
+                                   f"the model has {len(variables)}; pass exclude=['{name}'] to skip it")
+            for wname, (_, var) in zip(weight_names, variables):
+                value = g[wname]
+                if tuple(value.shape) != tuple(var.shape):
+                    raise WeightsError(
+                        f"layer '{name}' ({wname}): the model expects shape {tuple(var.shape)}, "
+                        f"{path} has {tuple(value.shape)}. Set NUM_CLASSES/BACKBONE to match the file, "
+                        f"or pass exclude=['{name}'] (a new class count: exclude={CLASS_SPECIFIC_LAYERS})")
+                assignments.append((var, value[()]))
+            loaded.append(name)
+    for var, value in assignments:
+        var.assign(np.asarray(value, dtype=var.dtype))
+    return loaded
+
+
+def save_weights(model, path):
+    """Write every layer's weights to `path` in the Keras 2 layout (atomically)."""
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in model.layers]
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = keras.__version__.encode("utf8")
+            for layer in model.layers:
+                g = f.create_group(layer.name)
+                ws = layer_weights(layer) if layer.weights else []
+                g.attrs["weight_names"] = [w.encode("utf8") for w, _ in ws]
+                for w, v in ws:
+                    g.create_dataset(w, data=np.asarray(v))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
