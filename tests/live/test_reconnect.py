@@ -1,0 +1,164 @@
+"""Reconnecting: backoff, outage reports, give-up, pts across gaps; then a real server."""
+import threading
+import time
+from fractions import Fraction
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from vidseg.sources.base import SourceFrame
+from vidseg.sources.reconnect import Reconnecting, SourceLost, SourceUnavailable, backoff_delays
+from vidseg.sources.rtsp import RtspSource
+
+
+class ScriptedSource:
+    """A live source that yields `n` frames then fails with `end` (None = ends normally)."""
+
+    live, fps, time_base, frame_count = True, 30.0, Fraction(1, 1000), None
+
+    def __init__(self, n, end=None, size=(4, 6)):
+        self.n, self.end = n, end
+        self.height, self.width = size
+        self.closed = False
+        self.name = "scripted"
+
+    def frames(self):
+        for _ in range(self.n):
+            yield SourceFrame(np.full((self.height, self.width, 3), 7, np.uint8), 0.0, time.monotonic())
+            time.sleep(0.001)
+        if self.end:
+            raise self.end
+
+    def close(self):
+        self.closed = True
+
+
+def opener(script):
+    """open_source() that follows `script`: a ScriptedSource to return or an exception to raise."""
+    calls = iter(script)
+
+    def open_source():
+        step = next(calls)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    return open_source
+
+
+def test_backoff_doubles_from_one_second_to_thirty():
+    assert list(islice(backoff_delays(), 8)) == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_outage_is_reported_once_each_way_and_counted():
+    reports = []
+    script = [ScriptedSource(3, SourceLost("cam: no frame for 5 s")),
+              SourceLost("cam: refused"), SourceLost("cam: refused"),
+              ScriptedSource(2, None, size=(8, 12)),  # comes back at another size, then ends
+              ScriptedSource(4)]
+    source = Reconnecting(opener(script), "rtsp://u:pw@cam/x", first_delay=0.01, longest_delay=0.04,
+                          report=reports.append)
+    frames = list(islice(source.frames(), 9))
+    source.close()
+    assert source.reconnects == 2
+    assert reports == ["cam: no frame for 5 s; reconnecting", "rtsp://u:***@cam/x: reconnected after "
+                       + reports[1].split("after ")[1],
+                       "rtsp://u:***@cam/x: stream ended; reconnecting", reports[3]]
+    assert all(f.image.shape == (4, 6, 3) for f in frames)  # resized to the first size
+    pts = [f.pts for f in frames]
+    assert pts[0] == 0 and all(b > a for a, b in zip(pts, pts[1:]))
+    assert pts == pytest.approx([f.capture_time - frames[0].capture_time for f in frames])
+    assert all(s.closed for s in script[:1] + script[3:4])
+
+
+def test_gives_up_after_max_retries_with_the_last_cause():
+    reports = []
+    script = [ScriptedSource(2, SourceLost("cam: stream ended"))] + [SourceLost("cam: refused")] * 3
+    source = Reconnecting(opener(script), "cam", max_retries=3, first_delay=0.01, report=reports.append)
+    frames = source.frames()
+    assert len(list(islice(frames, 2))) == 2
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable, match="cam: refused; gave up after 3 retries"):
+        next(frames)
+    assert time.monotonic() - started < 1  # 0.01 + 0.02 + 0.04 s of backoff
+    assert reports == ["cam: stream ended; reconnecting"]
+
+
+def test_first_open_is_retried_and_permanent_errors_are_not():
+    reports = []
+    source = Reconnecting(opener([SourceLost("cam: refused"), ScriptedSource(1)]), "cam",
+                          first_delay=0.01, report=reports.append)
+    assert source.width == 6 and reports[0] == "cam: refused; retrying"
+    assert reports[1].startswith("cam: connected after")
+    with pytest.raises(SourceUnavailable, match="401"):
+        Reconnecting(opener([SourceUnavailable("cam: 401 Unauthorized")]), "cam")
+
+
+def test_close_ends_a_long_backoff_wait_at_once():
+    script = [ScriptedSource(1, SourceLost("cam: gone"))] + [SourceLost("cam: refused")] * 10
+    source = Reconnecting(opener(script), "cam", first_delay=30, report=lambda m: None)
+    frames = source.frames()
+    next(frames)
+    threading.Timer(0.3, source.close).start()
+    started = time.monotonic()
+    assert list(frames) == []
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.rtsp
+def test_server_killed_and_restarted_stream_continues(rtsp_server):
+    reports = []
+    source = Reconnecting(lambda: RtspSource(rtsp_server.url("live"), open_timeout=2, read_timeout=2),
+                          rtsp_server.url("live"), report=reports.append)
+    frames = source.frames()
+    before = list(islice(frames, 20))
+    rtsp_server.kill()
+    threading.Timer(1.5, rtsp_server.start).start()
+    after = []
+    for frame in frames:
+        after.append(frame)
+        if source.reconnects and len(after) >= 40:
+            break
+    source.close()
+    assert source.reconnects == 1
+    assert len(reports) == 2 and reports[0].endswith("; reconnecting") and "reconnected after" in reports[1]
+    pts = np.array([f.pts for f in before + after])
+    assert np.all(np.diff(pts) > 0)
+    assert np.diff(pts).max() > 1.0  # the outage shows in the timestamps: playback stays real-time
+
+
+@pytest.mark.rtsp
+def test_stalled_server_reconnects_within_the_read_timeout(rtsp_server):
+    reports = []
+    source = Reconnecting(lambda: RtspSource(rtsp_server.url("live"), open_timeout=1, read_timeout=1),
+                          rtsp_server.url("live"), report=reports.append)
+    got, stop = [], threading.Event()
+
+    def read():
+        for frame in source.frames():
+            got.append(frame)
+            if stop.is_set():
+                break
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rtsp_server.pause()
+    paused = time.monotonic()
+    while not reports and time.monotonic() - paused < 5:
+        time.sleep(0.05)
+    try:
+        assert reports and reports[0].endswith("no frame for 1 s; reconnecting")
+        assert time.monotonic() - paused < 1 + 1.0  # never a hang: lost within the read timeout
+    finally:
+        rtsp_server.resume()
+    while not source.reconnects and time.monotonic() - paused < 20:
+        time.sleep(0.05)
+    stop.set()
+    reader.join(timeout=10)
+    source.close()
+    assert not reader.is_alive()
+    assert source.reconnects == 1 and "reconnected after" in reports[-1]
