@@ -1,0 +1,78 @@
+"""Small, fast test models implementing `vidseg.detections.FrameModel` (no TensorFlow).
+
+`BlobModel` finds saturated red, green and blue blobs (what the test clips draw) and returns
+their boxes and 28×28 masks; `SlowBlobModel` does the same after sleeping `delay` s per batch
+(a model slower than decode, without using CPU). Use them as `--model tests.fake_models:BlobModel`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from vidseg.detections import MASK_SIZE, Detections
+
+CLASS_NAMES = ("BG", "red", "green", "blue")
+MIN_AREA = 64
+
+
+class BlobModel:
+    """Connected components of pixels where one RGB channel is > 150 and the others < 100."""
+
+    class_names = CLASS_NAMES
+
+    def __init__(self, batch_size: int = 2, **_ignored):
+        self.batch_size = batch_size
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        return [self._detect(f) for f in frames]
+
+    def _detect(self, image: np.ndarray) -> Detections:
+        boxes, class_ids, scores, masks = [], [], [], []
+        for channel in range(3):
+            others = [c for c in range(3) if c != channel]
+            hit = (image[..., channel] > 150) & (image[..., others[0]] < 100) & (image[..., others[1]] < 100)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8)
+            for k in range(1, n):
+                x, y, w, h, area = stats[k]
+                if area < MIN_AREA:
+                    continue
+                crop = (labels[y:y + h, x:x + w] == k).astype(np.float32)
+                masks.append(cv2.resize(crop, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_LINEAR))
+                boxes.append((y, x, y + h, x + w))
+                class_ids.append(channel + 1)
+                scores.append(min(0.99, 0.5 + area / hit.size))
+        if not boxes:
+            return Detections()
+        order = np.argsort(-np.array(scores))
+        return Detections(np.array(boxes, np.float32)[order], np.array(class_ids, np.int32)[order],
+                          np.array(scores, np.float32)[order], np.array(masks, np.float32)[order])
+
+
+class SlowBlobModel(BlobModel):
+    """BlobModel that sleeps `delay` seconds per batch (slower than decode, CPU-free)."""
+
+    def __init__(self, batch_size: int = 1, delay: float = 0.1, **_ignored):
+        super().__init__(batch_size)
+        self.delay = delay
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        time.sleep(self.delay)
+        return super().__call__(frames)
+
+
+class FailingModel(BlobModel):
+    """Raises on the `fail_at`-th batch (tests the supervisor's error path)."""
+
+    def __init__(self, batch_size: int = 1, fail_at: int = 3, **_ignored):
+        super().__init__(batch_size)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def __call__(self, frames):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("test model failed on purpose")
+        return super().__call__(frames)

@@ -1,0 +1,90 @@
+"""The `vidseg` command: parses options and calls a pipeline; no logic of its own.
+
+Every command returns its exit code. Errors the user can fix (InputError, bad option values)
+print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vidseg.errors import InputError
+
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+class VidsegGroup(click.Group):
+    """A click group that turns usage errors and InputError into one line and exit 2."""
+
+    def main(self, args=None, prog_name="vidseg", **kwargs):
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help(), err=True)
+            code = 2
+        except click.UsageError as e:
+            click.echo(f"vidseg: error: {e.format_message()}" + (" (see --help)" if e.ctx else ""), err=True)
+            code = 2
+        except InputError as e:
+            click.echo(f"vidseg: error: {e}", err=True)
+            code = e.exit_code
+        except click.Abort:
+            code = 130
+        except KeyboardInterrupt:
+            code = 130
+        sys.exit(code or 0)
+
+
+@click.group(cls=VidsegGroup, no_args_is_help=True)
+@click.version_option(package_name="vidseg")
+def main():
+    """Mask R-CNN instance segmentation over live and recorded video."""
+
+
+def model_options(f):
+    """Options shared by every command that runs the model."""
+    f = click.option("--model", default="mrcnn", show_default=True, metavar="mrcnn|none|pkg.module:factory",
+                     help="Frame model: Mask R-CNN, no inference, or your own factory.")(f)
+    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Mask R-CNN weights (.h5); default: the shipped model.")(f)
+    f = click.option("--batch", type=click.IntRange(1, 64), default=None,
+                     help="Frames per model call (default: the model's batch size).")(f)
+    f = click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+                     help="Drop detections scoring below this (default: the model's).")(f)
+    return f
+
+
+@main.command("file")
+@click.argument("input", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), default=None, help="Output MP4 (H.264, audio kept).")
+@model_options
+@click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
+@click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True, help="libx264 quality (lower is better).")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
+@click.option("--detections", type=click.Path(dir_okay=False), default=None,
+              help="Write detections as JSON lines (COCO RLE masks).")
+def file_cmd(input, output, model, weights, batch, min_confidence, preset, crf, overwrite, no_progress, stats,
+             detections):
+    """Segment every frame of a video file INPUT into an MP4."""
+    from vidseg.pipelines.file import FileJob, run_file
+
+    return run_file(FileJob(input=input, output=output, model=model, weights=weights, batch=batch,
+                            min_confidence=min_confidence, preset=preset, crf=crf, overwrite=overwrite,
+                            progress=not no_progress, stats=stats, detections=detections))
+
+
+@main.command("bench")
+@click.argument("input", type=click.Path(dir_okay=True))
+@model_options
+@click.option("--frames", type=click.IntRange(1), default=None, help="Frames to use (default: the whole clip).")
+@click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_cmd(input, model, weights, batch, min_confidence, frames, preset, as_json):
+    """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop."""
+    from vidseg.pipelines.bench import BenchJob, run_bench
+
+    return run_bench(BenchJob(input=input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
+                              frames=frames, preset=preset, as_json=as_json))

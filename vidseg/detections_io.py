@@ -1,0 +1,48 @@
+"""`--detections FILE`: one JSON line per frame with COCO RLE masks.
+
+    {"frame": i, "pts": s, "detections": [{"class_id": int, "class_name": str, "score": float,
+      "box": [x1, y1, x2, y2] (pixels, x2/y2 exclusive), "mask": {"size": [h, w], "counts": str}}]}
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+from vidseg.detections import Detections
+
+
+def encode_mask(box_mask: np.ndarray, box: Sequence[int], height: int, width: int) -> dict:
+    """bool [y2-y1, x2-x1] mask inside int box (y1, x1, y2, x2) → COCO RLE of the full frame."""
+    full = np.zeros((height, width), np.uint8, order="F")
+    y1, x1, y2, x2 = box
+    full[y1:y2, x1:x2] = box_mask
+    rle = mask_util.encode(full)
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+
+
+class DetectionsWriter:
+    """Appends one line per frame to a JSON-lines file."""
+
+    def __init__(self, path: str):
+        self._f = open(path, "w")
+
+    def write(self, frame: int, pts: float, det: Detections, labels: Sequence[str], boxes: np.ndarray,
+              masks: Sequence[np.ndarray], height: int, width: int) -> None:
+        """boxes: int [N, 4] (y1, x1, y2, x2) clipped to the frame; masks: the pasted box masks."""
+        items = []
+        for k in range(len(det)):
+            y1, x1, y2, x2 = (int(v) for v in boxes[k])
+            items.append({
+                "class_id": int(det.class_ids[k]),
+                "class_name": labels[k] if k < len(labels) else str(int(det.class_ids[k])),
+                "score": round(float(det.scores[k]), 4),
+                "box": [x1, y1, x2, y2],
+                "mask": encode_mask(masks[k], (y1, x1, y2, x2), height, width),
+            })
+        self._f.write(json.dumps({"frame": frame, "pts": round(pts, 6), "detections": items}) + "\n")
+
+    def close(self) -> None:
+        self._f.close()

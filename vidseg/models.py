@@ -1,0 +1,60 @@
+"""Build a frame model from a spec string, inside the inference process.
+
+    "none"               no inference: every frame gets empty Detections (measures the pipeline)
+    "mrcnn"              Mask R-CNN (`mrcnn.frame_model.MaskRCNNFrameModel`); weights=None is the
+                         shipped default model
+    "pkg.module:factory" a user's or test's model: factory(**model_options) -> FrameModel
+
+Only this function imports model code (and so TensorFlow); call it in the infer process.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from vidseg.detections import Detections, FrameModel
+from vidseg.errors import InputError
+
+
+class NoModel:
+    """FrameModel that finds nothing (for `--model none`)."""
+
+    class_names = ("BG",)
+
+    def __init__(self, batch_size: int = 1, **_ignored):
+        self.batch_size = batch_size
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        return [Detections() for _ in frames]
+
+
+def check_spec(spec: str) -> str:
+    """Validate a model spec without importing it; returns it or raises InputError."""
+    if spec in ("none", "mrcnn") or (":" in spec and all(spec.split(":", 1))):
+        return spec
+    raise InputError(f"unknown model {spec!r}: use 'mrcnn', 'none' or 'package.module:factory'")
+
+
+def load_frame_model(spec: str, **model_options) -> FrameModel:
+    """spec as above; model_options (weights, batch_size, min_confidence, max_dim, backbone,
+    class_names) are passed on, leaving out those that are None."""
+    check_spec(spec)
+    options = {k: v for k, v in model_options.items() if v is not None}
+    if spec == "none":
+        return NoModel(**options)
+    if spec == "mrcnn":
+        from mrcnn.frame_model import MaskRCNNFrameModel  # imports TensorFlow
+
+        return MaskRCNNFrameModel(**options)
+    module_name, factory_name = spec.split(":", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # like `python -m`: a plug-in module may sit in the current directory
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot load model {spec!r}: {e}") from None
+    return factory(**options)

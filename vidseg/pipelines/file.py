@@ -1,0 +1,128 @@
+"""`vidseg file IN -o OUT`: a video file through the model into an H.264 MP4.
+
+Checks the input and output up front (one-line errors, exit 2), then runs `run_pipeline`
+with one `block` source. The MP4 (and the detections file) is written under a temporary
+name beside the output and renamed only when the run completes or was interrupted (then it
+is finalised and marked partial in the summary); on failure nothing is left behind.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+from vidseg.errors import InputError
+from vidseg.metrics import summary, write_stats
+from vidseg.models import check_spec
+from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
+from vidseg.sinks.mp4 import Mp4Sink
+from vidseg.sinks.null import NullSink
+from vidseg.sources.file import FileSource, probe
+
+
+
+@dataclass
+class FileJob:
+    """Options of `vidseg file` (see the CLI help for each)."""
+
+    input: str
+    output: Optional[str]
+    model: str = "mrcnn"
+    weights: Optional[str] = None
+    batch: Optional[int] = None
+    min_confidence: Optional[float] = None
+    preset: str = "veryfast"
+    crf: int = 23
+    overwrite: bool = False
+    progress: bool = True
+    stats: Optional[str] = None
+    detections: Optional[str] = None
+
+
+def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
+    """Absolute output path, or InputError: same as the input, directory missing or not
+    writable, or existing without `overwrite`."""
+    path = os.path.abspath(path)
+    if os.path.exists(input_path) and os.path.exists(path) and os.path.samefile(path, input_path) \
+            or path == os.path.abspath(input_path):
+        raise InputError(f"{what} {path} is the input file; choose another {what} path (the input is never overwritten)")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} directory does not exist: {folder}; create it first")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is a directory; give a file name")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
+    try:
+        fd, probe_path = tempfile.mkstemp(prefix=".vidseg-", dir=folder)
+        os.close(fd)
+        os.unlink(probe_path)
+    except OSError as e:
+        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what} directory") from None
+    return path
+
+
+def _temp_beside(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    os.close(fd)
+    return tmp
+
+
+def run_file(job: FileJob) -> int:
+    """Run the job; print the summary (stderr); returns the exit code."""
+    check_spec(job.model)
+    info = probe(job.input)
+    if job.output is None and job.detections is None and job.stats is None:
+        raise InputError("nothing to write: give -o OUT.mp4, --detections FILE or --stats FILE")
+    outputs = {}
+    if job.output:
+        outputs["output"] = check_output(job.output, job.input, job.overwrite)
+    if job.detections:
+        outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
+    if job.stats:
+        check_output(job.stats, job.input, True, "stats file")
+    temps = {k: _temp_beside(v) for k, v in outputs.items()}
+    try:
+        sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
+                                  time_base=info["time_base"], preset=job.preset, crf=job.crf,
+                                  audio_from=job.input if info["has_audio"] else None)) \
+            if job.output else Spec(NullSink)
+        plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input}),
+                          sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
+                          frame_count=info["frame_count"], detections_path=temps.get("detections"))
+        options = dict(weights=job.weights, min_confidence=job.min_confidence)
+        result = run_pipeline([plan], model=job.model, model_options=options, batch=job.batch, progress=job.progress)
+    except BaseException:
+        _remove(temps.values())
+        raise
+    return finish(result, temps, outputs, job.stats, info["frame_count"])
+
+
+def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], expected: Optional[int]) -> int:
+    """Rename temp outputs into place (complete/interrupted) or remove them (failed); report."""
+    if result.status == "failed":
+        _remove(temps.values())
+        print(f"vidseg: error: {result.message}", file=sys.stderr)
+        return result.exit_code
+    for key, tmp in temps.items():
+        os.replace(tmp, outputs[key])
+    stats = result.stats
+    print(summary(stats), file=sys.stderr)
+    short = expected and result.status == "complete" and expected - stats["frames_in"] > max(1, expected // 100)
+    if stats.get("skipped") or short:
+        print(f"warning: damaged input: decoded {stats['frames_in']} frames"
+              + (f" of {expected} listed in its header" if expected else "")
+              + f", skipped {stats.get('skipped', 0)} undecodable packets", file=sys.stderr)
+    if stats_path:
+        write_stats(stats_path, stats)
+    return result.exit_code
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass

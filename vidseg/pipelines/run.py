@@ -1,0 +1,124 @@
+"""`run_pipeline`: the one entry point every pipeline (file, camera, RTSP, bench) goes through.
+
+    sources ──► capture[i] ──► ring i ──► infer (one, batches across sources)
+                                             └─► render[i] ──► sink[i] (all sinks of source i)
+
+Give it a list of `SourcePlan`s (a source, its sinks, its queue policy, its largest frame
+size) and a model spec; sources, sinks and the model are built inside their own processes
+from picklable `Spec`s (callable + kwargs). One ring per source sized for its frames; the
+ring slot count bounds the frames in flight. Returns a `RunResult` with the exit code the
+CLI should use and the stats that `--stats` writes.
+
+Example (live engineer): a camera source with latest policy and a window + MP4 sink:
+
+    plan = SourcePlan(name="cam0", source=Spec(CameraSource, {"device": 0}),
+                      sinks=[Spec(WindowSink, {...}), Spec(Mp4Sink, {...})],
+                      frame_shape=(720, 1280), policy="latest")
+    result = run_pipeline([plan], model="mrcnn", model_options={"weights": None})
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vidseg import stages
+from vidseg.errors import InputError
+from vidseg.metrics import Progress, build_stats
+from vidseg.ring import FrameRing, SourceLink, shm_free_bytes
+from vidseg.stages import Spec
+from vidseg.supervisor import Supervisor
+
+__all__ = ["SourcePlan", "RunResult", "Spec", "run_pipeline"]
+
+MiB = 1 << 20
+
+
+@dataclass
+class SourcePlan:
+    """One source and where its frames go.
+
+    name: shown to the user (never holds a password). source: Spec of a FrameSource.
+    sinks: Specs of FrameSinks (all get every frame). frame_shape: (H, W) of the largest frame
+    the source yields (sizes its ring). policy: "block" (files) or "latest" (live).
+    frame_count: expected frames, for the progress bar. detections_path: JSON-lines file.
+    """
+
+    name: str
+    source: Spec
+    sinks: list
+    frame_shape: tuple
+    policy: str = "block"
+    frame_count: Optional[int] = None
+    detections_path: Optional[str] = None
+
+
+@dataclass
+class RunResult:
+    """status: complete | interrupted (Ctrl-C, drained) | quit (a sink asked) | failed.
+    exit_code: 0, 130, or 1/2 on failure; message: one line for the user when failed.
+    stats: see vidseg.metrics.build_stats; pids: stage name → pid (for tests and tools)."""
+
+    status: str
+    exit_code: int
+    message: str
+    stats: dict
+    pids: dict = field(default_factory=dict)
+
+
+def ring_slots(batch: Optional[int]) -> int:
+    """Slots per source: a batch in inference plus a few in capture/render/sink and queued."""
+    return max(batch or 1, 2) + 6
+
+
+def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: Optional[dict] = None,
+                 batch: Optional[int] = None, max_dim: Optional[int] = 1024, progress: bool = True,
+                 seed: int = 0, on_start=None) -> RunResult:
+    """Run the process graph above until every source ends, a stage fails, or Ctrl-C.
+
+    model/model_options: see vidseg.models.load_frame_model (built in the infer process).
+    batch: frames per model call (None = the model's own batch_size). max_dim: frames with a
+    longer side are shrunk before the model (boxes scaled back). on_start(pids) is called once
+    all stages are started. Raises InputError (exit 2) when /dev/shm is too small.
+    """
+    slots = ring_slots(batch)
+    need = sum(slots * p.frame_shape[0] * p.frame_shape[1] * 3 for p in sources)
+    free = shm_free_bytes()
+    if need > free:
+        raise InputError(f"not enough shared memory: the frame rings need {need / MiB:.0f} MiB in /dev/shm "
+                         f"but {free / MiB:.0f} MiB are free; free space there or enlarge it "
+                         f"(docker: --shm-size={need // MiB + 64}m)")
+    sup = Supervisor()
+    ctx = sup.ctx
+    t0 = time.monotonic()
+    bar = Progress(sum(p.frame_count or 0 for p in sources) or None, progress)
+    try:
+        links = []
+        for i, plan in enumerate(sources):
+            ring = sup.add_ring(FrameRing.create(slots, (plan.frame_shape[0], plan.frame_shape[1], 3)))
+            links.append(SourceLink(ctx, i, ring.spec, plan.policy))
+        infer_q = ctx.Queue()
+        render_qs = [ctx.Queue() for _ in sources]
+        sink_qs = [ctx.Queue() for _ in sources]
+        read_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
+        done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
+        max_batch = min(batch or 10 ** 6, slots - 3)
+        sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
+                  (model, dict(model_options or {}), links, infer_q, render_qs, max_batch, max_dim), sup.ctrl))
+        for i, plan in enumerate(sources):
+            sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
+                      (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl))
+            sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
+                      (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))
+            sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
+                      (plan.source, links[i], infer_q, sup.stop, read_counts[i]), sup.ctrl))
+        pids = sup.pids()
+        if on_start:
+            on_start(pids)
+        outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)))
+    finally:
+        bar.close()
+        sup.close()
+    stats = build_stats(outcome.reports, [p.name for p in sources], time.monotonic() - t0,
+                        partial=outcome.status == "interrupted")
+    return RunResult(outcome.status, outcome.exit_code, outcome.message, stats, pids)

@@ -1,0 +1,324 @@
+"""Shared-memory frame ring and the ports that move frames between stage processes.
+
+A `FrameRing` is one `multiprocessing.shared_memory` block cut into N fixed-size slots,
+each big enough for the source's largest frame (uint8 RGB [H, W, 3]). Pixels are written
+once by capture and never copied between processes again: queues carry a `FrameMeta`
+(slot id, frame index, pts, capture time, shape, and later the detections), a few hundred
+bytes. A slot has one owner at a time: free → capture → infer → render → sink → free.
+
+Queue policies (chosen per source):
+    block   files. Capture waits for a free slot (back-pressure); no frame is ever lost.
+    latest  live sources. At most one frame waits for inference (the `Mailbox`); when a newer
+            frame arrives the waiting one is dropped ("infer_busy"); when every slot is held
+            downstream the new frame is dropped ("downstream_busy"). Capture never waits, so
+            latency stays bounded.
+
+Ports: a stage reads `get()` from an input port and `put()`s to an output port; `RingPort`
+is the shared-memory implementation (it attaches `.image` views on get and strips them on
+put). Another transport (e.g. Ray object refs) only needs the same three methods.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vidseg.detections import Detections
+
+POLICIES = ("block", "latest")
+SHM_DIR = "/dev/shm"
+POLL_S = 0.2  # how often a waiting stage re-checks stop/parent; bounds shutdown latency
+
+
+@dataclass
+class FrameMeta:
+    """What travels between stages for one frame (the pixels stay in the ring slot).
+
+    source: source id (index into the pipeline's source list); index: frame number within
+    the source, counting every frame read (dropped ones too); pts: seconds; capture_time:
+    time.monotonic() at read; slot: ring slot id; shape: (H, W, 3) of the frame in the slot.
+    detections/labels: set by infer (labels[i] is the class name of detection i).
+    image: uint8 view of the slot, attached by a port in the receiving process, never pickled.
+    """
+
+    source: int
+    index: int
+    pts: float
+    capture_time: float
+    slot: int
+    shape: tuple
+    detections: Optional[Detections] = None
+    labels: tuple = ()
+    image: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["image"] = None
+        return state
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Sent once per source after its last frame; every stage forwards it."""
+
+    source: int
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """Enough to attach to a ring from another process (picklable)."""
+
+    name: str
+    slots: int
+    max_shape: tuple  # (H, W, 3)
+
+    @property
+    def slot_bytes(self) -> int:
+        return int(np.prod(self.max_shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.slot_bytes * self.slots
+
+
+def shm_free_bytes() -> int:
+    """Free bytes in /dev/shm (where POSIX shared memory lives on Linux)."""
+    return shutil.disk_usage(SHM_DIR).free
+
+
+class FrameRing:
+    """N slots of uint8 frames in one shared-memory block.
+
+    Create once in the supervisor (`FrameRing.create`), attach in stages (`FrameRing(spec)`).
+    Every process `close()`s; only the creator `unlink()`s.
+    """
+
+    def __init__(self, spec: RingSpec, _shm: Optional[shared_memory.SharedMemory] = None):
+        self.spec = spec
+        self._shm = _shm or shared_memory.SharedMemory(name=spec.name)
+        # One base array; slot views are slices of it, so closing never trips on exports
+        # held by short-lived views.
+        self._slots = np.ndarray((spec.slots, spec.slot_bytes), np.uint8, buffer=self._shm.buf)
+
+    @classmethod
+    def create(cls, slots: int, max_shape: Sequence[int]) -> "FrameRing":
+        name = f"vidseg-{os.getpid()}-{secrets.token_hex(4)}"
+        spec = RingSpec(name, int(slots), tuple(int(s) for s in max_shape))
+        shm = shared_memory.SharedMemory(name=name, create=True, size=spec.nbytes)
+        return cls(spec, shm)
+
+    def view(self, slot: int, shape: Sequence[int]) -> np.ndarray:
+        """uint8 [H, W, 3] view of `slot` (H*W*3 must fit the slot)."""
+        n = int(np.prod(shape))
+        if n > self.spec.slot_bytes:
+            raise ValueError(f"frame {tuple(shape)} is larger than the ring's slots {self.spec.max_shape}")
+        return self._slots[slot, :n].reshape(shape)
+
+    def close(self) -> None:
+        self._slots = None
+        try:
+            self._shm.close()
+        except BufferError:  # a view is still alive somewhere; the mapping goes with the process
+            pass
+
+    def unlink(self) -> None:
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Mailbox:
+    """The one frame of a `latest` source waiting for inference (slot -1 = empty).
+
+    Capture `swap`s a new frame in and gets back the one it displaced (to drop); infer
+    `claim`s it. Both under one lock, so a slot is never owned twice.
+    """
+
+    def __init__(self, ctx):
+        self._lock = ctx.Lock()
+        self._pending = ctx.RawArray("d", 6)  # slot, index, pts, capture_time, H, W
+        self._pending[0] = -1
+
+    def swap(self, meta: Optional[FrameMeta]) -> Optional[FrameMeta]:
+        """Put `meta` (or nothing) in the box; return the meta that was waiting, if any."""
+        with self._lock:
+            old = self._read()
+            if meta is None:
+                self._pending[0] = -1
+            else:
+                self._pending[:] = [meta.slot, meta.index, meta.pts, meta.capture_time, meta.shape[0], meta.shape[1]]
+        return old
+
+    def claim(self, source: int) -> Optional[FrameMeta]:
+        """Take the waiting frame, if any (infer side)."""
+        with self._lock:
+            old = self._read(source)
+            self._pending[0] = -1
+        return old
+
+    def _read(self, source: int = -1) -> Optional[FrameMeta]:
+        p = self._pending
+        if p[0] < 0:
+            return None
+        return FrameMeta(source, int(p[1]), p[2], p[3], int(p[0]), (int(p[4]), int(p[5]), 3))
+
+
+class SourceLink:
+    """The shared objects of one source: its ring, free-slot queue, policy and mailbox.
+
+    Built by the supervisor, passed (pickled) to every stage process of that source.
+    """
+
+    def __init__(self, ctx, source: int, ring: RingSpec, policy: str):
+        if policy not in POLICIES:
+            raise ValueError(f"queue policy must be one of {POLICIES}, got {policy!r}")
+        self.source = source
+        self.ring = ring
+        self.policy = policy
+        self.free = ctx.Queue()
+        for slot in range(ring.slots):
+            self.free.put(slot)
+        self.mailbox = Mailbox(ctx) if policy == "latest" else None
+
+
+def _wait_get(q, timeout: Optional[float], stop: Optional[threading.Event | mp.synchronize.Event] = None):
+    """q.get() that wakes every POLL_S to honour `stop` (returns None on stop or timeout)."""
+    waited = 0.0
+    while True:
+        step = POLL_S if timeout is None else min(POLL_S, timeout - waited)
+        try:
+            return q.get(timeout=max(step, 0.001))
+        except queue.Empty:
+            waited += step
+            if _parent_gone():
+                raise SystemExit("supervisor process is gone")
+            if stop is not None and stop.is_set():
+                return None
+            if timeout is not None and waited >= timeout:
+                return None
+
+
+def _parent_gone() -> bool:
+    """True in a stage process whose supervisor has died (so stages never outlive it)."""
+    parent = mp.parent_process()
+    return parent is not None and not parent.is_alive()
+
+
+class CaptureOut:
+    """Capture's output port for one source: slot acquisition by policy, copy in, send on.
+
+    put(image, pts, capture_time) returns the cause string when the frame (or the one it
+    displaced) was dropped, else None. `stop` aborts a `block` wait for a free slot.
+    """
+
+    def __init__(self, link: SourceLink, out_q, stop):
+        self.link = link
+        self._out = out_q
+        self._stop = stop
+        self._ring = FrameRing(link.ring)
+        self._index = 0
+        self.wait_s = 0.0  # time spent waiting for a free slot (block policy)
+
+    def put(self, image: np.ndarray, pts: float, capture_time: float) -> Optional[str]:
+        index = self._index
+        self._index += 1
+        dropped = None
+        if self.link.policy == "block":
+            t0 = time.perf_counter()
+            slot = _wait_get(self.link.free, None, self._stop)
+            self.wait_s += time.perf_counter() - t0
+            if slot is None:
+                return "stopped"
+        else:
+            try:
+                slot = self.link.free.get_nowait()
+            except queue.Empty:
+                waiting = self.link.mailbox.swap(None)
+                if waiting is None:
+                    return "downstream_busy"
+                slot, dropped = waiting.slot, "infer_busy"
+        meta = FrameMeta(self.link.source, index, pts, capture_time, slot, image.shape)
+        np.copyto(self._ring.view(slot, image.shape), image)
+        if self.link.policy == "latest":
+            displaced = self.link.mailbox.swap(meta)
+            if displaced is not None:
+                self.link.free.put(displaced.slot)
+                dropped = "infer_busy"
+        self._out.put(meta)  # for `latest`, a wake-up: infer claims from the mailbox
+        return dropped
+
+    def end(self) -> None:
+        self._out.put(EndOfStream(self.link.source))
+
+    def close(self) -> None:
+        self._ring.close()
+
+
+class RingPort:
+    """Input or output port over a queue of FrameMeta/EndOfStream for frames held in rings.
+
+    get() attaches `.image` (a view of the slot); put() sends the meta (the image stays);
+    release() returns the slot to its source's free queue (the last stage does this).
+    For `latest` sources, get() claims the frame from the mailbox (a stale wake-up yields
+    nothing and get() waits on).
+    """
+
+    def __init__(self, q, links: Sequence[SourceLink], stop=None):
+        self._q = q
+        self._stop = stop
+        self._links = {link.source: link for link in links}
+        self._rings = {link.source: FrameRing(link.ring) for link in links}
+
+    def get(self, timeout: Optional[float] = None):
+        """Next FrameMeta (with .image) or EndOfStream; None on timeout or stop."""
+        while True:
+            item = _wait_get(self._q, timeout, self._stop)
+            if item is None or isinstance(item, EndOfStream):
+                return item
+            link = self._links[item.source]
+            if link.mailbox is not None and item.detections is None:
+                item = link.mailbox.claim(item.source)
+                if item is None:
+                    if timeout is not None:
+                        return None
+                    continue
+            item.image = self._rings[item.source].view(item.slot, item.shape)
+            return item
+
+    def get_nowait(self):
+        """Like get() but returns None at once when nothing is ready."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return None
+            if isinstance(item, EndOfStream):
+                return item
+            link = self._links[item.source]
+            if link.mailbox is not None and item.detections is None:
+                item = link.mailbox.claim(item.source)
+                if item is None:
+                    continue
+            item.image = self._rings[item.source].view(item.slot, item.shape)
+            return item
+
+    def put(self, item) -> None:
+        self._q.put(item)
+
+    def release(self, meta: FrameMeta) -> None:
+        meta.image = None
+        self._links[meta.source].free.put(meta.slot)
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()

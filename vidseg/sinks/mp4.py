@@ -1,0 +1,133 @@
+"""H.264 MP4 sink: PyAV libx264, yuv420p, source timestamps kept, audio remuxed untouched.
+
+RGB→I420 is done with OpenCV (about twice as fast as PyAV's swscale path); libx264 runs its
+own threads. The file is written with `+faststart` (index at the front) and is always
+finalised by `close()` (encoder flushed, remaining audio muxed, trailer written), so a run
+stopped early still leaves a playable file.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Iterator, Optional
+
+import av
+import cv2
+import numpy as np
+
+# Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
+MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+class Mp4Sink:
+    """write(image uint8 RGB [H, W, 3], pts seconds) → one H.264 frame.
+
+    path: output file (written as MP4 whatever its name, so a temp name works).
+    width, height: frame size; odd sizes are cropped by one pixel (yuv420p needs even sizes).
+    fps: nominal rate (stream metadata); time_base: Fraction the pts are kept in.
+    audio_from: a file whose first audio stream is copied into the output, interleaved by time.
+    """
+
+    def __init__(self, path: str, width: int, height: int, fps: Optional[float],
+                 time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
+                 audio_from: Optional[str] = None):
+        self.width, self.height = width - width % 2, height - height % 2
+        self.time_base = Fraction(time_base)
+        self._out = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
+        rate = Fraction(fps).limit_denominator(100000) if fps else Fraction(30)
+        self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
+        self._video.width, self._video.height = self.width, self.height
+        self._video.pix_fmt = "yuv420p"
+        self._video.time_base = self.time_base
+        self._video.codec_context.time_base = self.time_base
+        self._last_pts: Optional[int] = None
+        self._end_time = 0.0
+        self._audio: Optional[_AudioCopy] = None
+        if audio_from:
+            self._audio = _AudioCopy.open(audio_from, self._out)
+
+    def write(self, image: np.ndarray, pts: float) -> bool:
+        image = image[: self.height, : self.width]
+        yuv = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        ticks = int(round(pts / self.time_base))
+        if self._last_pts is not None and ticks <= self._last_pts:
+            ticks = self._last_pts + 1  # damaged input: keep pts strictly increasing
+        self._last_pts = ticks
+        frame.pts, frame.time_base = ticks, self.time_base
+        self._end_time = float(ticks * self.time_base)
+        if self._audio:
+            self._audio.mux_until(self._end_time)
+        self._out.mux(self._video.encode(frame))
+        return True
+
+    def close(self) -> None:
+        """Flush the encoder, mux audio up to the last video frame, write the trailer."""
+        try:
+            self._out.mux(self._video.encode(None))
+            if self._audio:
+                self._audio.mux_until(self._end_time + 0.5, final=True)
+        finally:
+            if self._audio:
+                self._audio.close()
+            self._out.close()
+
+
+class _AudioCopy:
+    """Copies the first audio stream of a file into an output container, as time advances."""
+
+    def __init__(self, container, in_stream, out_stream, encoder=None):
+        self._in = container
+        self._in_stream = in_stream
+        self._out_stream = out_stream
+        self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
+        self._packets: Iterator = container.demux(in_stream)
+        self._pending = None
+        self._out = out_stream.container
+
+    @classmethod
+    def open(cls, path: str, out) -> Optional["_AudioCopy"]:
+        container = av.open(path, metadata_errors="ignore")
+        if not container.streams.audio:
+            container.close()
+            return None
+        in_stream = container.streams.audio[0]
+        if in_stream.codec_context.name in MP4_AUDIO:
+            return cls(container, in_stream, out.add_stream_from_template(in_stream))
+        out_stream = out.add_stream("aac", rate=in_stream.codec_context.sample_rate or 48000)
+        return cls(container, in_stream, out_stream, encoder=av.AudioResampler(format="fltp", layout="stereo",
+                                                                                 rate=out_stream.rate))
+
+    def mux_until(self, t: float, final: bool = False) -> None:
+        """Mux input audio packets that start before `t` seconds."""
+        while True:
+            if self._pending is None:
+                try:
+                    self._pending = next(self._packets)
+                except (StopIteration, av.error.FFmpegError):
+                    break
+            packet = self._pending
+            if packet.dts is None:  # demuxer's flush packet
+                self._pending = None
+                continue
+            if packet.pts is not None and float(packet.pts * packet.time_base) >= t:
+                break
+            self._pending = None
+            self._mux(packet)
+        if final and self._encoder is not None:
+            self._out.mux(self._out_stream.encode(None))
+
+    def _mux(self, packet) -> None:
+        if self._encoder is None:
+            packet.stream = self._out_stream
+            self._out.mux(packet)
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            return
+        for frame in frames:
+            for resampled in self._encoder.resample(frame):
+                self._out.mux(self._out_stream.encode(resampled))
+
+    def close(self) -> None:
+        self._in.close()

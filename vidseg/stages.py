@@ -1,0 +1,224 @@
+"""The four stage loops (capture, infer, render, sink) and the process entry that runs one.
+
+A stage reads from an input port and writes to an output port (see `vidseg.ring`); it does
+not care how frames arrive. Each loop forwards `EndOfStream` so the next stage always sees
+the end, and counts its work in a `StageMeter` that goes to the supervisor when it ends.
+Sources, sinks and the model are built inside their process from picklable `Spec`s.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+
+from vidseg.errors import InputError
+from vidseg.metrics import StageMeter
+from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A recipe built inside a stage process: factory(**kwargs).
+
+    factory: a module-level callable (pickled by reference) or a "package.module:name" string.
+    """
+
+    factory: Union[Callable, str]
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self) -> Any:
+        factory = self.factory
+        if isinstance(factory, str):
+            module, _, name = factory.partition(":")
+            factory = getattr(importlib.import_module(module), name)
+        return factory(**self.kwargs)
+
+
+def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
+    """Process entry: run `loop(*args, meter)`; report ("done", name, report) or
+    ("error", name, message, exit_code) on `ctrl`, then exit 0/1/2."""
+    _set_process_name(name)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains the stages
+    meter = StageMeter(name)
+    try:
+        loop(*args, meter)
+    except InputError as e:
+        ctrl.put(("error", name, str(e), 2))
+        sys.exit(2)
+    except BaseException as e:  # noqa: B902 - any failure must reach the supervisor
+        if os.environ.get("VIDSEG_DEBUG"):
+            traceback.print_exc()
+        ctrl.put(("error", name, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 1))
+        sys.exit(1)
+    ctrl.put(("done", name, meter.report()))
+
+
+def _set_process_name(name: str) -> None:
+    """Show the stage in `ps`/psutil (Linux comm, 15 chars): vidseg-capture0, vidseg-infer, ..."""
+    comm = ("vidseg-" + name.replace("[", "").replace("]", ""))[:15]
+    mp.current_process().name = comm
+    try:
+        ctypes.CDLL(None).prctl(15, comm.encode(), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, meter: StageMeter) -> None:
+    """Read frames from the source into the ring until it ends or `stop` is set."""
+    source = source_spec.build()
+    out = CaptureOut(link, out_q, stop)
+    frames = source.frames()
+    try:
+        while not stop.is_set():
+            meter.start()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            cause = out.put(frame.image, frame.pts, frame.capture_time)
+            meter.stop()
+            read_count.value += 1
+            if cause == "stopped":
+                meter.dropped["interrupted"] += 1
+                break
+            if cause:
+                meter.dropped[cause] += 1
+    finally:
+        meter.busy_s -= out.wait_s  # time blocked on a free slot is back-pressure, not work
+        out.end()
+        meter.extra["skipped"] = int(getattr(source, "skipped", 0))
+        for key, value in getattr(source, "stats", lambda: {})().items():
+            meter.extra[key] = value
+        source.close()
+        out.close()
+
+
+def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,
+               batch: Optional[int], max_dim: Optional[int], meter: StageMeter) -> None:
+    """Batch frames (across sources) through the model; send each frame on with its detections.
+
+    For `block` sources a batch is filled before running (throughput); with any `latest`
+    source it runs on what is there after a short window (latency). Frames larger than
+    max_dim on their long side are shrunk (INTER_AREA) before the model and the boxes scaled
+    back, so the model never sees 4K pixels.
+    """
+    from vidseg.models import load_frame_model
+
+    model = load_frame_model(model_spec, batch_size=batch, **model_options)
+    names = list(model.class_names)
+    size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))
+    live = any(link.policy == "latest" for link in links)
+    port = RingPort(in_q, links)
+    open_sources = {link.source for link in links}
+    try:
+        while open_sources:
+            items = [port.get()]
+            while len(items) < size and not isinstance(items[-1], EndOfStream):
+                nxt = port.get(timeout=0.01) if live else port.get()
+                if nxt is None:
+                    break
+                items.append(nxt)
+            frames = [m for m in items if not isinstance(m, EndOfStream)]
+            if frames:
+                meter.start()
+                _infer(model, names, frames, max_dim)
+                meter.stop(len(frames))
+                for m in frames:
+                    out_qs[m.source].put(m)
+            for end in (m for m in items if isinstance(m, EndOfStream)):
+                out_qs[end.source].put(end)
+                open_sources.discard(end.source)
+    finally:
+        port.close()
+
+
+def _infer(model, names: list, frames: list, max_dim: Optional[int]) -> None:
+    images, scales = [], []
+    for m in frames:
+        h, w = m.image.shape[:2]
+        scale = max_dim / max(h, w) if max_dim and max(h, w) > max_dim else 1.0
+        if scale != 1.0:
+            images.append(cv2.resize(m.image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
+        else:
+            images.append(m.image)
+        scales.append(scale)
+    results = model(images)
+    if len(results) != len(frames):
+        raise RuntimeError(f"model returned {len(results)} results for {len(frames)} frames")
+    for m, det, scale in zip(frames, results, scales):
+        if scale != 1.0 and len(det):
+            det.boxes = (det.boxes / scale).astype(np.float32)
+        m.detections = det
+        m.labels = tuple(names[int(c)] if 0 <= int(c) < len(names) else str(int(c)) for c in det.class_ids)
+        m.image = None
+
+
+def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], seed: int, meter: StageMeter) -> None:
+    """Draw each frame's detections in place (and write the detections file); send it on."""
+    from vidseg.render import Renderer, clip_boxes
+
+    renderer = Renderer(seed)
+    writer = None
+    if detections_path:
+        from vidseg.detections_io import DetectionsWriter
+
+        writer = DetectionsWriter(detections_path)
+    port = RingPort(in_q, [link])
+    try:
+        while True:
+            item = port.get()
+            if isinstance(item, EndOfStream):
+                out_q.put(item)
+                break
+            meter.start()
+            masks = renderer.draw(item.image, item.detections, item.labels)
+            if writer:
+                h, w = item.shape[:2]
+                writer.write(item.index, item.pts, item.detections, item.labels,
+                             clip_boxes(item.detections.boxes, h, w), masks, h, w)
+            item.image = None
+            meter.stop()
+            out_q.put(item)
+    finally:
+        if writer:
+            writer.close()
+        port.close()
+
+
+def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_count, meter: StageMeter) -> None:
+    """Write each frame to every sink, free its slot, record capture→sink latency.
+    A sink returning False (window closed, q pressed) asks the supervisor to stop the run."""
+    sinks = [spec.build() for spec in sink_specs]
+    port = RingPort(in_q, [link])
+    quit_sent = False
+    try:
+        while True:
+            item = port.get()
+            if isinstance(item, EndOfStream):
+                break
+            meter.start()
+            keep_going = True
+            for sink in sinks:
+                keep_going &= bool(sink.write(item.image, item.pts))
+            port.release(item)
+            meter.stop()
+            meter.latencies_ms.append((time.monotonic() - item.capture_time) * 1000.0)
+            done_count.value += 1
+            if not keep_going and not quit_sent:
+                ctrl.put(("quit", meter.name))
+                quit_sent = True
+    finally:
+        try:
+            for sink in sinks:
+                sink.close()
+        finally:
+            port.close()

@@ -1,0 +1,151 @@
+"""The supervisor: starts stage processes (spawn), watches them, stops them, cleans up.
+
+- A stage that raises reports ("error", stage, message, code) and exits; a stage that dies
+  (SIGKILL, segfault, OOM) is seen through its exit code. Either way the others are
+  terminated within seconds, every ring is unlinked, and the run ends with one line naming
+  the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage).
+- Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
+  drains through every stage, sinks finalise (the MP4 plays), exit 130. A second Ctrl-C stops
+  at once. Stages ignore SIGINT themselves, so a terminal's Ctrl-C reaches only this logic.
+- A stage asking to quit (a window closed) drains like Ctrl-C but ends with exit 0.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from vidseg.ring import FrameRing
+
+TERM_GRACE_S = 2.0
+
+
+@dataclass
+class Outcome:
+    """How a supervised run ended. status: complete | interrupted | quit | failed."""
+
+    status: str
+    exit_code: int
+    message: str = ""
+    reports: list = field(default_factory=list)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Owns the stage processes and the shared-memory rings of one run."""
+
+    def __init__(self):
+        self.ctx = mp.get_context("spawn")
+        self.ctrl = self.ctx.Queue()
+        self.stop = self.ctx.Event()
+        self._procs: dict[str, mp.Process] = {}
+        self._rings: list[FrameRing] = []
+        self._interrupts = 0
+
+    def add_ring(self, ring: FrameRing) -> FrameRing:
+        """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
+        self._rings.append(ring)
+        return ring
+
+    def start(self, name: str, target: Callable, args: tuple) -> None:
+        """Start `target(*args)` in a spawned process called `name` (SIGINT ignored there)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+        try:
+            proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
+            proc.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self._procs[name] = proc
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items()}
+
+    def watch(self, on_tick: Callable[[], None] = lambda: None) -> Outcome:
+        """Block until every stage has ended, one failed, or a second Ctrl-C; see module doc."""
+        reports: dict[str, dict] = {}
+        failure: Optional[tuple] = None
+        quit_requested = False
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            while failure is None and self._interrupts < 2:
+                failure, quit = self._drain_ctrl(reports, timeout=0.1)
+                quit_requested |= quit
+                on_tick()
+                if failure is not None:
+                    break
+                ended = [n for n, p in self._procs.items() if p.exitcode is not None]
+                unreported = [n for n in ended if n not in reports]
+                if unreported:
+                    # Its last message may still be in the pipe: read what is there first.
+                    failure, quit = self._drain_ctrl(reports, timeout=0.5)
+                    quit_requested |= quit
+                    for name in unreported:
+                        if failure is None and name not in reports:
+                            failure = (name, _describe_exit(self._procs[name].exitcode), 1)
+                if failure is None and len(ended) == len(self._procs) and len(reports) == len(self._procs):
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        report_list = list(reports.values())
+        if failure is not None:
+            name, message, code = failure
+            return Outcome("failed", code, f"{name.split('[')[0]} stage failed: {message}"
+                           if code == 1 else message, report_list)
+        if self._interrupts:
+            return Outcome("interrupted", 130, "interrupted", report_list)
+        return Outcome("quit" if quit_requested else "complete", 0, "", report_list)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._interrupts += 1
+        self.stop.set()
+
+    def _drain_ctrl(self, reports: dict, timeout: float):
+        """Read control messages for up to `timeout` s; returns (first failure or None, quit?)."""
+        failure, quit = None, False
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.ctrl.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except (queue.Empty, InterruptedError):
+                return failure, quit
+            kind, name = msg[0], msg[1]
+            if kind == "done":
+                reports[name] = msg[2]
+            elif kind == "error" and failure is None:
+                failure = (name, msg[2], msg[3])
+            elif kind == "quit":
+                quit = True
+                self.stop.set()
+            timeout = 0.0  # keep reading only what is already there
+            deadline = min(deadline, time.monotonic() + 0.05)
+
+    def close(self) -> None:
+        """Stop every stage still running (SIGTERM, then SIGKILL), then unlink every ring."""
+        self.stop.set()
+        alive = [p for p in self._procs.values() if p.is_alive()]
+        for p in alive:
+            p.terminate()
+        deadline = time.monotonic() + TERM_GRACE_S
+        for p in alive:
+            p.join(max(deadline - time.monotonic(), 0.0))
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        for p in self._procs.values():
+            p.join(0.1)
+        for ring in self._rings:
+            ring.close()
+            ring.unlink()
+        self._rings = []
+        self.ctrl.cancel_join_thread()
