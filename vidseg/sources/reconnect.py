@@ -48,7 +48,7 @@ class Reconnecting:
     max_retries: reopen attempts per outage before giving up with SourceUnavailable
         (None = never give up). The first open is retried the same way.
     report: called with one line when an outage starts and one when it ends.
-    reconnects: outages survived so far (for the run's stats).
+    reconnects: outages survived so far; skipped: undecodable packets of closed connections.
     """
 
     live = True
@@ -59,6 +59,7 @@ class Reconnecting:
                  longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr):
         self.name = mask(name)
         self.reconnects = 0
+        self.skipped = 0
         self._open_source = open_source
         self._max_retries = max_retries
         self._delays = (first_delay, longest_delay)
@@ -105,7 +106,7 @@ class Reconnecting:
                 cause = f"{self.name}: stream ended"
             except SourceLost as error:
                 cause = str(error)
-            self._source.close()
+            self._release()
             if self._closed.is_set():
                 return
             frames = yield from self._outage(mask(cause))
@@ -127,7 +128,7 @@ class Reconnecting:
                 cause = f"{self.name}: stream ended"
             except SourceLost as error:
                 cause = mask(error)
-            self._source.close()
+            self._release()
         self.reconnects += 1
         self._report(f"{self.name}: reconnected after {time.monotonic() - started:.1f} s")
         yield self._stamp(first)
@@ -142,9 +143,18 @@ class Reconnecting:
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return SourceFrame(image, frame.capture_time - self._origin, frame.capture_time)
 
+    def stats(self) -> dict:
+        """For the run's --stats (per source)."""
+        return {"reconnects": self.reconnects}
+
+    def _release(self) -> None:
+        self.skipped += int(getattr(self._source, "decode_errors", 0))
+        self._source.close()
+        self._source = None
+
     def close(self) -> None:
         """Ends frames() at its next frame or retry wait (safe from a signal handler), and
         releases the current source."""
         self._closed.set()
         if self._source is not None:
-            self._source.close()
+            self._release()

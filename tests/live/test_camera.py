@@ -1,0 +1,83 @@
+"""CameraSource through a stand-in capture object (no V4L2 device exists on these machines)."""
+import cv2
+import numpy as np
+import pytest
+
+from vidseg.sources.camera import CameraSource, device_path
+from vidseg.sources.reconnect import Reconnecting, SourceLost, SourceUnavailable
+
+
+class StandInCapture:
+    """Behaves like cv2.VideoCapture on a 64x48 camera that delivers `n` BGR frames."""
+
+    def __init__(self, path, n=5, opened=True):
+        self.path, self.n, self.opened = path, n, opened
+        self.released = False
+        self.props = {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48, cv2.CAP_PROP_FPS: 30}
+
+    def isOpened(self):
+        return self.opened
+
+    def get(self, prop):
+        return self.props.get(prop, 0)
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def read(self):
+        if self.n == 0:
+            return False, None
+        self.n -= 1
+        bgr = np.zeros((48, 64, 3), np.uint8)
+        bgr[..., 0] = 200  # blue in OpenCV's BGR order
+        return True, bgr
+
+    def release(self):
+        self.released = True
+
+
+def test_device_index_and_path_name_the_same_camera():
+    assert device_path(0) == device_path("0") == "/dev/video0"
+    assert device_path("/dev/video3") == "/dev/video3"
+
+
+def test_frames_are_rgb_with_capture_clock_pts():
+    captures = []
+    source = CameraSource("1", open_capture=lambda p: captures.append(StandInCapture(p)) or captures[-1])
+    assert captures[0].path == "/dev/video1"
+    assert (source.width, source.height, source.fps, source.live) == (64, 48, 30.0, True)
+    assert captures[0].props[cv2.CAP_PROP_BUFFERSIZE] == 1
+    frames = []
+    with pytest.raises(SourceLost, match="camera /dev/video1 stopped delivering frames"):
+        for frame in source.frames():
+            frames.append(frame)
+    source.close()
+    assert captures[0].released and len(frames) == 5
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
+    assert tuple(frames[0].image[0, 0]) == (0, 0, 200)  # blue, now in RGB order
+    pts = [f.pts for f in frames]
+    assert pts[0] == 0 and pts == sorted(pts)
+
+
+def test_unplugged_camera_is_reopened():
+    reports = []
+    source = Reconnecting(lambda: CameraSource(0, open_capture=lambda p: StandInCapture(p, n=3)), "/dev/video0",
+                          first_delay=0.01, report=reports.append)
+    frames = [f for _, f in zip(range(7), source.frames())]
+    source.close()
+    assert len(frames) == 7 and source.reconnects == 2
+    assert reports[0] == "camera /dev/video0 stopped delivering frames; reconnecting"
+
+
+def test_camera_that_does_not_open_is_lost_not_fatal():
+    with pytest.raises(SourceLost, match="cannot open camera /dev/video0"):
+        CameraSource(0, open_capture=lambda p: StandInCapture(p, opened=False))
+
+
+def test_missing_camera_is_one_clear_line():
+    with pytest.raises(SourceUnavailable) as error:
+        CameraSource("/dev/video97")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("no camera at /dev/video97 (cameras found: ") and "--device" in message
