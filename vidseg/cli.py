@@ -88,3 +88,22 @@ def bench_cmd(input, model, weights, batch, min_confidence, frames, preset, as_j
 
     return run_bench(BenchJob(input=input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
                               frames=frames, preset=preset, as_json=as_json))
+
+
+@main.group("weights")
+def weights_group():
+    """Get published model weights (the only commands that use the network)."""
+
+
+@weights_group.command("download")
+@click.argument("name", type=click.Choice(["coco"]))
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Directory to save the weights file in.")
+@click.option("--url", default=None, metavar="URL",
+              help="Download from this URL instead (a mirror); default: $VIDSEG_WEIGHTS_URL or the release.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def weights_download_cmd(name, directory, url, no_progress):
+    """Download matterport's mask_rcnn_coco.h5 (246 MB; resumes a partial download)."""
+    from vidseg.weights_download import download
+
+    download(name, directory, url=url, progress=not no_progress)
