@@ -359,7 +359,7 @@ class MaskRCNN:
         Returns boxes int32 [N, 4] original pixels, class_ids int32 [N], scores float32 [N],
         masks bool [H, W, N] (float64 [H, W, 0] when N == 0).
         """
-        boxes, class_ids, scores, masks = self._unmold_boxes(
+        boxes, class_ids, scores, masks = self.unmold_boxes(
             detections, mrcnn_mask, original_image_shape, image_shape, window)
         full_masks = [utils.unmold_mask(masks[i], boxes[i], original_image_shape) for i in range(len(boxes))]
         full_masks = (np.stack(full_masks, axis=-1) if full_masks
@@ -367,7 +367,7 @@ class MaskRCNN:
         return boxes, class_ids, scores, full_masks
 
     @staticmethod
-    def _unmold_boxes(detections, mrcnn_mask, original_image_shape, image_shape, window):
+    def unmold_boxes(detections, mrcnn_mask, original_image_shape, image_shape, window):
         """unmold_detections without pasting: (boxes int32 [N, 4], class_ids, scores, masks28 [N, 28, 28])."""
         zero_ix = np.where(detections[:, 4] == 0)[0]
         n = zero_ix[0] if zero_ix.shape[0] > 0 else detections.shape[0]
@@ -426,7 +426,7 @@ class MaskRCNN:
             self._compiled[key] = infer
         return self._compiled[key]
 
-    def _run_molded(self, molded_images, image_metas):
+    def infer_molded(self, molded_images, image_metas):
         """Run the compiled function on a list of molded images in BATCH_SIZE chunks, padding
         the last chunk. Returns [(detections [100, 6], masks [n, 28, 28])] per image."""
         batch = self.config.BATCH_SIZE
@@ -468,7 +468,7 @@ class MaskRCNN:
         if verbose:
             log("molded_images", molded_images)
             log("image_metas", image_metas)
-        return self._results(self._run_molded(molded_images, image_metas), images, molded_images, windows)
+        return self._results(self.infer_molded(molded_images, image_metas), images, molded_images, windows)
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
         """Detect on already molded images (float32 [N, H, W, 3]) with their metas; boxes are
@@ -476,7 +476,7 @@ class MaskRCNN:
         assert self.mode == "inference", "Create model in inference mode."
         windows = [(0, 0, m.shape[0], m.shape[1]) for m in molded_images]
         images = [np.zeros(m.shape, np.uint8) for m in molded_images]
-        return self._results(self._run_molded(np.asarray(molded_images), np.asarray(image_metas)),
+        return self._results(self.infer_molded(np.asarray(molded_images), np.asarray(image_metas)),
                              images, molded_images, windows)
 
     def _results(self, raw, images, molded_images, windows):

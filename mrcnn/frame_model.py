@@ -1,0 +1,165 @@
+"""Mask R-CNN as a `vidseg.detections.FrameModel`: a batch of uint8 RGB frames in,
+one `Detections` per frame out (boxes in frame pixels, 28x28 mask probabilities).
+
+The architecture is read from the weights file itself (backbone, widths, class count);
+a JSON file beside it (`<weights stem>.json`) may add config overrides and class names:
+
+    {"config": {"RPN_ANCHOR_SCALES": [8, 16, 32, 64, 128], "IMAGE_MAX_DIM": 128, ...},
+     "class_names": ["BG", "square", "circle", "triangle"]}
+
+81-class files without names get the COCO names. weights=None uses the shipped model
+`vidseg/models/shapes.h5` (+ `shapes.json`).
+"""
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info/warning spam
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mrcnn import weights as weightslib  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from vidseg.detections import Detections  # noqa: E402
+from vidseg.errors import InputError  # noqa: E402
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "vidseg" / "models" / "shapes.h5"
+COCO_CLASS_NAMES = Path(__file__).resolve().parent / "coco_class_names.json"
+
+
+def _bias_size(group, layer):
+    """Length of `layer`'s bias in an open weights file (None when the layer is absent)."""
+    if layer not in group:
+        return None
+    names = [n.decode("utf8") if isinstance(n, bytes) else n for n in group[layer].attrs["weight_names"]]
+    bias = [n for n in names if n.endswith("bias:0")]
+    return int(group[layer][bias[-1]].shape[0]) if bias else None
+
+
+def architecture_from_file(path):
+    """Config fields that the weight shapes determine: {BACKBONE, BACKBONE_WIDTH (resnet18),
+    NUM_CLASSES, TOP_DOWN_PYRAMID_SIZE, RPN_CONV_SIZE, FPN_CLASSIF_FC_LAYERS_SIZE,
+    MASK_HEAD_CONV_SIZE}; raises InputError for a file that is not Mask R-CNN weights."""
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+            names = set(group.keys())
+            if "mrcnn_class_logits" not in names or "conv1" not in names:
+                raise InputError(f"{path} is not a Mask R-CNN weights file (no mrcnn_class_logits/conv1 layers)")
+            if "res4w_branch2a" in names:
+                arch = {"BACKBONE": "resnet101"}
+            elif "res4f_branch2a" in names:
+                arch = {"BACKBONE": "resnet50"}
+            elif "res2a_branch2c" not in names:
+                arch = {"BACKBONE": "resnet18", "BACKBONE_WIDTH": _bias_size(group, "conv1") / 64}
+            else:
+                raise InputError(f"{path}: unrecognised backbone; pass backbone=resnet50|resnet101|resnet18")
+            sizes = {"NUM_CLASSES": "mrcnn_class_logits", "TOP_DOWN_PYRAMID_SIZE": "fpn_c5p5",
+                     "FPN_CLASSIF_FC_LAYERS_SIZE": "mrcnn_class_conv1", "MASK_HEAD_CONV_SIZE": "mrcnn_mask_conv1"}
+            arch.update({k: _bias_size(group, layer) for k, layer in sizes.items()})
+            rpn = group.get("rpn_model")
+            if rpn is not None and "rpn_conv_shared" in rpn:
+                arch["RPN_CONV_SIZE"] = int(rpn["rpn_conv_shared"]["bias:0"].shape[0])
+            return {k: v for k, v in arch.items() if v is not None}
+    except OSError:
+        raise InputError(f"{path} is not an HDF5 weights file") from None
+
+
+def _read_class_names(class_names):
+    """A list, or a file: JSON list or one name per line (entry 0 must be 'BG')."""
+    if isinstance(class_names, (str, os.PathLike)):
+        path = Path(class_names)
+        if not path.is_file():
+            raise InputError(f"class names file not found: {path}")
+        text = path.read_text(encoding="utf8")
+        try:
+            names = json.loads(text)
+        except ValueError:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+        return [str(n) for n in names]
+    return [str(n) for n in class_names]
+
+
+class MaskRCNNFrameModel:
+    """FrameModel running Mask R-CNN with one compiled function for its batch and input size.
+
+    weights: path of an .h5 (matterport's layout or a vidseg checkpoint); None = shipped model.
+    batch_size: frames per call (short batches are padded); default 1.
+    min_confidence: DETECTION_MIN_CONFIDENCE; max_dim: IMAGE_MAX_DIM (multiple of 64);
+    backbone: override the backbone found in the file; class_names: list or file path.
+    """
+
+    def __init__(self, weights=None, batch_size=None, min_confidence=None, max_dim=None, backbone=None,
+                 class_names=None):
+        from mrcnn import model as modellib  # imports TensorFlow
+
+        weights = Path(weights) if weights is not None else SHIPPED_WEIGHTS
+        if not weights.is_file():
+            if weights == SHIPPED_WEIGHTS:
+                raise InputError(f"the shipped model {SHIPPED_WEIGHTS} is missing; reinstall vidseg "
+                                 "or pass --weights FILE")
+            raise InputError(f"weights file not found: {weights}")
+        overrides = architecture_from_file(weights)
+        sidecar = weights.with_suffix(".json")
+        names = None
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text(encoding="utf8"))
+            overrides.update(meta.get("config", {}))
+            names = meta.get("class_names")
+        if backbone is not None:
+            overrides["BACKBONE"] = backbone
+        if min_confidence is not None:
+            overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
+        if max_dim is not None:
+            if int(max_dim) % 64 or int(max_dim) <= 0:
+                raise InputError(f"max_dim must be a positive multiple of 64, got {max_dim}")
+            overrides["IMAGE_MAX_DIM"] = int(max_dim)
+            overrides["IMAGE_MIN_DIM"] = min(int(max_dim), overrides.get("IMAGE_MIN_DIM", Config.IMAGE_MIN_DIM))
+        overrides.update(NAME="vidseg", GPU_COUNT=1, IMAGES_PER_GPU=int(batch_size or 1))
+        self.config = type("FrameModelConfig", (Config,), {
+            k: np.array(v) if k in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV") else v
+            for k, v in overrides.items()})()
+
+        if class_names is not None:
+            names = _read_class_names(class_names)
+        elif names is None and self.config.NUM_CLASSES == 81:
+            names = json.loads(COCO_CLASS_NAMES.read_text(encoding="utf8"))["class_names"]
+        if names is None:
+            raise InputError(f"{weights} has {self.config.NUM_CLASSES} classes but no class names; "
+                             "pass --classes FILE (one name per line, 'BG' first)")
+        if len(names) != self.config.NUM_CLASSES:
+            raise InputError(f"{len(names)} class names given but {weights} has {self.config.NUM_CLASSES} "
+                             "classes (count 'BG' as the first)")
+        self.class_names = names
+        self.batch_size = self.config.BATCH_SIZE
+
+        self.model = modellib.MaskRCNN("inference", self.config, model_dir=os.devnull)
+        try:
+            self.model.load_weights(str(weights), by_name=False)
+        except weightslib.WeightsError as e:
+            raise InputError(str(e)) from None
+        self.warm_up()
+
+    def warm_up(self):
+        """Compile and run once on a blank batch so the first real frames are not slow."""
+        side = int(self.config.IMAGE_SHAPE[0])
+        self([np.zeros((side, side, 3), np.uint8)] * self.batch_size)
+
+    def __call__(self, frames):
+        """frames: uint8 RGB [H, W, 3] each (at most batch_size; sizes may differ).
+
+        Returns one Detections per frame: boxes float32 [N, 4] (y1, x1, y2, x2) frame pixels,
+        integers as in matterport's `rois`; class_ids int32; scores float32 descending;
+        masks float32 [N, 28, 28] probabilities of the detection's class inside its box.
+        """
+        if not frames:
+            return []
+        molded, metas, windows = self.model.mold_inputs(frames)
+        results = []
+        for frame, mold, window, (det, masks) in zip(frames, molded, windows,
+                                                      self.model.infer_molded(molded, metas)):
+            boxes, class_ids, scores, masks28 = self.model.unmold_boxes(det, masks, frame.shape, mold.shape, window)
+            results.append(Detections(boxes.astype(np.float32), class_ids, scores,
+                                      masks28.astype(np.float32)))
+        return results
