@@ -208,7 +208,10 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
             meter.start()
             keep_going = True
             for sink in sinks:
-                keep_going &= bool(sink.write(item.image, item.pts))
+                if getattr(sink, "wants_capture_time", False):  # the window shows latency
+                    keep_going &= bool(sink.write(item.image, item.pts, item.capture_time))
+                else:
+                    keep_going &= bool(sink.write(item.image, item.pts))
             port.release(item)
             meter.stop()
             meter.latencies_ms.append((time.monotonic() - item.capture_time) * 1000.0)
