@@ -121,13 +121,13 @@ def save_weights(model, path):
     tmp = path + ".tmp"
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in model.layers]
+            f.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers], dtype="S")
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = keras.__version__.encode("utf8")
             for layer in model.layers:
                 g = f.create_group(layer.name)
                 ws = layer_weights(layer) if layer.weights else []
-                g.attrs["weight_names"] = [w.encode("utf8") for w, _ in ws]
+                g.attrs["weight_names"] = np.array([w.encode("utf8") for w, _ in ws], dtype="S")
                 for w, v in ws:
                     g.create_dataset(w, data=np.asarray(v))
         os.replace(tmp, path)
