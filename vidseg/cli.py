@@ -107,3 +107,61 @@ def weights_download_cmd(name, directory, url, no_progress):
     from vidseg.weights_download import download
 
     download(name, directory, url=url, progress=not no_progress)
+
+
+# ---- live sources: `vidseg camera`, `vidseg rtsp` (vidseg/pipelines/live.py) ----
+
+def live_options(f):
+    """Options shared by the live commands."""
+    for option in reversed([
+        click.option("--no-window", is_flag=True, help="Show no window (e.g. with -o on a server)."),
+        click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+                     help="Stop after this many seconds."),
+        click.option("--max-frames", type=click.IntRange(1), default=None, metavar="N",
+                     help="Stop after N frames captured from each source."),
+        click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True,
+                     help="libx264 preset."),
+        click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True,
+                     help="libx264 quality (lower is better)."),
+        click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON."),
+    ]):
+        f = option(f)
+    return model_options(f)
+
+
+def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, overwrite, no_progress, stats,
+          model, weights, batch, min_confidence, **source_options):
+    from vidseg.pipelines.live import LiveJob, run_live
+
+    return run_live(LiveJob(kind=kind, targets=list(targets), output=output, window=not no_window,
+                            duration=duration, max_frames=max_frames, preset=preset, crf=crf, overwrite=overwrite,
+                            progress=not no_progress, stats=stats, model=model, weights=weights, batch=batch,
+                            min_confidence=min_confidence, **source_options))
+
+
+@main.command("camera")
+@click.option("--device", default="0", show_default=True, metavar="0|/dev/videoN", help="The camera.")
+@click.option("-o", "--output", type=click.Path(), default=None, help="Also record to this MP4.")
+@live_options
+def camera_cmd(device, **options):
+    """Segment a webcam live (V4L2), in a window and/or into an MP4."""
+    return _live("camera", [device], max_retries=None, **options)
+
+
+@main.command("rtsp")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Also record: an MP4 (one source) or an existing folder (one MP4 per source).")
+@click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True,
+              help="RTSP transport.")
+@click.option("--max-retries", type=click.IntRange(0), default=None,
+              help="Reconnect attempts per outage before giving up (default: never give up).")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="A stream silent this long is reconnected.")
+@live_options
+def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
+    """Segment RTSP cameras rtsp://[user:pass@]host[:port]/path live (several at once)."""
+    return _live("rtsp", urls, transport=transport, max_retries=max_retries, read_timeout=read_timeout,
+                 open_timeout=max(10.0, read_timeout), **options)

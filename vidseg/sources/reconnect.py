@@ -48,6 +48,7 @@ class Reconnecting:
     max_retries: reopen attempts per outage before giving up with SourceUnavailable
         (None = never give up). The first open is retried the same way.
     report: called with one line when an outage starts and one when it ends.
+    duration, max_frames: end frames() after this many seconds (from construction) or frames.
     reconnects: outages survived so far; skipped: undecodable packets of closed connections.
     """
 
@@ -56,8 +57,12 @@ class Reconnecting:
 
     def __init__(self, open_source: Callable[[], FrameSource], name: str,
                  max_retries: Optional[int] = None, first_delay: float = 1.0,
-                 longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr):
+                 longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr,
+                 duration: Optional[float] = None, max_frames: Optional[int] = None):
         self.name = mask(name)
+        self._deadline = time.monotonic() + duration if duration is not None else None
+        self._max_frames = max_frames
+        self._count = 0
         self.reconnects = 0
         self.skipped = 0
         self._open_source = open_source
@@ -73,7 +78,7 @@ class Reconnecting:
             self._report(f"{mask(error)}; retrying")
             self._source = self._open_with_retries(str(error))
             if self._source is None:
-                raise SourceUnavailable(f"{self.name}: closed before it opened") from None
+                raise SourceUnavailable(f"{mask(error)}; stopped before it came back") from None
             self._report(f"{self.name}: connected after {time.monotonic() - started:.1f} s")
         self.width, self.height = self._source.width, self._source.height
         self.fps = self._source.fps
@@ -86,7 +91,9 @@ class Reconnecting:
         for attempt, delay in enumerate(backoff_delays(*self._delays), start=1):
             if self._max_retries is not None and attempt > self._max_retries:
                 raise SourceUnavailable(f"{mask(cause)}; gave up after {self._max_retries} retries")
-            if self._closed.wait(delay):
+            if self._deadline is not None:
+                delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+            if self._closed.wait(delay) or self._done():
                 return None
             try:
                 return self._open_source()
@@ -94,20 +101,23 @@ class Reconnecting:
                 cause = str(error)
 
     def frames(self) -> Iterator[SourceFrame]:
-        """Yields frames until close(); an outage only pauses the flow.
+        """Yields frames until close(), the duration or the frame limit; an outage only pauses
+        the flow.
 
         image uint8 RGB [height, width, 3] (resized if the source came back at another size);
         pts seconds on the capture clock since the first frame; capture_time time.monotonic()."""
         frames = self._source.frames()
-        while frames is not None and not self._closed.is_set():
+        while frames is not None and not self._done():
             try:
                 for frame in frames:
                     yield self._stamp(frame)
+                    if self._done():
+                        return
                 cause = f"{self.name}: stream ended"
             except SourceLost as error:
                 cause = str(error)
             self._release()
-            if self._closed.is_set():
+            if self._done():
                 return
             frames = yield from self._outage(mask(cause))
 
@@ -134,10 +144,16 @@ class Reconnecting:
         yield self._stamp(first)
         return frames
 
+    def _done(self) -> bool:
+        """close() was called, or the duration or frame limit is reached."""
+        return (self._closed.is_set() or (self._max_frames is not None and self._count >= self._max_frames)
+                or (self._deadline is not None and time.monotonic() >= self._deadline))
+
     def _stamp(self, frame: SourceFrame) -> SourceFrame:
         """Re-times a frame on this source's clock and keeps its size constant."""
         if self._origin is None:
             self._origin = frame.capture_time
+        self._count += 1
         image = frame.image
         if image.shape[:2] != (self.height, self.width):
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)

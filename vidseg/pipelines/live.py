@@ -1,0 +1,219 @@
+"""`vidseg camera` and `vidseg rtsp`: live sources through the model to windows and MP4s.
+
+Each source is probed once here (size, and a one-line error for a wrong password or a
+missing camera), then read in its own capture process by a `Reconnecting` source with the
+`latest` queue policy: at most one frame waits for inference, the freshest one, and every
+drop is counted. One inference process batches across sources; each source gets its own
+window and/or MP4 (`-o DIR` → one MP4 per source). MP4 timestamps come from the capture
+clock, so a file plays at real speed across drops and outages; it is finalised however the
+run ends (--duration, --max-frames, q, Ctrl-C, an error).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Optional
+from urllib.parse import urlsplit
+
+from vidseg.errors import InputError
+from vidseg.metrics import summary, write_stats
+from vidseg.models import check_spec
+from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
+from vidseg.secrets import mask
+from vidseg.sinks.mp4 import Mp4Sink
+from vidseg.sinks.null import NullSink
+from vidseg.sinks.window import WindowSink, check_display
+from vidseg.sources.camera import CameraSource, device_path
+from vidseg.sources.reconnect import Reconnecting, SourceUnavailable
+from vidseg.sources.rtsp import RtspSource
+
+
+@dataclass
+class LiveJob:
+    """Options of `vidseg camera` / `vidseg rtsp` (see the CLI help for each).
+
+    kind: "camera" (targets are devices) or "rtsp" (targets are URLs).
+    max_retries: reopen attempts per outage (None = forever).
+    duration, max_frames: stop each source after this many seconds / captured frames.
+    """
+
+    kind: str
+    targets: list
+    output: Optional[str] = None
+    window: bool = True
+    transport: str = "tcp"
+    max_retries: Optional[int] = None
+    duration: Optional[float] = None
+    max_frames: Optional[int] = None
+    open_timeout: float = 10.0
+    read_timeout: float = 5.0
+    model: str = "mrcnn"
+    weights: Optional[str] = None
+    batch: Optional[int] = None
+    min_confidence: Optional[float] = None
+    preset: str = "veryfast"
+    crf: int = 23
+    overwrite: bool = False
+    progress: bool = True
+    stats: Optional[str] = None
+    model_options: dict = field(default_factory=dict)
+
+
+def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
+              read_timeout: float = 5.0, max_retries: Optional[int] = None, duration: Optional[float] = None,
+              max_frames: Optional[int] = None) -> Reconnecting:
+    """The live source of one target, reopened after outages (built in its capture process)."""
+    if kind == "camera":
+        opener = partial(CameraSource, target)
+    else:
+        opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
+    return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames)
+
+
+def probe_all(job: LiveJob) -> list:
+    """Opens every source once, side by side; returns [(width, height, fps)] in order.
+    Raises InputError naming the first source that cannot be used."""
+    results: list = [None] * len(job.targets)
+
+    def probe(i: int, target: str) -> None:
+        try:
+            source = open_live(job.kind, target, job.transport, job.open_timeout, job.read_timeout,
+                               job.max_retries)
+        except SourceUnavailable as error:
+            results[i] = error
+            return
+        results[i] = (source.width, source.height, source.fps)
+        source.close()
+
+    threads = [threading.Thread(target=probe, args=(i, t), daemon=True) for i, t in enumerate(job.targets)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)  # stays responsive to Ctrl-C
+    for result in results:
+        if isinstance(result, Exception):
+            raise InputError(mask(result))
+    return results
+
+
+def output_paths(job: LiveJob) -> list:
+    """One MP4 path per source (None each when no -o). -o FILE takes one source; -o DIR (an
+    existing directory) takes any number, named after each source without credentials."""
+    if job.output is None:
+        return [None] * len(job.targets)
+    output = os.path.abspath(job.output)
+    if os.path.isdir(output):
+        paths = [os.path.join(output, f"{slug(job.kind, t)}.mp4") for t in job.targets]
+        if len(set(paths)) < len(paths):
+            paths = [os.path.join(output, f"{i}-{slug(job.kind, t)}.mp4") for i, t in enumerate(job.targets)]
+    elif len(job.targets) > 1:
+        raise InputError(f"{len(job.targets)} sources need one MP4 each: give -o an existing directory")
+    elif not os.path.isdir(os.path.dirname(output)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(output)}; create it first")
+    else:
+        paths = [output]
+    for path in paths:
+        if os.path.exists(path) and not job.overwrite:
+            raise InputError(f"output {path} exists; pass --overwrite (-y) to replace it")
+        if not os.access(os.path.dirname(path), os.W_OK):
+            raise InputError(f"cannot write to {os.path.dirname(path)}; choose a writable output directory")
+    return paths
+
+
+def slug(kind: str, target: str) -> str:
+    """A file name for a source, never with its credentials: video0, 10.0.0.5_554_stream1."""
+    if kind == "camera":
+        return os.path.basename(device_path(target))
+    parts = urlsplit(target)
+    text = "_".join(p for p in (parts.hostname, str(parts.port or ""), parts.path.strip("/")) if p)
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text) or "stream"
+
+
+def check_targets(job: LiveJob) -> None:
+    if not job.targets:
+        raise InputError("give at least one source")
+    if job.kind == "rtsp":
+        for target in job.targets:
+            if urlsplit(target).scheme not in ("rtsp", "rtsps"):
+                raise InputError(f"not an RTSP URL: {mask(target)}; expected rtsp://[user:pass@]host[:port]/path")
+
+
+def run_live(job: LiveJob) -> int:
+    """Run the job; print the summary (stderr); returns the exit code."""
+    check_spec(job.model)
+    check_targets(job)
+    if job.window:
+        check_display()
+    paths = output_paths(job)
+    shapes = probe_all(job)
+    names = [mask(t) for t in job.targets]
+    if len(set(names)) < len(names):
+        names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    temps = [_temp_beside(p) if p else None for p in paths]
+    plans = []
+    for i, (target, (width, height, fps)) in enumerate(zip(job.targets, shapes)):
+        sinks = []
+        if job.window:
+            sinks.append(Spec(WindowSink, {"title": names[i], "slot": i}))
+        if temps[i]:
+            sinks.append(Spec(Mp4Sink, {"path": temps[i], "width": width, "height": height, "fps": fps,
+                                        "preset": job.preset, "crf": job.crf}))
+        source = Spec(open_live, {"kind": job.kind, "target": target, "transport": job.transport,
+                                  "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
+                                  "max_retries": job.max_retries, "duration": job.duration,
+                                  "max_frames": job.max_frames})
+        plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
+                                frame_shape=(height, width), policy="latest"))
+    options = dict(weights=job.weights, min_confidence=job.min_confidence, **job.model_options)
+    try:
+        result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch,
+                              progress=job.progress, keep_going=len(plans) > 1)
+    finally:
+        _keep_outputs(temps, paths)
+    return finish(result, job.stats)
+
+
+def finish(result: RunResult, stats_path: Optional[str]) -> int:
+    """Print the summary (and the failure, if any); write --stats; return the exit code."""
+    stats = result.stats
+    stats["reconnects"] = sum(s.get("reconnects", 0) for s in stats.get("sources", {}).values())
+    print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
+          file=sys.stderr)
+    if result.status == "failed":
+        print(f"vidseg: error: {mask(result.message)}", file=sys.stderr)
+    if stats_path:
+        write_stats(stats_path, stats)
+    return result.exit_code
+
+
+def _temp_beside(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    os.close(fd)
+    return tmp
+
+
+def _keep_outputs(temps: list, paths: list) -> None:
+    """Every finalised MP4 that holds frames goes into place, however the run ended."""
+    for tmp, path in zip(temps, paths):
+        if tmp is None:
+            continue
+        if _has_video(tmp):
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
+
+
+def _has_video(path: str) -> bool:
+    import av
+
+    try:
+        with av.open(path) as container:
+            return bool(container.streams.video) and container.streams.video[0].frames > 0
+    except (av.FFmpegError, OSError):
+        return False

@@ -1,0 +1,96 @@
+"""Show rendered frames in an OpenCV window, with the frame rate and latency drawn on top.
+
+The window is titled with the source (password masked). `q` or Esc, or closing the window,
+makes write() return False, which ends the run cleanly. Needs OpenCV built with a GUI
+(the opencv-python wheel, not -headless) and a display ($DISPLAY, e.g. Xvfb in tests).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from vidseg.errors import InputError
+from vidseg.secrets import mask
+
+QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
+FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # the opencv-python wheel's Qt ships no fonts
+
+
+class WindowSink:
+    """One window per source.
+
+    title: the source name (masked here as well). slot: position among the run's windows,
+    which are laid out side by side. max_size: (width, height) the window is shrunk to fit.
+    write(image uint8 RGB [H, W, 3], pts, capture_time) draws "<fps> fps  <latency> ms" where
+    latency = now - capture_time (time.monotonic(), same clock in every process).
+    """
+
+    wants_capture_time = True  # the sink stage passes each frame's capture time to write()
+
+    def __init__(self, title: str, slot: int = 0, max_size: tuple = (960, 720)):
+        check_display()
+        if os.path.isdir(FONT_DIR):
+            os.environ.setdefault("QT_QPA_FONTDIR", FONT_DIR)
+        self.title = mask(title)
+        self._slot = slot
+        self._max_size = max_size
+        self._opened = False
+        self._fps = 0.0
+        self._last: Optional[float] = None
+
+    def _open(self, height: int, width: int) -> None:
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        scale = min(1.0, self._max_size[0] / width, self._max_size[1] / height)
+        w, h = round(width * scale), round(height * scale)
+        cv2.resizeWindow(self.title, w, h)
+        cv2.moveWindow(self.title, self._slot * (w + 10), 0)
+        self._opened = True
+
+    def write(self, image: np.ndarray, pts: float, capture_time: Optional[float] = None) -> bool:
+        """Shows the frame; False when the user asked to quit (q, Esc, window closed)."""
+        now = time.monotonic()
+        if self._last is not None and now > self._last:
+            rate = 1.0 / (now - self._last)
+            self._fps = rate if self._fps == 0 else 0.9 * self._fps + 0.1 * rate
+        self._last = now
+        if not self._opened:
+            self._open(*image.shape[:2])
+        elif cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            return False
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # a copy: the frame itself stays clean
+        text = f"{self._fps:.1f} fps"
+        if capture_time is not None:
+            text += f"  {(now - capture_time) * 1000:.0f} ms"
+        draw_label(bgr, text)
+        cv2.imshow(self.title, bgr)
+        return (cv2.waitKey(1) & 0xFF) not in QUIT_KEYS
+
+    def close(self) -> None:
+        if self._opened:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+
+
+def check_display() -> None:
+    """InputError unless a window can be opened here (a display, and OpenCV with a GUI)."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise InputError("no display to open a window on; run with --no-window (and -o out.mp4)")
+    if re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
+        raise InputError("this OpenCV has no GUI (opencv-python-headless); install opencv-python "
+                         "or run with --no-window")
+
+
+def draw_label(bgr: np.ndarray, text: str) -> None:
+    """White text on a dark box in the top-left corner, sized to the frame (uint8 BGR, in place)."""
+    scale = max(0.5, bgr.shape[0] / 720)
+    thickness = max(1, round(scale * 1.5))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = round(6 * scale)
+    cv2.rectangle(bgr, (0, 0), (w + 2 * pad, h + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+    cv2.putText(bgr, text, (pad, pad + h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
