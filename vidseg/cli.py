@@ -109,6 +109,24 @@ def weights_download_cmd(name, directory, url, no_progress):
     download(name, directory, url=url, progress=not no_progress)
 
 
+@main.command("image")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Output picture (one input picture) or folder (several, or a folder input).")
+@model_options
+@click.option("--detections", type=click.Path(dir_okay=False), default=None,
+              help="Write detections as JSON lines, one per picture (COCO RLE masks).")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def image_cmd(inputs, output, model, weights, batch, min_confidence, detections, overwrite, no_progress):
+    """Segment pictures (files or folders of JPEG/PNG/...) and save them drawn."""
+    from vidseg.pipelines.image import ImageJob, run_image
+
+    return run_image(ImageJob(inputs=inputs, output=output, model=model, weights=weights, batch=batch,
+                              min_confidence=min_confidence, detections=detections, overwrite=overwrite,
+                              progress=not no_progress))
+
+
 # ---- live sources: `vidseg camera`, `vidseg rtsp` (vidseg/pipelines/live.py) ----
 
 def live_options(f):

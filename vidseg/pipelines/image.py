@@ -1,0 +1,210 @@
+"""`vidseg image IN... -o OUT`: segment still pictures, in this process (not a video pipeline).
+
+Inputs are image files or folders (their images, not recursive). Every input and output is
+checked before the model loads; the model is built once and sees the pictures in batches of
+its batch size. Each picture is drawn like a video frame (`vidseg.render`) and saved to OUT:
+a file for one input picture, a folder (created if missing) for several or for a folder
+input. `--detections FILE` gets one JSON line per picture, in input order:
+
+    {"image": path, "detections": [{"class_id": int, "class_name": str, "score": float,
+      "box": [x1, y1, x2, y2] (pixels, x2/y2 exclusive), "mask": {"size": [h, w], "counts": str}}]}
+
+Everything is written under temporary names and renamed when all pictures are done, so a
+failure leaves nothing behind; inputs are never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from vidseg.detections import Detections
+from vidseg.detections_io import encode_mask
+from vidseg.errors import InputError
+from vidseg.models import check_spec, load_frame_model
+from vidseg.pipelines.file import check_output
+from vidseg.render import Renderer, clip_boxes
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class ImageJob:
+    """Options of `vidseg image` (see the CLI help for each)."""
+
+    inputs: Sequence[str]
+    output: str
+    model: str = "mrcnn"
+    weights: Optional[str] = None
+    batch: Optional[int] = None
+    min_confidence: Optional[float] = None
+    detections: Optional[str] = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def find_images(inputs: Sequence[str]) -> list[str]:
+    """Image paths in input order: files as given, folders expanded to their images (sorted,
+    hidden files skipped). InputError for a missing path, an empty folder or a non-image."""
+    found: list[str] = []
+    for path in inputs:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path)
+                           if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")
+                           and os.path.isfile(os.path.join(path, n)))
+            if not names:
+                raise InputError(f"no images in folder {path} (looked for {', '.join(IMAGE_EXTS)})")
+            found += [os.path.join(path, n) for n in names]
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise InputError(f"image not found: {path}")
+    for path in found:
+        if not cv2.haveImageReader(path):
+            raise InputError(f"{path} is not an image OpenCV can read; give JPEG, PNG, BMP, TIFF or WebP files")
+    unique = {}
+    for path in found:                     # the same picture named twice is done once
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
+
+
+def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bool) -> list[str]:
+    """Absolute output path per image. folder=False: `output` is the file for the one image;
+    folder=True: `<output>/<image name>` (names made unique; PNG when OpenCV cannot write the
+    input's format). InputError when an output is an input, exists without `overwrite`, or
+    its directory is missing."""
+    if not folder:
+        if not cv2.haveImageWriter(output):
+            raise InputError(f"cannot write images as {os.path.splitext(output)[1] or 'files without extension'!r}: "
+                             "name the output .jpg or .png")
+        return [check_output(output, images[0], overwrite)]
+    out_dir = os.path.abspath(output)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"output {out_dir} is a file but there are {len(images)} images; give a folder")
+    if not os.path.isdir(os.path.dirname(out_dir)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(out_dir)}; create it first")
+    if os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK):
+        raise InputError(f"cannot write to {out_dir}; choose a writable output folder")
+    inputs = {os.path.realpath(p) for p in images}
+    targets: list[str] = []
+    for image in images:
+        stem, ext = os.path.splitext(os.path.basename(image))
+        ext = ext.lower() if cv2.haveImageWriter("x" + ext.lower()) else ".png"
+        target, n = os.path.join(out_dir, stem + ext), 1
+        while target in targets:
+            n += 1
+            target = os.path.join(out_dir, f"{stem}-{n}{ext}")
+        if os.path.realpath(target) in inputs:
+            raise InputError(f"output {target} is an input picture; choose another output folder "
+                             "(inputs are never overwritten)")
+        if os.path.exists(target) and not overwrite:
+            raise InputError(f"output {target} exists; pass --overwrite (-y) to replace it")
+        targets.append(target)
+    return targets
+
+
+def detection_items(det: Detections, labels: Sequence[str], masks: Sequence[np.ndarray],
+                    height: int, width: int) -> list[dict]:
+    """The JSON objects of one picture's detections; masks: the renderer's pasted box masks."""
+    boxes = clip_boxes(det.boxes, height, width)
+    items = []
+    for k in range(len(det)):
+        y1, x1, y2, x2 = (int(v) for v in boxes[k])
+        items.append({"class_id": int(det.class_ids[k]), "class_name": labels[k],
+                      "score": round(float(det.scores[k]), 4), "box": [x1, y1, x2, y2],
+                      "mask": encode_mask(masks[k], (y1, x1, y2, x2), height, width)})
+    return items
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3] (EXIF orientation applied; gray and alpha made RGB)."""
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot decode {path}: the file is damaged or not an image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _temp_beside(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    os.close(fd)
+    return tmp
+
+
+def _save(rgb: np.ndarray, target: str) -> str:
+    """Encode as `target`'s format into a temporary file beside it; returns that file."""
+    ok, data = cv2.imencode(os.path.splitext(target)[1], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise InputError(f"OpenCV cannot encode {target}; name the output .jpg or .png")
+    tmp = _temp_beside(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def run_image(job: ImageJob) -> int:
+    """Run the job; print a one-line summary (stderr); returns the exit code."""
+    check_spec(job.model)
+    images = find_images(job.inputs)
+    folder = len(images) > 1 or any(os.path.isdir(p) for p in job.inputs) or os.path.isdir(job.output)
+    targets = plan_outputs(images, job.output, folder, job.overwrite)
+    det_path = None
+    if job.detections:
+        det_path = check_output(job.detections, images[0], job.overwrite, "detections file")
+        if det_path in targets or det_path in {os.path.realpath(p) for p in images}:
+            raise InputError(f"detections file {det_path} is also a picture; choose another path")
+    if job.weights is not None and not os.path.isfile(job.weights):
+        raise InputError(f"weights file not found: {job.weights}")
+
+    t0 = time.perf_counter()
+    model = load_frame_model(job.model, weights=job.weights, batch_size=job.batch,
+                             min_confidence=job.min_confidence)
+    t_model = time.perf_counter() - t0
+    names = list(model.class_names)
+    made_dir = folder and not os.path.isdir(job.output)
+    if made_dir:
+        os.mkdir(os.path.abspath(job.output))
+    temps: list[tuple[str, str]] = []   # (temporary file, final path)
+    found = 0
+    try:
+        lines = []
+        with tqdm(total=len(images), unit="img", disable=None if job.progress else True) as bar:
+            for start in range(0, len(images), model.batch_size):
+                paths = images[start:start + model.batch_size]
+                frames = [read_rgb(p) for p in paths]
+                for path, frame, det, target in zip(paths, frames, model(frames), targets[start:]):
+                    labels = [names[c] if 0 <= c < len(names) else str(c) for c in det.class_ids.tolist()]
+                    masks = Renderer().draw(frame, det, labels)
+                    lines.append(json.dumps({"image": path, "detections": detection_items(
+                        det, labels, masks, frame.shape[0], frame.shape[1])}))
+                    temps.append((_save(frame, target), target))
+                    found += len(det)
+                bar.update(len(paths))
+        if det_path:
+            temps.append((_temp_beside(det_path), det_path))
+            with open(temps[-1][0], "w") as f:
+                f.write("".join(line + "\n" for line in lines))
+    except BaseException:
+        for tmp, _ in temps:
+            os.unlink(tmp)
+        if made_dir:
+            os.rmdir(os.path.abspath(job.output))
+        raise
+    for tmp, final in temps:
+        os.replace(tmp, final)
+    seconds = time.perf_counter() - t0 - t_model
+    print(f"{len(images)} picture{'s' * (len(images) > 1)}, {found} detections, "
+          f"{seconds / len(images):.3f} s per picture (model loaded in {t_model:.1f} s), written to "
+          f"{os.path.abspath(job.output)}", file=sys.stderr)
+    return 0
