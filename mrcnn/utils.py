@@ -43,6 +43,8 @@ def extract_bboxes(mask):
     """
     mask = np.asarray(mask).astype(bool)
     h, w, n = mask.shape
+    if n == 0 or h == 0 or w == 0:
+        return np.zeros((n, 4), np.int32)
     rows = mask.any(axis=1)  # [H, N]
     cols = mask.any(axis=0)  # [W, N]
     boxes = np.stack([

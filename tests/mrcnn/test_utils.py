@@ -101,6 +101,7 @@ def test_extract_bboxes_matches_loop_and_handles_empty():
         assert boxes[i].tolist() == expected
     assert boxes.dtype == np.int32
     assert utils.extract_bboxes(np.zeros((4, 4, 0), bool)).shape == (0, 4)
+    assert utils.extract_bboxes(np.zeros((0, 0, 0), bool)).shape == (0, 4)  # Dataset.load_mask default
 
 
 def test_unmold_mask_pastes_only_inside_the_box_and_image():

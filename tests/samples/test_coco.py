@@ -1,0 +1,179 @@
+"""COCO loader and COCO evaluation on a tiny COCO set written by the test."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from mrcnn import utils
+from vidseg.errors import InputError
+from vidseg.samples import coco as coco_sample
+from vidseg.samples.coco import CocoDataset
+from vidseg.samples.shapes import ShapesDataset
+
+H, W = 48, 64
+
+
+def _square(x, y, s):
+    return [[x, y, x + s, y, x + s, y + s, x, y + s]]
+
+
+@pytest.fixture
+def tiny_coco(tmp_path):
+    """matterport layout: 3 images (one without annotations), categories 3 'car' and 7 'dog'
+    (non-contiguous ids), polygon instances and one crowd region in uncompressed RLE."""
+    image_dir = tmp_path / "val2014"
+    image_dir.mkdir()
+    for level, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        cv2.imwrite(str(image_dir / name), np.full((H, W, 3), 50 * level, np.uint8))
+    crowd = np.zeros((H, W), np.uint8)
+    crowd[30:40, 40:60] = 1
+    crowd_rle = {"size": [H, W], "counts": _uncompressed_counts(crowd)}
+    annotations = [
+        {"id": 1, "image_id": 11, "category_id": 3, "segmentation": _square(4, 4, 12), "area": 144,
+         "bbox": [4, 4, 12, 12], "iscrowd": 0},
+        {"id": 2, "image_id": 11, "category_id": 7, "segmentation": _square(30, 10, 16), "area": 256,
+         "bbox": [30, 10, 16, 16], "iscrowd": 0},
+        {"id": 3, "image_id": 12, "category_id": 7, "segmentation": _square(10, 20, 20), "area": 400,
+         "bbox": [10, 20, 20, 20], "iscrowd": 0},
+        {"id": 4, "image_id": 12, "category_id": 3, "segmentation": crowd_rle, "area": 200,
+         "bbox": [40, 30, 20, 10], "iscrowd": 1},
+    ]
+    data = {"images": [{"id": i, "file_name": n, "height": H, "width": W}
+                       for i, n in ((11, "a.jpg"), (12, "b.jpg"), (13, "c.jpg"))],
+            "annotations": annotations,
+            "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "car"}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_minival2014.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def _uncompressed_counts(mask):
+    flat = mask.flatten(order="F")
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run)
+            current, run = v, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
+def _load(root, **kwargs):
+    ds = CocoDataset()
+    coco = ds.load_coco(root, "minival", year="2014", return_coco=True, **kwargs)
+    ds.prepare()
+    return ds, coco
+
+
+def test_loader_classes_instances_crowds_and_empty_images(tiny_coco):
+    ds, coco = _load(tiny_coco)
+    assert ds.class_names == ["BG", "car", "dog"]
+    assert ds.map_source_class_id("coco.7") == 2 and ds.get_source_class_id(1, "coco") == 3
+    assert [info["id"] for info in ds.image_info] == [11, 12, 13]
+    masks, class_ids = ds.load_mask(0)
+    assert masks.shape == (H, W, 2) and masks.dtype == bool
+    assert class_ids.tolist() == [1, 2] and class_ids.dtype == np.int32
+    assert utils.extract_bboxes(masks)[0].tolist() == [4, 4, 16, 16]  # pycocotools: 12x12 pixels
+    masks, class_ids = ds.load_mask(1)
+    assert class_ids.tolist() == [2, -1]  # the crowd region keeps its class, negated
+    assert masks[..., 1].sum() == 200 and masks[30:40, 40:60, 1].all()
+    masks, class_ids = ds.load_mask(2)  # no annotations: kept, no instances
+    assert masks.shape[-1] == 0 and class_ids.shape == (0,)
+    assert ds.load_image(2).shape == (H, W, 3)
+    assert ds.image_reference(0) == "http://cocodataset.org/#explore?id=11"
+
+
+def test_loader_class_selection_and_class_map(tiny_coco):
+    ds, _ = _load(tiny_coco, class_ids=[7])
+    assert ds.class_names == ["BG", "dog"] and [i["id"] for i in ds.image_info] == [11, 12]
+    assert ds.load_mask(1)[1].tolist() == [1]
+    merged, _ = _load(tiny_coco, class_map={3: 7, 7: 7})
+    assert merged.class_names == ["BG", "dog"]
+    assert merged.load_mask(0)[1].tolist() == [1, 1] and merged.load_mask(1)[1].tolist() == [1, -1]
+
+
+def test_loader_errors_are_one_line_input_errors(tiny_coco):
+    with pytest.raises(InputError, match="annotation file not found"):
+        _load(tiny_coco / "nowhere")
+    (tiny_coco / "annotations" / "instances_minival2014.json").write_text('{"images": 3}')
+    with pytest.raises(InputError, match="not a COCO instances file"):
+        _load(tiny_coco)
+    with pytest.raises(InputError, match="not supported"):
+        CocoDataset().load_coco(tiny_coco, "minival", auto_download=True)
+
+
+def _ground_truth_results(ds, image_ids, drop_last=False):
+    results = []
+    for i in image_ids:
+        masks, class_ids = ds.load_mask(i)
+        keep = class_ids > 0
+        masks, class_ids = masks[..., keep], class_ids[keep]
+        if drop_last and len(class_ids):
+            masks, class_ids = masks[..., :-1], class_ids[:-1]
+        results.extend(coco_sample.build_coco_results(
+            ds, [coco_sample.coco_image_id(ds, i)], utils.extract_bboxes(masks), class_ids,
+            np.linspace(0.99, 0.9, len(class_ids)), masks.astype(np.uint8)))
+    return results
+
+
+def test_predictions_equal_to_ground_truth_score_ap_1(tiny_coco):
+    ds, coco = _load(tiny_coco)
+    results = _ground_truth_results(ds, ds.image_ids)
+    assert results[0]["category_id"] == 3 and results[0]["bbox"] == [4.0, 4.0, 12.0, 12.0]
+    json.dumps(results)  # JSON-ready
+    for eval_type in ("bbox", "segm"):
+        table = coco_sample.coco_ap_table(coco, results, eval_type=eval_type)
+        assert list(table) == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+        assert table["AP"] == table["AP50"] == table["AP75"] == 1.0
+
+
+def test_missing_and_empty_predictions_lower_ap(tiny_coco):
+    ds, coco = _load(tiny_coco)
+    partial = coco_sample.coco_ap_table(coco, _ground_truth_results(ds, ds.image_ids, drop_last=True))
+    assert 0 < partial["AP"] < 1
+    assert coco_sample.coco_ap_table(coco, [], eval_type="bbox")["AP"] == 0.0
+    with pytest.raises(ValueError, match="eval_type"):
+        coco_sample.coco_ap_table(coco, [], eval_type="keypoints")
+
+
+class _OracleModel:
+    """A model whose detect() returns the dataset's ground truth (matterport's result dicts)."""
+
+    class config:
+        BATCH_SIZE = 2
+
+    def __init__(self, ds):
+        self.ds, self.calls = ds, []
+
+    def detect(self, images, verbose=0):
+        self.calls.append(len(images))
+        out = []
+        for image in images:
+            i = next(k for k in self.ds.image_ids if np.array_equal(self.ds.load_image(k), image))
+            masks, class_ids = self.ds.load_mask(i)
+            keep = class_ids > 0
+            out.append({"rois": utils.extract_bboxes(masks[..., keep]), "class_ids": class_ids[keep],
+                        "scores": np.ones(keep.sum(), np.float32), "masks": masks[..., keep]})
+        return out
+
+
+def test_evaluate_coco_runs_the_model_in_batches(tiny_coco, capsys):
+    ds, coco = _load(tiny_coco)
+    model = _OracleModel(ds)
+    table = coco_sample.evaluate_coco(model, ds, coco, eval_type="segm")
+    assert table["AP"] == 1.0 and model.calls == [2, 1]
+    assert "Prediction time" in capsys.readouterr().out
+    coco_sample.evaluate_coco(model, ds, coco, eval_type="bbox", limit=1, verbose=False)
+    assert model.calls == [2, 1, 1] and capsys.readouterr().out == ""
+
+
+def test_any_dataset_evaluates_through_dataset_to_coco():
+    ds = ShapesDataset.generate(12, 64, 64, seed=5)
+    coco = coco_sample.dataset_to_coco(ds)
+    assert len(coco.getImgIds()) == 12 and sorted(coco.getCatIds()) == [1, 2, 3]
+    results = _ground_truth_results(ds, ds.image_ids)
+    assert coco_sample.coco_ap_table(coco, results, eval_type="segm")["AP"] == 1.0
+    worse = [dict(r, category_id=r["category_id"] % 3 + 1) if k % 2 else r for k, r in enumerate(results)]
+    assert coco_sample.coco_ap_table(coco, worse, eval_type="segm")["AP"] < 0.9

@@ -1,0 +1,294 @@
+"""COCO datasets and COCO-style evaluation (matterport's samples/coco/coco.py, without downloads).
+
+- `CocoDataset.load_coco(dataset_dir, subset, year)` reads matterport's layout
+  (`DATASET/annotations/instances_<subset><year>.json`, images in `DATASET/<subset><year>/`);
+  `load_coco_file(annotation_file, image_dir)` reads any COCO instances JSON. Crowd
+  annotations get negative class ids; unlike matterport, images without annotations are kept
+  when all classes are loaded (they matter for evaluation: detections there are false positives).
+- `build_coco_results`, `predict_coco_results`, `coco_ap_table` and `evaluate_coco` run a model
+  and pycocotools' COCOeval and return the AP table as a dict.
+- `dataset_to_coco(dataset)` turns any `utils.Dataset` (shapes, VIA, …) into in-memory COCO
+  ground truth, so every dataset is evaluated the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+
+import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from mrcnn import utils
+from mrcnn.config import Config
+from vidseg.errors import InputError
+
+DEFAULT_DATASET_YEAR = "2014"
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class CocoConfig(Config):
+    """matterport's COCO training configuration."""
+
+    NAME = "coco"
+    IMAGES_PER_GPU = 2
+    NUM_CLASSES = 1 + 80
+
+
+def _quiet(verbose):
+    """Silence pycocotools' prints unless verbose."""
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def read_coco(annotation_file, verbose=False):
+    """pycocotools COCO for an instances JSON file. Raises InputError if missing or malformed."""
+    if not os.path.isfile(annotation_file):
+        raise InputError(f"COCO annotation file not found: {annotation_file}")
+    try:
+        with _quiet(verbose):
+            return COCO(str(annotation_file))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise InputError(f"{annotation_file}: not a COCO instances file ({e!r})") from None
+
+
+class CocoDataset(utils.Dataset):
+    """COCO instances; class ids follow the sorted COCO category ids (1 = person for COCO)."""
+
+    def load_coco(self, dataset_dir, subset, year=DEFAULT_DATASET_YEAR, class_ids=None,
+                  class_map=None, return_coco=False, auto_download=False):
+        """Register a subset in matterport's layout (see module docstring).
+
+        subset: "train", "val", "minival", "valminusminival" (the last two read images from val).
+        Other arguments as `load_coco_file`. Returns the COCO object if return_coco.
+        """
+        if auto_download:
+            raise InputError("downloading COCO is not supported here; fetch the images and "
+                             "annotations from cocodataset.org and pass their folder")
+        annotation_file = os.path.join(dataset_dir, "annotations", f"instances_{subset}{year}.json")
+        if subset in ("minival", "valminusminival"):
+            subset = "val"
+        image_dir = os.path.join(dataset_dir, f"{subset}{year}")
+        coco = self.load_coco_file(annotation_file, image_dir, class_ids=class_ids, class_map=class_map)
+        return coco if return_coco else None
+
+    def load_coco_file(self, annotation_file, image_dir, class_ids=None, class_map=None):
+        """Register the images and instances of a COCO JSON file whose images are in image_dir.
+
+        class_ids: COCO category ids to load (default all; then images without annotations are
+            kept too, otherwise only images showing one of these classes).
+        class_map: {category id: category id} merging categories (e.g. {3: 3, 8: 3} makes trucks
+            cars); annotations of unmapped categories are dropped.
+        Returns the pycocotools COCO object.
+        """
+        coco = read_coco(annotation_file)
+        self.category_map = dict(class_map) if class_map else {c: c for c in coco.getCatIds()}
+        all_classes = not class_ids
+        class_ids = sorted(set(class_ids or self.category_map.values()))
+        if all_classes:
+            image_ids = sorted(coco.imgs.keys())
+        else:
+            sources = [c for c, target in self.category_map.items() if target in class_ids]
+            image_ids = sorted({i for c in sources for i in coco.getImgIds(catIds=[c])})
+        for i in class_ids:
+            self.add_class("coco", i, coco.loadCats(i)[0]["name"])
+        wanted = [c for c, target in self.category_map.items() if target in class_ids]
+        for i in image_ids:
+            img = coco.imgs[i]
+            self.add_image("coco", image_id=i, path=os.path.join(image_dir, img["file_name"]),
+                           width=img["width"], height=img["height"],
+                           annotations=coco.loadAnns(coco.getAnnIds(imgIds=[i], catIds=wanted, iscrowd=None)))
+        return coco
+
+    def load_mask(self, image_id):
+        """(bool [H, W, N], int32 [N]); crowd regions have negative class ids (and cover the whole
+        image when their mask size disagrees with the image). No instances: ([0,0,0], [0])."""
+        image_info = self.image_info[image_id]
+        if image_info["source"] != "coco":
+            return super().load_mask(image_id)
+        instance_masks, class_ids = [], []
+        for annotation in image_info["annotations"]:
+            category = self.category_map.get(annotation["category_id"])
+            class_id = self.class_from_source_map.get(f"coco.{category}", 0)
+            if not class_id:
+                continue
+            m = self.annToMask(annotation, image_info["height"], image_info["width"])
+            if m.max() < 1:
+                continue  # tiny objects may vanish when rasterised
+            if annotation.get("iscrowd"):
+                class_id *= -1
+                if m.shape[0] != image_info["height"] or m.shape[1] != image_info["width"]:
+                    m = np.ones([image_info["height"], image_info["width"]], dtype=bool)
+            instance_masks.append(m)
+            class_ids.append(class_id)
+        if not class_ids:
+            return np.zeros((image_info["height"], image_info["width"], 0), bool), np.zeros(0, np.int32)
+        return np.stack(instance_masks, axis=2).astype(bool), np.array(class_ids, dtype=np.int32)
+
+    def load_image(self, image_id):
+        """uint8 RGB [H, W, 3]; a missing or unreadable file raises InputError naming it."""
+        try:
+            return super().load_image(image_id)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(str(e)) from None
+
+    def image_reference(self, image_id):
+        """The image's page on cocodataset.org."""
+        info = self.image_info[image_id]
+        if info["source"] == "coco":
+            return f"http://cocodataset.org/#explore?id={info['id']}"
+        return super().image_reference(image_id)
+
+    def annToRLE(self, ann, height, width):
+        """An annotation's segmentation (polygons, uncompressed or compressed RLE) as RLE."""
+        segm = ann["segmentation"]
+        if isinstance(segm, list):
+            return mask_util.merge(mask_util.frPyObjects(segm, height, width))
+        if isinstance(segm["counts"], list):
+            return mask_util.frPyObjects(segm, height, width)
+        return segm
+
+    def annToMask(self, ann, height, width):
+        """An annotation's mask: uint8 [H, W] of 0/1."""
+        return mask_util.decode(self.annToRLE(ann, height, width))
+
+
+############################################################
+#  Evaluation
+############################################################
+
+def coco_image_id(dataset, image_id):
+    """The COCO image id of a dataset image: the source id for COCO images, else the index."""
+    info = dataset.image_info[image_id]
+    return info["id"] if info["source"] == "coco" else int(image_id)
+
+
+def coco_category_id(dataset, class_id):
+    """The COCO category id of a class: the source id for COCO classes, else the class id."""
+    info = dataset.class_info[class_id]
+    return int(info["id"]) if info["source"] == "coco" else int(class_id)
+
+
+def build_coco_results(dataset, image_ids, rois, class_ids, scores, masks):
+    """COCO result records for the detections of ONE image (matterport's signature).
+
+    image_ids: [coco image id] (one item); rois int [N, (y1, x1, y2, x2)]; class_ids int [N];
+    scores float [N]; masks bool/uint8 [H, W, N].
+    Returns a list of {"image_id", "category_id", "bbox": [x, y, w, h], "score",
+    "segmentation": RLE with str counts} (JSON-ready).
+    """
+    if rois is None:
+        return []
+    results = []
+    for image_id in image_ids:
+        for i in range(rois.shape[0]):
+            bbox = [float(v) for v in np.around(rois[i], 1)]
+            results.append({
+                "image_id": image_id,
+                "category_id": coco_category_id(dataset, class_ids[i]),
+                "bbox": [bbox[1], bbox[0], bbox[3] - bbox[1], bbox[2] - bbox[0]],
+                "score": float(scores[i]),
+                "segmentation": utils.mask_to_rle(masks[:, :, i]),
+            })
+    return results
+
+
+def predict_coco_results(model, dataset, image_ids=None, limit=0, progress=None):
+    """Run `model.detect` over dataset images (in batches of model.config.BATCH_SIZE).
+
+    progress: optional callable(n_done) after each batch (e.g. a tqdm update).
+    Returns (results as `build_coco_results`, coco image ids, seconds spent in detect).
+    """
+    image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    if limit:
+        image_ids = image_ids[:limit]
+    batch = max(1, int(getattr(getattr(model, "config", None), "BATCH_SIZE", 1)))
+    results, t_prediction = [], 0.0
+    for start in range(0, len(image_ids), batch):
+        ids = image_ids[start:start + batch]
+        images = [dataset.load_image(i) for i in ids]
+        t = time.perf_counter()
+        detections = model.detect(images, verbose=0)
+        t_prediction += time.perf_counter() - t
+        for image_id, r in zip(ids, detections):
+            results.extend(build_coco_results(dataset, [coco_image_id(dataset, image_id)], r["rois"],
+                                              r["class_ids"], r["scores"], r["masks"].astype(np.uint8)))
+        if progress:
+            progress(len(ids))
+    return results, [coco_image_id(dataset, i) for i in image_ids], t_prediction
+
+
+def coco_ap_table(coco, results, image_ids=None, eval_type="segm", verbose=False):
+    """pycocotools COCOeval of result records against ground truth `coco`.
+
+    eval_type: "bbox" or "segm". image_ids: COCO image ids to evaluate (default all).
+    Returns {"AP", "AP50", "AP75", "APs", "APm", "APl"} as floats (-1 where COCO has no
+    ground truth of that size). verbose prints pycocotools' summary.
+    """
+    if eval_type not in ("bbox", "segm"):
+        raise ValueError(f"eval_type must be 'bbox' or 'segm', not {eval_type!r}")
+    with _quiet(verbose):
+        if results:
+            coco_results = coco.loadRes(results)
+        else:  # pycocotools cannot load an empty result list
+            coco_results = COCO()
+            coco_results.dataset = {"images": coco.dataset["images"],
+                                    "categories": coco.dataset.get("categories", []), "annotations": []}
+            coco_results.createIndex()
+        coco_eval = COCOeval(coco, coco_results, eval_type)
+        if image_ids is not None:
+            coco_eval.params.imgIds = list(image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {key: float(value) for key, value in zip(AP_KEYS, coco_eval.stats[:6])}
+
+
+def evaluate_coco(model, dataset, coco, eval_type="bbox", limit=0, image_ids=None, verbose=True):
+    """matterport's evaluate_coco: detect on the dataset images and score with COCOeval.
+
+    Returns the AP table of `coco_ap_table`; verbose prints it with the timing like matterport.
+    """
+    t_start = time.perf_counter()
+    results, coco_image_ids, t_prediction = predict_coco_results(model, dataset, image_ids, limit)
+    table = coco_ap_table(coco, results, coco_image_ids, eval_type, verbose=verbose)
+    if verbose:
+        print(f"Prediction time: {t_prediction:.1f} s. Average {t_prediction / max(len(coco_image_ids), 1):.3f} s/image")
+        print(f"Total time: {time.perf_counter() - t_start:.1f} s")
+    return table
+
+
+def dataset_to_coco(dataset, image_ids=None):
+    """In-memory COCO ground truth of any prepared `utils.Dataset` (from `load_mask`).
+
+    Image ids and category ids follow `coco_image_id` / `coco_category_id`; negative class ids
+    become crowd annotations. Returns a pycocotools COCO object.
+    """
+    image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    images, annotations = [], []
+    for image_id in image_ids:
+        masks, class_ids = dataset.load_mask(image_id)
+        info = dataset.image_info[image_id]
+        height = info.get("height") or masks.shape[0] or dataset.load_image(image_id).shape[0]
+        width = info.get("width") or masks.shape[1] or dataset.load_image(image_id).shape[1]
+        coco_id = coco_image_id(dataset, image_id)
+        images.append({"id": coco_id, "width": int(width), "height": int(height),
+                       "file_name": str(info.get("path") or image_id)})
+        boxes = utils.extract_bboxes(masks) if len(class_ids) else np.zeros((0, 4), int)
+        for k, class_id in enumerate(class_ids):
+            y1, x1, y2, x2 = (int(v) for v in boxes[k])
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": coco_id,
+                "category_id": coco_category_id(dataset, abs(int(class_id))),
+                "iscrowd": int(class_id < 0), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": int(masks[:, :, k].sum()), "segmentation": utils.mask_to_rle(masks[:, :, k]),
+            })
+    categories = [{"id": coco_category_id(dataset, c), "name": dataset.class_names[c]}
+                  for c in dataset.class_ids if c != 0]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    with _quiet(False):
+        coco.createIndex()
+    return coco
