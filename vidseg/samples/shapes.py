@@ -209,13 +209,14 @@ class ShapesDataset(utils.Dataset):
         return cls.generate(count, height, width, seed=seed, style=SHIFTED_STYLE)
 
     def load_shapes(self, count, height, width, seed=None, style=TRAIN_STYLE):
-        """Register `count` random images (matterport's name; seed None uses the global RNG)."""
+        """Register `count` random images (matterport's name; seed None uses the global RNG).
+        May be called again to add images of another size; image ids keep counting."""
         rng = random if seed is None else random.Random(seed)
         for name in SHAPES:
             self.add_class("shapes", CLASS_NAMES.index(name), name)
-        for i in range(count):
+        for _ in range(count):
             bg_color, shapes = random_image(rng, height, width, style)
-            self.add_image("shapes", image_id=i, path=None, width=width, height=height,
+            self.add_image("shapes", image_id=len(self.image_info), path=None, width=width, height=height,
                            bg_color=bg_color, shapes=shapes)
 
     def load_image(self, image_id):
@@ -258,10 +259,12 @@ class FrameTruth:
                 "shapes": [[s, list(c), list(d)] for s, c, d in self.shapes]}
 
 
-def moving_shapes(seconds=10, width=1280, height=720, fps=30, seed=0, count=(3, 5), size=(0.08, 0.16)):
+def moving_shapes(seconds=10, width=1280, height=720, fps=30, seed=0, count=(2, 4), size=TRAIN_STYLE.size):
     """Yield (frame uint8 RGB [H, W, 3], FrameTruth) for a clip of shapes bouncing off the edges.
 
-    count: (min, max) number of shapes; size: (min, max) half-size as a fraction of `height`.
+    count: (min, max) number of shapes; size: (min, max) half-size as a fraction of `height`
+    (default: the training generator's, so a frame scaled to the model's input looks like a
+    training image).
     Each shape keeps its class, colour and size and moves at 0.1–0.35 frame heights per second.
     """
     rng = random.Random(seed)
