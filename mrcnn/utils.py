@@ -8,10 +8,13 @@ on the LAST axis, `[H, W, N]`, as in matterport.
 
 Difference from matterport: images and masks are resized with OpenCV
 (`cv2.INTER_LINEAR` on float32, half-pixel centres) instead of
-`skimage.transform.resize(order=1, mode="constant")`. Interior pixels are identical
-(up to float32 rounding); only the outermost ~scale/2 output pixels differ, where skimage
-blends in the zero border (then clips to the input range) while OpenCV repeats the edge
-pixel. Window, scale and padding are computed exactly as matterport does.
+`skimage.transform.resize(order=1, mode="constant")`, ~11x faster (720p → 1024: 30 ms vs
+345 ms here). Window, scale and padding are computed exactly as matterport does, and uint8
+results are truncated like matterport's. Measured on a random 480x640 image resized to
+768x1024: every interior pixel is identical; only when upscaling does the outermost pixel
+ring differ (0.34 % of pixels), where skimage blends in its zero border (then clips to the
+input range) while OpenCV repeats the edge pixel. Downscaling (720x1280 → 576x1024) gives
+identical images.
 """
 from __future__ import annotations
 

@@ -63,6 +63,12 @@ def test_resize_matches_skimage_inside_the_border():
     ref = skimage_transform.resize(image, (75, 100), order=1, mode="constant", cval=0, clip=True,
                                    preserve_range=True, anti_aliasing=False)
     np.testing.assert_allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=1e-5)
+    # matterport's resize_image on a uint8 photo-sized image: interior identical after truncation
+    photo = rng.integers(0, 256, (480, 640, 3)).astype(np.uint8)
+    molded = utils.resize_image(photo, 800, 1024)[0]
+    expected = skimage_transform.resize(photo, (768, 1024), order=1, mode="constant", cval=0, clip=True,
+                                        preserve_range=True, anti_aliasing=False).astype(np.uint8)
+    np.testing.assert_array_equal(molded[129:895, 1:-1], expected[1:-1, 1:-1])
 
 
 def test_resize_mask_follows_resize_image():
