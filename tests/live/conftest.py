@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,6 +31,7 @@ class RtspServer:
         self.auth = auth
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
+        self.clients = 0  # connections since the last start()
 
     def start(self) -> "RtspServer":
         # The port the first start got is reused; a restart right after a kill may find it in
@@ -40,10 +42,25 @@ class RtspServer:
             line = self.proc.stdout.readline()
             if line.startswith("READY "):
                 self.port = int(line.split()[1])
+                self.clients = 0
+                threading.Thread(target=self._count_clients, args=(self.proc,), daemon=True).start()
                 return self
             self.proc.wait(timeout=10)
             time.sleep(0.1)
         raise RuntimeError(f"RTSP test server did not start: {self.proc.stderr.read()}")
+
+    def _count_clients(self, proc) -> None:
+        for line in proc.stdout:
+            if line.startswith("CLIENT"):
+                self.clients += 1
+
+    def wait_clients(self, n: int, timeout: float = 30) -> None:
+        """Until n clients have connected since start() (vidseg probes, then its capture reads)."""
+        deadline = time.monotonic() + timeout
+        while self.clients < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.clients} of {n} clients connected in {timeout} s")
+            time.sleep(0.05)
 
     def url(self, path: str = "live", credentials: Optional[str] = None) -> str:
         userinfo = f"{credentials or self.auth}@" if (credentials or self.auth) else ""

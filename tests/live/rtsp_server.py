@@ -7,8 +7,8 @@ Run with the SYSTEM python, which has python3-gi and gir1.2-gst-rtsp-server-1.0:
 Listens on 127.0.0.1 only and serves
   /live  a live test pattern (videotestsrc is-live=true → x264 zerolatency), never ends;
   /file  the H.264 video of --file (an MP4), at its own rate, ends with the file.
-Prints "READY <port>" on stdout once it accepts connections (so --port 0 picks a free port);
-with --auth every mount needs that user:pass (HTTP basic). Ends on SIGTERM/SIGINT.
+Prints "READY <port>" on stdout once it accepts connections (so --port 0 picks a free port),
+then "CLIENT" for each client that connects; with --auth every mount needs that user:pass (HTTP basic). Ends on SIGTERM/SIGINT.
 """
 import argparse
 import signal
@@ -85,6 +85,7 @@ def main() -> int:
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    server.connect("client-connected", lambda *_: print("CLIENT", flush=True))
     print(f"READY {server.get_bound_port()}", flush=True)
     loop.run()
     return 0

@@ -1,0 +1,160 @@
+"""`vidseg rtsp` / `vidseg camera` end to end against a real RTSP server on 127.0.0.1."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, probe, run_vidseg
+from tests.live.helpers import read_log
+from vidseg.pipelines.live import open_live
+from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+
+pytestmark = pytest.mark.rtsp
+BLOB = "tests.fake_models:BlobModel"
+
+
+def start_vidseg(*args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_stream_to_mp4_accounts_for_every_frame_and_hides_the_password(make_rtsp_server, tmp_path):
+    server = make_rtsp_server(auth="alice:Sup3rS3cret")
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    run = run_vidseg("rtsp", server.url("live"), "--no-window", "--model", BLOB, "-o", out, "--duration", 4,
+                     "--stats", stats_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames_in"] > 60
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
+    video = probe(out)["video"]
+    assert int(video["nb_read_frames"]) == stats["frames_out"]
+    # capture-clock timestamps: the file lasts as long as the frames took to arrive (30 fps)
+    assert float(video["duration"]) == pytest.approx(stats["frames_out"] / 30, rel=0.25)
+    for text in (run.stdout, run.stderr, stats_path.read_text()):
+        assert "Sup3rS3cret" not in text
+    assert b"Sup3rS3cret" not in out.read_bytes()
+    assert f"rtsp://alice:***@127.0.0.1:{server.port}/live" in stats["sources"]
+
+
+def test_wrong_password_is_one_masked_line_and_exit_2(make_rtsp_server, tmp_path):
+    server = make_rtsp_server(auth="alice:Sup3rS3cret")
+    run = run_vidseg("rtsp", server.url("live", credentials="alice:Wr0ngPass"), "--no-window", "--model", "none",
+                     "-o", tmp_path / "out.mp4", timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("vidseg: error: ")
+    assert "alice:***@" in run.stderr and "Wr0ngPass" not in run.stderr + run.stdout
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+def test_unreachable_url_fails_after_the_retries(tmp_path):
+    started = time.monotonic()
+    run = run_vidseg("rtsp", "rtsp://bob:Hidden99@127.0.0.1:9/live", "--no-window", "--model", "none",
+                     "--max-retries", 2, "-o", tmp_path / "out.mp4", timeout=60)
+    assert run.returncode != 0
+    assert time.monotonic() - started < 30
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1].startswith("vidseg: error: cannot open rtsp://bob:***@127.0.0.1:9/live")
+    assert lines[-1].endswith("gave up after 2 retries")
+    assert "Hidden99" not in run.stderr and not list(tmp_path.iterdir())
+
+
+def test_server_killed_and_restarted_run_continues(rtsp_server, tmp_path):
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out,
+                        "--duration", 12, "--read-timeout", 2, "--stats", stats_path)
+    rtsp_server.wait_clients(2)  # the probe, then the capture process
+    time.sleep(2)
+    rtsp_server.kill()
+    time.sleep(1.5)
+    rtsp_server.start()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["reconnects"] == 1
+    assert stderr.count("; reconnecting") == 1 and stderr.count("reconnected after") == 1  # once each way
+    video = probe(out)["video"]
+    assert int(video["nb_read_frames"]) == stats["frames_out"]
+    # the file plays across the gap: it lasts longer than its frames at 30 fps
+    assert float(video["duration"]) > stats["frames_out"] / 30 + 1.0
+
+
+def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
+    stats_path = tmp_path / "stats.json"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "--duration", 10,
+                        "--read-timeout", 1, "-o", tmp_path / "out.mp4", "--stats", stats_path)
+    rtsp_server.wait_clients(2)
+    time.sleep(2)
+    rtsp_server.pause()
+    threading.Timer(2.5, rtsp_server.resume).start()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "no frame for 1 s; reconnecting" in stderr
+    assert json.loads(stats_path.read_text())["reconnects"] == 1
+
+
+def test_missing_camera_is_one_line_exit_2():
+    run = run_vidseg("camera", "--device", "/dev/video97", "--no-window", "--model", "none", timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.startswith("vidseg: error: no camera at /dev/video97") and run.stderr.count("\n") == 1
+
+
+def test_window_needs_a_display(rtsp_server):
+    env_display = os.environ.pop("DISPLAY", None)
+    try:
+        run = run_vidseg("rtsp", rtsp_server.url("live"), "--model", "none", timeout=60)
+    finally:
+        if env_display is not None:
+            os.environ["DISPLAY"] = env_display
+    assert run.returncode == 2 and "--no-window" in run.stderr and run.stderr.count("\n") == 1
+
+
+def _live_plan(name, url, log, **limits):
+    return SourcePlan(name=name, source=Spec(open_live, dict(kind="rtsp", target=url, read_timeout=1,
+                                                             open_timeout=1, **limits)),
+                      sinks=[Spec("tests.live.helpers:FrameLog", {"path": str(log)})],
+                      frame_shape=(240, 320), policy="latest")
+
+
+@pytest.mark.slow
+def test_latency_stays_bounded_with_a_slow_model(rtsp_server, tmp_path):
+    """300 ms per batch on a 30 fps stream: p95 capture→sink ≤ model time + 150 ms, no growth."""
+    log = tmp_path / "frames.log"
+    result = run_pipeline([_live_plan("cam", rtsp_server.url("live"), log, duration=40)],
+                          model="tests.live.helpers:slow_model_300ms", batch=1, progress=False)
+    assert result.exit_code == 0, result.message
+    frames = read_log(log)
+    latency_ms = (frames[:, 2] - frames[:, 1]) * 1000
+    t = frames[:, 1] - frames[0, 1]
+    first, last = latency_ms[t < 10], latency_ms[t > t[-1] - 10]
+    assert len(first) > 20 and len(last) > 20
+    assert np.percentile(latency_ms, 95) <= 300 + 150
+    assert np.percentile(last, 95) <= np.percentile(first, 95) + 50  # no growth over the run
+    stats = result.stats
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
+    assert sum(stats["dropped"].values()) > stats["frames_out"]  # the model is the bottleneck
+
+
+@pytest.mark.slow
+def test_two_sources_one_killed_the_other_keeps_its_rate(make_rtsp_server, tmp_path):
+    a, b = make_rtsp_server(), make_rtsp_server()
+    logs = tmp_path / "a.log", tmp_path / "b.log"
+    threading.Timer(6, a.kill).start()
+    result = run_pipeline([_live_plan("a", a.url("live"), logs[0], duration=14),
+                           _live_plan("b", b.url("live"), logs[1], duration=14)],
+                          model=BLOB, batch=2, progress=False)
+    assert result.exit_code == 0, result.message  # a keeps retrying until the duration ends
+    frames_a, frames_b = read_log(logs[0]), read_log(logs[1])
+    killed = frames_a[-1, 2]  # a's last frame reached its sink
+    before = frames_b[(frames_b[:, 2] < killed) & (frames_b[:, 2] > killed - 3)]
+    after = frames_b[frames_b[:, 2] > killed + 1]
+    rate_before = len(before) / 3
+    rate_after = len(after) / (frames_b[-1, 2] - killed - 1)
+    assert rate_before > 15
+    assert rate_after >= 0.8 * rate_before
