@@ -130,3 +130,18 @@ def test_regions_without_area_and_bad_arguments(balloon, tmp_path):
     (balloon / "val" / "other.json").write_text("{}")
     with pytest.raises(InputError, match="exactly one VIA"):
         ViaDataset().load_via(balloon, "val", class_name="x")
+
+
+def test_plain_via2_export_with_region_lists(tmp_path):
+    folder = tmp_path / "train"
+    _image(folder, "p.png")
+    data = {"p.png1234": {"filename": "p.png", "size": 1234, "file_attributes": {},
+                          "regions": [_poly([0.5, 9.5, 9.5], [0.5, 0.5, 9.5], kind="pikachu")]}}
+    (folder / "via_export_json.json").write_text(json.dumps(data))
+    ds = ViaDataset()
+    ds.load_via(tmp_path, "train", attribute="kind")
+    ds.prepare()
+    masks, class_ids = ds.load_mask(0)
+    assert ds.class_names == ["BG", "pikachu"] and class_ids.tolist() == [1]
+    # a right triangle with sub-pixel corners: about half of a 9x9 square
+    assert 40 <= masks[..., 0].sum() <= 60 and masks[0:11, 0:11, 0].sum() == masks[..., 0].sum()
