@@ -31,6 +31,7 @@ from vidseg.detections_io import encode_mask
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
 from vidseg.pipelines.file import check_output
+from vidseg.quiet import native_stderr_filtered
 from vidseg.render import Renderer, clip_boxes
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -111,6 +112,18 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
     return targets
 
 
+def check_weights_file(path: str, hdf5: bool) -> None:
+    """Fail fast, before TensorFlow loads, on a weights file that is missing (or not HDF5,
+    when `hdf5`: Mask R-CNN weights are)."""
+    import h5py
+
+    if not os.path.isfile(path):
+        raise InputError(f"weights file not found: {path}")
+    if hdf5 and not h5py.is_hdf5(path):
+        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
+                         "(e.g. from `vidseg weights download coco`)")
+
+
 def detection_items(det: Detections, labels: Sequence[str], masks: Sequence[np.ndarray],
                     height: int, width: int) -> list[dict]:
     """The JSON objects of one picture's detections; masks: the renderer's pasted box masks."""
@@ -164,12 +177,13 @@ def run_image(job: ImageJob) -> int:
         det_path = check_output(job.detections, images[0], job.overwrite, "detections file")
         if det_path in targets or det_path in {os.path.realpath(p) for p in images}:
             raise InputError(f"detections file {det_path} is also a picture; choose another path")
-    if job.weights is not None and not os.path.isfile(job.weights):
-        raise InputError(f"weights file not found: {job.weights}")
+    if job.weights is not None:
+        check_weights_file(job.weights, hdf5=job.model == "mrcnn")
 
     t0 = time.perf_counter()
-    model = load_frame_model(job.model, weights=job.weights, batch_size=job.batch,
-                             min_confidence=job.min_confidence)
+    with native_stderr_filtered():
+        model = load_frame_model(job.model, weights=job.weights, batch_size=job.batch,
+                                 min_confidence=job.min_confidence)
     t_model = time.perf_counter() - t0
     names = list(model.class_names)
     made_dir = folder and not os.path.isdir(job.output)
