@@ -93,7 +93,13 @@ def region_class(region, attribute, where):
 
 
 def region_mask(shape, height, width, where=""):
-    """Rasterise one VIA `shape_attributes` dict to bool [height, width] (clipped to the image)."""
+    """Rasterise one VIA `shape_attributes` dict to bool [height, width] (clipped to the image).
+
+    A vertex (x, y) is the centre of pixel (x, y), and pixels the outline passes through are
+    included (OpenCV). matterport's `skimage.draw.polygon` fills the same axis-aligned
+    rectangles (a 10..30 x 5..25 polygon is 21x21 pixels in both) but leaves out some pixels
+    along slanted edges (a triangle of 756 pixels here is 726 there).
+    """
     mask = np.zeros((height, width), np.uint8)
     name = shape.get("name")
     try:
