@@ -177,3 +177,16 @@ def test_any_dataset_evaluates_through_dataset_to_coco():
     assert coco_sample.coco_ap_table(coco, results, eval_type="segm")["AP"] == 1.0
     worse = [dict(r, category_id=r["category_id"] % 3 + 1) if k % 2 else r for k, r in enumerate(results)]
     assert coco_sample.coco_ap_table(coco, worse, eval_type="segm")["AP"] < 0.9
+
+
+def test_evaluate_dataset_scores_both_types_from_one_pass():
+    ds = ShapesDataset.generate(6, 64, 64, seed=9)
+    model = _OracleModel(ds)
+    report = coco_sample.evaluate_dataset(model, ds)
+    assert model.calls == [2, 2, 2]
+    assert report["images"] == 6 and report["bbox"]["AP"] == report["segm"]["AP"] == 1.0
+    text = coco_sample.format_ap_table(report)
+    assert text.splitlines()[0].split() == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    assert text.splitlines()[2].startswith("segm     1.000   1.000   1.000")
+    limited = coco_sample.evaluate_dataset(model, ds, eval_types=("segm",), limit=3)
+    assert limited["images"] == 3 and "bbox" not in limited and limited["segm"]["AP"] == 1.0

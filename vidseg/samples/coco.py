@@ -260,6 +260,33 @@ def evaluate_coco(model, dataset, coco, eval_type="bbox", limit=0, image_ids=Non
     return table
 
 
+def evaluate_dataset(model, dataset, coco=None, eval_types=("bbox", "segm"), limit=0, progress=None):
+    """Detect once on a dataset and score every eval type: what `vidseg evaluate` prints.
+
+    coco: ground truth (default `dataset_to_coco(dataset)`, so shapes and VIA sets work too).
+    Returns {"images": n, "seconds_per_image": float, "bbox": AP table, "segm": AP table}
+    (one AP table per eval type, as `coco_ap_table`).
+    """
+    image_ids = list(dataset.image_ids)[:limit] if limit else list(dataset.image_ids)
+    if coco is None:
+        coco = dataset_to_coco(dataset, image_ids)
+    results, coco_image_ids, seconds = predict_coco_results(model, dataset, image_ids, progress=progress)
+    report = {"images": len(image_ids), "seconds_per_image": seconds / max(len(image_ids), 1)}
+    for eval_type in eval_types:
+        report[eval_type] = coco_ap_table(coco, results, coco_image_ids, eval_type)
+    return report
+
+
+def format_ap_table(report):
+    """The AP tables of `evaluate_dataset` as aligned text, one row per eval type."""
+    types = [t for t in ("bbox", "segm") if t in report]
+    lines = ["      " + "".join(f"{key:>8}" for key in AP_KEYS)]
+    for eval_type in types:
+        lines.append(f"{eval_type:<6}" + "".join(f"{report[eval_type][key]:8.3f}" for key in AP_KEYS))
+    lines.append(f"{report['images']} images, {report['seconds_per_image']:.3f} s/image in detect")
+    return "\n".join(lines)
+
+
 def dataset_to_coco(dataset, image_ids=None):
     """In-memory COCO ground truth of any prepared `utils.Dataset` (from `load_mask`).
 
