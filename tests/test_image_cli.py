@@ -93,6 +93,14 @@ def test_folder_to_folder_in_sorted_order(tmp_path):
     assert all(d["mask"]["size"] == [480, 640] for d in lines[1]["detections"])
 
 
+def test_one_picture_into_an_existing_folder(tmp_path):
+    src = save_rgb(tmp_path / "in.jpg", red_square())
+    (tmp_path / "out").mkdir()
+    r = run_vidseg("image", src, "-o", tmp_path / "out", "--model", BLOB_MODEL)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(tmp_path / "out") == ["in.jpg"]
+
+
 def test_batches_of_the_model_batch_size(tmp_path):
     """In-process: the model is built once and sees at most batch_size pictures per call."""
     paths = [save_rgb(tmp_path / f"{i}.png", red_square(200 + 10 * i, 300)) for i in range(5)]

@@ -84,8 +84,9 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
     its directory is missing."""
     if not folder:
         if not cv2.haveImageWriter(output):
-            raise InputError(f"cannot write images as {os.path.splitext(output)[1] or 'files without extension'!r}: "
-                             "name the output .jpg or .png")
+            kind = os.path.splitext(output)[1] or "files without an extension"
+            raise InputError(f"cannot write pictures as {kind!r}: name the output .jpg or .png, "
+                             "or give an existing folder")
         return [check_output(output, images[0], overwrite)]
     out_dir = os.path.abspath(output)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
