@@ -418,9 +418,15 @@ class MaskRCNN:
                 boxes = tf.gather_nd(detections[..., :4], idx)
                 class_ids = tf.cast(tf.gather_nd(detections[..., 4], idx), tf.int32)
                 image_area = metas[0, 4] * metas[0, 5]
-                pooled = pyramid_roi_align(boxes, tf.cast(idx[:, 0], tf.int32), image_area, feature_maps, pool)
-                masks = mask_head_on_rois(model, pooled)
-                masks = tf.gather(tf.transpose(masks, [0, 3, 1, 2]), class_ids, batch_dims=1)
+
+                def survivor_masks():
+                    pooled = pyramid_roi_align(boxes, tf.cast(idx[:, 0], tf.int32), image_area, feature_maps, pool)
+                    masks = mask_head_on_rois(model, pooled)
+                    return tf.gather(tf.transpose(masks, [0, 3, 1, 2]), class_ids, batch_dims=1)
+
+                # TF's CPU convolutions mishandle an empty batch, so skip the head when nothing survived.
+                masks = tf.cond(tf.size(class_ids) > 0, survivor_masks,
+                                lambda: tf.zeros([0, 2 * pool[0], 2 * pool[1]], tf.float32))
                 return detections, masks
 
             self._compiled[key] = infer
