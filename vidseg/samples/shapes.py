@@ -11,8 +11,9 @@ Images are plain backgrounds with 1–4 filled squares, circles and triangles (c
   ground-truth instance is clearly visible.
 - `ShapesDataset.generate_shifted(...)`: a generalisation check where the shapes differ from
   the training generator in size (half-size 9–32 % of the short side instead of 16–25 %),
-  colour (saturated hues on grey backgrounds) and position (half of the centres lie in the
-  edge band the training generator never uses).
+  colour (saturated hues on grey backgrounds) and position (half of the shapes have one
+  centre coordinate in the edge band the training generator never uses, yet at least half a
+  size from the edge, so most of the shape stays visible).
 - `write_moving_shapes_clip(path, ...)`: an H.264 MP4 of shapes bouncing around a frame, and
   the ground truth of every frame.
 """
@@ -56,8 +57,8 @@ class ShapeStyle:
     """How a random image is drawn; lengths are fractions of the image's short side.
 
     size: (min, max) half-size of a shape; margin: centres lie at least this far from the
-    edges, unless `edge_share` > 0: that share of centres is drawn inside the margin band
-    instead. colors: "any" (uniform RGB) or "vivid" (saturated hues on grey backgrounds).
+    edges, except for a share `edge_share` of shapes, which get one coordinate inside that
+    band. colors: "any" (uniform RGB) or "vivid" (saturated hues on grey backgrounds).
     """
 
     size: tuple[float, float]
