@@ -125,7 +125,8 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     return rpn_match, rpn_bbox
 
 
-def build_batch(dataset, config, image_ids, anchors, augmentation=None, rng=None):
+def build_batch(dataset, config, image_ids, anchors, augmentation=None, rng=None,
+                no_augmentation_sources=None):
     """One training batch from `image_ids`, as the training graph's inputs (SPEC §5).
 
     Images without any positive (non-crowd) instance are replaced by random other images.
@@ -139,9 +140,10 @@ def build_batch(dataset, config, image_ids, anchors, augmentation=None, rng=None
         image_id = next(given, None)
         if image_id is None:
             image_id = int(rng.choice(dataset.image_ids))
+        source = dataset.image_info[image_id]["source"]
         image, meta, class_ids, boxes, masks = load_image_gt(
-            dataset, config, image_id, augmentation=augmentation,
-            use_mini_mask=config.USE_MINI_MASK, rng=rng)
+            dataset, config, image_id, use_mini_mask=config.USE_MINI_MASK, rng=rng,
+            augmentation=None if source in (no_augmentation_sources or ()) else augmentation)
         tries += 1
         if not np.any(class_ids > 0):
             if tries > 100 * len(image_ids):
@@ -176,13 +178,15 @@ def build_batch(dataset, config, image_ids, anchors, augmentation=None, rng=None
 
 
 def data_generator(dataset, config, shuffle=True, augmentation=None, batch_size=1, seed=0,
-                   workers=2, prefetch=4):
+                   workers=2, prefetch=4, start=0, no_augmentation_sources=None):
     """Endless training batches `(inputs, [])` as matterport's data_generator yields them.
 
     inputs: the 7 arrays of `build_batch`. Batch k holds stream positions k*B..k*B+B-1 of
     the image order (a new seeded permutation per pass when shuffle) and draws its
     augmentation from a generator seeded with (seed, k), so runs repeat exactly.
     `workers` threads build batches ahead, at most `prefetch` waiting per worker.
+    start: index of the first batch (a resumed run continues the stream instead of
+    repeating it). Images of `no_augmentation_sources` are never augmented.
     """
     anchors = pixel_anchors(config, config.IMAGE_SHAPE)
     n = len(dataset.image_ids)
@@ -208,13 +212,13 @@ def data_generator(dataset, config, shuffle=True, augmentation=None, batch_size=
     lock = threading.Lock()
 
     def work(w):
-        k = w
+        k = start + w
         while not stop.is_set():
             try:
                 with lock:
                     ids = ids_of_batch(k)
                 item = build_batch(dataset, config, ids, anchors, augmentation,
-                                   np.random.default_rng([seed, k, 1]))
+                                   np.random.default_rng([seed, k, 1]), no_augmentation_sources)
             except Exception as e:  # handed to the consumer, which re-raises it
                 item = e
             while not stop.is_set():

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import layers as KL
 
 from mrcnn import data as datalib
+from mrcnn.layers import norm_boxes_graph, parse_image_meta_graph
 
 LOSS_NAMES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
 
@@ -63,13 +64,6 @@ def trim_zeros_graph(boxes):
     """Drop all-zero padding rows of boxes [N, 4]; returns (boxes [n, 4], bool [N] kept)."""
     non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
     return tf.boolean_mask(boxes, non_zeros), non_zeros
-
-
-def norm_boxes_graph(boxes, shape):
-    """Pixel boxes [..., 4] (y2, x2 exclusive) -> normalised, as utils.norm_boxes."""
-    h, w = tf.split(tf.cast(shape, tf.float32), 2)
-    scale = tf.concat([h, w, h, w], axis=-1) - 1.0
-    return (tf.cast(boxes, tf.float32) - tf.constant([0., 0., 1., 1.])) / scale
 
 
 ############################################################
@@ -268,15 +262,301 @@ def mrcnn_mask_loss_graph(target_masks, target_class_ids, pred_masks):
     return _mean_or_zero(bce)
 
 
-class LossLayer(KL.Layer):
-    """Wraps a loss graph function; outputs a float32 scalar. Not serialisable (training only)."""
+class GraphLayer(KL.Layer):
+    """Runs a graph function `fn(*inputs)` whose output has a known shape and dtype.
 
-    def __init__(self, fn, **kwargs):
+    Keras 3's Lambda layer cannot always infer shapes of TensorFlow ops; this states them.
+    Holds a Python function, so it is not serialisable (the training graph never is saved
+    whole: checkpoints hold weights only).
+    """
+
+    def __init__(self, fn, shape=(), dtype="float32", **kwargs):
         super().__init__(**kwargs)
-        self.fn = fn
+        self.fn, self.out_shape, self.out_dtype = fn, tuple(shape), dtype
 
     def call(self, inputs):
-        return tf.cast(self.fn(*inputs), tf.float32)
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        return tf.cast(self.fn(*inputs), self.out_dtype)
 
     def compute_output_spec(self, inputs):
-        return keras.KerasTensor((), dtype="float32")
+        return keras.KerasTensor(self.out_shape, dtype=self.out_dtype)
+
+
+############################################################
+#  Training graph
+############################################################
+
+class AnchorsLayer(KL.Layer):
+    """The image's normalised anchors [B, A, 4] as a constant graph node (matterport's "anchors")."""
+
+    def __init__(self, anchors, **kwargs):
+        super().__init__(**kwargs)
+        self.anchors = np.asarray(anchors, np.float32)
+
+    def call(self, image):
+        anchors = tf.constant(self.anchors)
+        return tf.broadcast_to(anchors, tf.concat([tf.shape(image)[:1], tf.shape(anchors)], 0))
+
+    def compute_output_spec(self, image):
+        return keras.KerasTensor((image.shape[0],) + self.anchors.shape, dtype="float32")
+
+
+class TrainingModel(keras.Model):
+    """The training graph with its own train/test step.
+
+    Its last five outputs are the loss scalars (LOSS_NAMES order); the step minimises
+    sum(loss * LOSS_WEIGHTS) + L2 weight decay: sum over trainable weights whose name lacks
+    gamma/beta of WEIGHT_DECAY * sum(w^2) / size(w) (SPEC §5). Logged per step and epoch:
+    loss, the five weighted losses, learning_rate.
+    """
+
+    def __init__(self, inputs, outputs, config, **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self.loss_weights_ = [float(config.LOSS_WEIGHTS.get(n, 1.0)) for n in LOSS_NAMES]
+        self.weight_decay = float(config.WEIGHT_DECAY)
+        self.trackers = [keras.metrics.Mean(name=n) for n in ["loss"] + LOSS_NAMES]
+
+    @property
+    def metrics(self):
+        return self.trackers
+
+    def weight_decay_loss(self):
+        terms = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), tf.float32)
+                 for w in self.trainable_weights if "gamma" not in w.name and "beta" not in w.name]
+        return self.weight_decay * tf.add_n(terms) if terms else tf.constant(0.0)
+
+    def _compute_losses(self, data, training):
+        x = data[0] if len(data) == 1 else data
+        losses = [l * w for l, w in zip(self(x, training=training)[-len(LOSS_NAMES):], self.loss_weights_)]
+        return tf.add_n(losses) + self.weight_decay_loss(), losses
+
+    def _log(self, total, losses):
+        for tracker, value in zip(self.trackers, [total] + losses):
+            tracker.update_state(value)
+        return {t.name: t.result() for t in self.trackers}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            total, losses = self._compute_losses(data, training=True)
+        pairs = [(g, v) for g, v in zip(tape.gradient(total, self.trainable_variables), self.trainable_variables)
+                 if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return {**self._log(total, losses), "learning_rate": self.optimizer.learning_rate}
+
+    def test_step(self, data):
+        return self._log(*self._compute_losses(data, training=False))
+
+
+def build_training_model(mrcnn_model, config):
+    """matterport's training graph (SPEC §5) as a `TrainingModel`.
+
+    Inputs (batch = BATCH_SIZE, static shapes): input_image float32 [B, H, W, 3] molded;
+    input_image_meta [B, META]; input_rpn_match int32 [B, A, 1]; input_rpn_bbox [B, 256, 4];
+    input_gt_class_ids int32 [B, G]; input_gt_boxes [B, G, 4] pixels; input_gt_masks bool
+    [B, 56, 56, G] (mini masks) or [B, H, W, G]. G = MAX_GT_INSTANCES.
+    Outputs: rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits, mrcnn_class,
+    mrcnn_bbox, mrcnn_mask (for the first P = int(T * ROI_POSITIVE_RATIO) ROIs only, which hold
+    every positive: [B, P, 28, 28, C]), rpn_rois, output_rois [B, T, 4], then the five losses.
+    """
+    from mrcnn import model as modellib
+
+    if not config.USE_RPN_ROIS:
+        raise ValueError("USE_RPN_ROIS = False (externally given ROIs) is not supported")
+    b = config.BATCH_SIZE
+    h, w, c = (int(v) for v in config.IMAGE_SHAPE)
+    g = config.MAX_GT_INSTANCES
+    anchors = mrcnn_model.get_anchors(config.IMAGE_SHAPE)
+    mask_shape = tuple(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else (h, w)
+
+    input_image = KL.Input(shape=[h, w, c], batch_size=b, name="input_image")
+    input_image_meta = KL.Input(shape=[config.IMAGE_META_SIZE], batch_size=b, name="input_image_meta")
+    input_rpn_match = KL.Input(shape=[len(anchors), 1], batch_size=b, name="input_rpn_match", dtype="int32")
+    input_rpn_bbox = KL.Input(shape=[config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4], batch_size=b, name="input_rpn_bbox")
+    input_gt_class_ids = KL.Input(shape=[g], batch_size=b, name="input_gt_class_ids", dtype="int32")
+    input_gt_boxes = KL.Input(shape=[g, 4], batch_size=b, name="input_gt_boxes")
+    input_gt_masks = KL.Input(shape=[*mask_shape, g], batch_size=b, name="input_gt_masks", dtype="bool")
+
+    gt_boxes = GraphLayer(lambda x: norm_boxes_graph(x, (h, w)), (b, g, 4), name="gt_boxes_norm")(input_gt_boxes)
+    rpn_feature_maps, mrcnn_feature_maps, (rpn_class_logits, rpn_class, rpn_bbox) = \
+        modellib.build_backbone_fpn_rpn(input_image, config)
+    anchors_t = AnchorsLayer(anchors, name="anchors")(input_image)
+    rpn_rois = modellib.ProposalLayer(proposal_count=config.POST_NMS_ROIS_TRAINING,
+                                      nms_threshold=config.RPN_NMS_THRESHOLD, name="ROI",
+                                      config=config)([rpn_class, rpn_bbox, anchors_t])
+    active_class_ids = GraphLayer(lambda m: parse_image_meta_graph(m)["active_class_ids"],
+                                  (b, config.NUM_CLASSES), name="active_class_ids")(input_image_meta)
+    rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(config, name="proposal_targets")(
+        [rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = modellib.fpn_classifier_graph(
+        rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
+        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+    # Positive ROIs come first and number at most P = int(T * ROI_POSITIVE_RATIO); only they
+    # enter the mask loss, so the mask head runs on the first P ROIs alone (same loss as
+    # matterport's head on all T, about T/P times cheaper).
+    p = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)
+    mh, mw = config.MASK_SHAPE
+    mask_rois = GraphLayer(lambda r: r[:, :p], (b, p, 4), name="mask_rois")(rois)
+    mask_class_ids = GraphLayer(lambda c: c[:, :p], (b, p), "int32", name="mask_class_ids")(target_class_ids)
+    mask_targets = GraphLayer(lambda m: m[:, :p], (b, p, mh, mw), name="mask_targets")(target_mask)
+    mrcnn_mask = modellib.build_fpn_mask_graph(
+        mask_rois, mrcnn_feature_maps, input_image_meta, config.MASK_POOL_SIZE, config.NUM_CLASSES,
+        train_bn=config.TRAIN_BN, conv_size=config.MASK_HEAD_CONV_SIZE)
+    output_rois = GraphLayer(tf.identity, rois.shape, name="output_rois")(rois)
+
+    losses = [
+        GraphLayer(rpn_class_loss_graph, name="rpn_class_loss")([input_rpn_match, rpn_class_logits]),
+        GraphLayer(lambda *x: rpn_bbox_loss_graph(config, *x), name="rpn_bbox_loss")(
+            [input_rpn_bbox, input_rpn_match, rpn_bbox]),
+        GraphLayer(mrcnn_class_loss_graph, name="mrcnn_class_loss")(
+            [target_class_ids, mrcnn_class_logits, active_class_ids]),
+        GraphLayer(mrcnn_bbox_loss_graph, name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox]),
+        GraphLayer(mrcnn_mask_loss_graph, name="mrcnn_mask_loss")([mask_targets, mask_class_ids, mrcnn_mask]),
+    ]
+    inputs = [input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
+              input_gt_class_ids, input_gt_boxes, input_gt_masks]
+    outputs = [rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits, mrcnn_class, mrcnn_bbox,
+               mrcnn_mask, rpn_rois, output_rois] + losses
+    return TrainingModel(inputs, outputs, config, name="mask_rcnn")
+
+
+############################################################
+#  Compile, freeze, train
+############################################################
+
+def compile(mrcnn_model, learning_rate, momentum):
+    """SGD with momentum and per-tensor gradient-norm clipping (GRADIENT_CLIP_NORM)."""
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                     clipnorm=mrcnn_model.config.GRADIENT_CLIP_NORM)
+    mrcnn_model.keras_model.compile(optimizer=optimizer, jit_compile=False)
+
+
+def set_trainable(mrcnn_model, layer_regex, keras_model=None, indent=0, verbose=1):
+    """Make trainable exactly the weighted layers whose name re.fullmatch-es `layer_regex`.
+
+    Recurses into nested models (rpn_model) and sets the inner layer of TimeDistributed
+    wrappers too. Call after load_weights: freezing changes Keras' weight order (SPEC §8).
+    """
+    if verbose > 0 and keras_model is None:
+        print("Selecting layers to train")
+    keras_model = keras_model or mrcnn_model.keras_model
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.Model):
+            if verbose > 0:
+                print(" " * indent + "In model: ", layer.name)
+            set_trainable(mrcnn_model, layer_regex, keras_model=layer, indent=indent + 4, verbose=verbose)
+            continue
+        if not layer.weights:
+            continue
+        trainable = bool(re.fullmatch(layer_regex, layer.name))
+        if isinstance(layer, KL.TimeDistributed):
+            layer.layer.trainable = trainable
+        layer.trainable = trainable
+        if trainable and verbose > 1:
+            print("{}{:20}   ({})".format(" " * indent, layer.name, layer.__class__.__name__))
+
+
+class ScalarLog(keras.callbacks.Callback):
+    """TensorBoard event files with the losses and learning rate, per step (`batch_*`, under
+    log_dir/train) and per epoch (`epoch_*`, train and validation).
+
+    Writes with TensorFlow's core `tf.summary.write` and the "scalars" plugin tag, so it
+    needs no `tensorboard` package (Keras' TensorBoard callback does).
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.writers = {k: tf.summary.create_file_writer(os.path.join(log_dir, k)) for k in ("train", "validation")}
+        from tensorflow.core.framework import summary_pb2
+        self.metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+        self.step = 0
+
+    def _write(self, kind, prefix, logs, step):
+        with self.writers[kind].as_default():
+            for name, value in logs.items():
+                tf.summary.write(prefix + name, tf.constant(float(value)), step=step, metadata=self.metadata)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step = epoch * self.params.get("steps", 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._write("train", "batch_", logs or {}, self.step + batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._write("train", "epoch_", {k: v for k, v in logs.items() if not k.startswith("val_")}, epoch)
+        self._write("validation", "epoch_", {k[4:]: v for k, v in logs.items() if k.startswith("val_")}, epoch)
+        for w in self.writers.values():
+            w.flush()
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch, write all weights to `checkpoint_path` (mask_rcnn_<name>_<epoch:04d>.h5,
+    1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads."""
+
+    def __init__(self, mrcnn_model):
+        super().__init__()
+        self.mrcnn_model = mrcnn_model
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.mrcnn_model.save_weights(self.mrcnn_model.checkpoint_path.format(epoch=epoch + 1))
+
+
+def _tf_dataset(generator, config):
+    """Wrap a `data_generator` as a tf.data.Dataset of ((7 inputs),) with static shapes."""
+    (first, _) = next(generator)
+
+    def gen():
+        yield (tuple(first),)
+        for inputs, _ in generator:
+            yield (tuple(inputs),)
+
+    dtypes = {np.dtype(bool): tf.bool, np.dtype(np.int32): tf.int32}
+    spec = tuple(tf.TensorSpec(x.shape, dtypes.get(x.dtype, tf.float32)) for x in first)
+    return tf.data.Dataset.from_generator(gen, output_signature=(spec,)).map(
+        lambda x: (tuple(tf.cast(t, s.dtype) for t, s in zip(x, spec)),)).prefetch(2)
+
+
+def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
+          custom_callbacks=None, no_augmentation_sources=None, seed=0, workers=2, verbose=None):
+    """Train `layers` ("heads", "3+", "4+", "5+", "all" or a regex) up to epoch `epochs`.
+
+    epochs is cumulative: a model at epoch 10 (fresh, or loaded from a checkpoint of epoch
+    10) trained with epochs=15 runs 5 more epochs, saving mask_rcnn_<name>_0011.h5 ... 0015
+    under log_dir, with TensorBoard logs there too. augmentation: callable(image, masks, rng)
+    (mrcnn.augmentation); not applied to images of `no_augmentation_sources`.
+    seed: makes the batch stream repeatable; batches continue where the previous epoch ended.
+    verbose: Keras fit verbosity (default: progress bar on a terminal, one line per epoch otherwise).
+    """
+    import sys
+
+    assert mrcnn_model.mode == "training", "Create model in training mode."
+    config = mrcnn_model.config
+    layer_regex = LAYER_REGEX.get(layers, layers)
+    start = mrcnn_model.epoch * config.STEPS_PER_EPOCH
+    gens = [datalib.data_generator(train_dataset, config, shuffle=True, augmentation=augmentation,
+                                   batch_size=config.BATCH_SIZE, seed=seed, workers=workers, start=start,
+                                   no_augmentation_sources=no_augmentation_sources)]
+    if val_dataset is not None:
+        gens.append(datalib.data_generator(val_dataset, config, shuffle=True, batch_size=config.BATCH_SIZE,
+                                           seed=seed + 1, workers=1, start=start))
+    os.makedirs(mrcnn_model.log_dir, exist_ok=True)
+    callbacks = [ScalarLog(mrcnn_model.log_dir), EpochCheckpoint(mrcnn_model)] + list(custom_callbacks or [])
+    print(f"\nStarting at epoch {mrcnn_model.epoch}. LR={learning_rate}\n")
+    print(f"Checkpoint Path: {mrcnn_model.checkpoint_path}")
+    set_trainable(mrcnn_model, layer_regex)
+    compile(mrcnn_model, learning_rate, config.LEARNING_MOMENTUM)
+    try:
+        data = [_tf_dataset(gen, config) for gen in gens]
+        mrcnn_model.keras_model.fit(
+            data[0], initial_epoch=mrcnn_model.epoch, epochs=epochs, steps_per_epoch=config.STEPS_PER_EPOCH,
+            callbacks=callbacks, shuffle=False, validation_data=data[1] if len(data) > 1 else None,
+            validation_steps=config.VALIDATION_STEPS,
+            verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    finally:
+        for gen in gens:
+            try:
+                gen.close()
+            except ValueError:  # still running inside tf.data's thread; its workers are daemons
+                pass
+    mrcnn_model.epoch = max(mrcnn_model.epoch, epochs)
