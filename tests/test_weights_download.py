@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -35,8 +36,9 @@ DATA = _weights_bytes()
 class Server:
     """Serves DATA at /w.h5 with `Range: bytes=N-` support; records each request's Range.
 
-    mode: "ok"; "truncate" (announces the full length, sends half, closes); "no-range"
-    (ignores Range, always 200).
+    /moved redirects (302) to /w.h5, as GitHub redirects release downloads to its CDN.
+    mode: "ok"; "truncate" (announces the full length, sends half, closes); "stall" (sends
+    half, then nothing for 2 s); "no-range" (ignores Range, always 200).
     """
 
     def __init__(self):
@@ -47,6 +49,12 @@ class Server:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "/w.h5")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 rng = self.headers.get("Range")
                 server.ranges.append(rng)
                 start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)) if rng and server.mode != "no-range" else 0
@@ -62,9 +70,12 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if server.mode == "truncate":
+                if server.mode in ("truncate", "stall"):
                     body = body[:len(body) // 2]
                 self.wfile.write(body)
+                if server.mode == "stall":
+                    self.wfile.flush()
+                    time.sleep(2)
                 server.sent += len(body)
                 self.close_connection = True
 
@@ -125,6 +136,23 @@ def test_resumes_a_partial_file_with_range(server, tmp_path):
     assert server.ranges == [f"bytes={have}-"]
     assert server.sent == len(DATA) - have         # only the missing bytes travelled
     assert not (tmp_path / (NAME + ".part")).exists()
+
+
+def test_resume_survives_a_redirect(server, tmp_path):
+    have = len(DATA) // 4
+    (tmp_path / (NAME + ".part")).write_bytes(DATA[:have])
+    fetch(server.url.replace("/w.h5", "/moved"), str(tmp_path / NAME), progress=False)
+    assert (tmp_path / NAME).read_bytes() == DATA
+    assert server.ranges == [f"bytes={have}-"]     # recorded at /w.h5: the Range header followed the 302
+
+
+def test_stalled_transfer_times_out_and_keeps_the_part(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(weights_download, "TIMEOUT_S", 0.5)
+    server.mode = "stall"
+    with pytest.raises(InputError, match="interrupted.*resume"):
+        fetch(server.url, str(tmp_path / NAME), progress=False)
+    assert not (tmp_path / NAME).exists()
+    assert (tmp_path / (NAME + ".part")).read_bytes() == DATA[:len(DATA) // 2]
 
 
 def test_server_without_range_support_starts_over(server, tmp_path):

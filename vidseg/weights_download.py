@@ -113,7 +113,7 @@ def _receive(url: str, part: str, have: int, expected_size: Optional[int], progr
                 tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                      desc=os.path.basename(part)[:-len(".part")], disable=None if progress else True) as bar:
             try:
-                while chunk := resp.read(CHUNK):
+                while chunk := resp.read1(CHUNK):  # what has arrived, so a stall loses nothing
                     f.write(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as e:  # reset, read timeout, bad chunk
