@@ -123,6 +123,9 @@ def test_regions_without_area_and_bad_arguments(balloon, tmp_path):
     ds.prepare()
     with pytest.raises(InputError, match="'point' has no area"):
         ds.load_mask(0)
+    (balloon / "train" / "a.jpg").write_bytes(b"truncated")
+    with pytest.raises(InputError, match="not a readable image: .*a.jpg"):
+        ds.load_image(0)
     with pytest.raises(InputError, match="either one class name"):
         ViaDataset().load_via(balloon, "train")
     with pytest.raises(InputError, match="dataset folder not found"):

@@ -188,6 +188,13 @@ class ViaDataset(utils.Dataset):
             masks[:, :, k] = region_mask(shape, height, width, f"{Path(info['path']).name} region {k}")
         return masks, np.array(info["class_ids"], np.int32)
 
+    def load_image(self, image_id):
+        """uint8 RGB [H, W, 3]; an unreadable file raises InputError naming it."""
+        try:
+            return super().load_image(image_id)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(str(e)) from None
+
     def image_reference(self, image_id):
         """The image's path."""
         return self.image_info[image_id]["path"]
