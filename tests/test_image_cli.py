@@ -101,6 +101,33 @@ def test_one_picture_into_an_existing_folder(tmp_path):
     assert os.listdir(tmp_path / "out") == ["in.jpg"]
 
 
+def test_gray_alpha_and_phone_rotated_pictures(tmp_path):
+    """Gray and RGBA pictures become RGB; a JPEG's EXIF orientation is applied (phone photos),
+    so boxes are in the picture as it is shown."""
+    from PIL import Image
+
+    src = tmp_path / "pics"
+    src.mkdir()
+    cv2.imwrite(str(src / "gray.png"), np.full((50, 60), 128, np.uint8))
+    rgba = np.dstack([red_square(), np.full((240, 320), 255, np.uint8)])
+    cv2.imwrite(str(src / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    exif = Image.Exif()
+    exif[0x0112] = 6                                              # stored landscape, shown rotated 90° CW
+    Image.fromarray(red_square()).save(src / "phone.jpg", quality=95, exif=exif)
+    dets = tmp_path / "d.jsonl"
+    r = run_vidseg("image", src, "-o", tmp_path / "out", "--model", BLOB_MODEL, "--detections", dets)
+    assert r.returncode == 0, r.stderr
+    assert load_rgb(tmp_path / "out" / "gray.png").shape == (50, 60, 3)
+    assert load_rgb(tmp_path / "out" / "rgba.png").shape == (240, 320, 3)
+    assert load_rgb(tmp_path / "out" / "phone.jpg").shape == (320, 240, 3)
+    by_name = {os.path.basename(x["image"]): x["detections"] for x in read_lines(dets)}
+    assert by_name["gray.png"] == []
+    assert [d["box"] for d in by_name["rgba.png"]] == [[30, 40, 120, 150]]
+    # Rotating 90° CW maps (x, y) → (H - 1 - y, x): the square's rows 40..150 become columns 90..200.
+    (d,) = by_name["phone.jpg"]
+    assert all(abs(a - b) <= 2 for a, b in zip(d["box"], [240 - 150, 30, 240 - 40, 120]))
+
+
 def test_batches_of_the_model_batch_size(tmp_path):
     """In-process: the model is built once and sees at most batch_size pictures per call."""
     paths = [save_rgb(tmp_path / f"{i}.png", red_square(200 + 10 * i, 300)) for i in range(5)]
