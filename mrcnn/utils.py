@@ -206,11 +206,16 @@ def trim_zeros(x):
 #  Resizing
 ############################################################
 
-def resize(image, output_shape, order=1, preserve_range=False):
+def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True, preserve_range=False,
+           anti_aliasing=False, anti_aliasing_sigma=None):
     """Resize [H, W] or [H, W, C] to `output_shape` (h, w) with OpenCV (see module docstring).
 
     order: 0 nearest (half-pixel centres, as skimage), 1 bilinear.
     preserve_range: False scales integer input to [0, 1] like skimage (uint8 / 255); bool is 0/1.
+    anti_aliasing: when shrinking, average over the source area (cv2.INTER_AREA) instead.
+    mode, cval, clip, anti_aliasing_sigma: accepted for matterport's signature; skimage's
+    mode/cval only shape the outer pixel ring, and bilinear output never leaves the input
+    range, so they change nothing here.
     Returns float32 [h, w] or [h, w, C]; channels are processed in chunks of 512 (OpenCV limit).
     """
     image = np.asarray(image)
@@ -222,6 +227,8 @@ def resize(image, output_shape, order=1, preserve_range=False):
     if out_h <= 0 or out_w <= 0 or data.shape[0] == 0 or data.shape[1] == 0:
         return np.zeros((max(out_h, 0), max(out_w, 0)) + data.shape[2:], np.float32)
     interpolation = cv2.INTER_NEAREST_EXACT if order == 0 else cv2.INTER_LINEAR
+    if anti_aliasing and order > 0 and out_h <= data.shape[0] and out_w <= data.shape[1]:
+        interpolation = cv2.INTER_AREA
     if data.ndim == 2:
         return cv2.resize(data, (out_w, out_h), interpolation=interpolation)
     chunks = []

@@ -71,6 +71,15 @@ def test_resize_matches_skimage_inside_the_border():
     np.testing.assert_array_equal(molded[129:895, 1:-1], expected[1:-1, 1:-1])
 
 
+def test_resize_accepts_matterports_arguments():
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    out = utils.resize(image, (8, 8), order=0, mode="constant", cval=0, clip=True, preserve_range=True,
+                       anti_aliasing=False)
+    np.testing.assert_array_equal(out, image.repeat(2, 0).repeat(2, 1))
+    scaled = utils.resize(image, (2, 2), anti_aliasing=True)  # uint8 → [0, 1], block means
+    np.testing.assert_allclose(scaled, image.reshape(2, 2, 2, 2).mean(axis=(1, 3)) / 255, atol=1e-6)
+
+
 def test_resize_mask_follows_resize_image():
     image = np.zeros((48, 64, 3), np.uint8)
     mask = np.zeros((48, 64, 1), bool)
