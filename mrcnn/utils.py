@@ -27,7 +27,6 @@ import warnings
 
 import cv2
 import numpy as np
-import scipy.ndimage
 
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
 
@@ -311,8 +310,10 @@ def resize_mask(mask, scale, padding, crop=None):
     """Resize masks with the scale/padding/crop that `resize_image` returned.
 
     mask: [H, W, N] bool. Nearest-neighbour (`scipy.ndimage.zoom`, order 0), as matterport.
-    Returns bool [H', W', N].
+    Returns bool [H', W', N]. (scipy is imported here: it would add 0.6 s to the runtime's start.)
     """
+    import scipy.ndimage
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mask = scipy.ndimage.zoom(mask, zoom=[scale, scale, 1], order=0)
