@@ -1,6 +1,7 @@
 """Synthetic shapes: seeded datasets, their masks, the shifted generator, and the video clip."""
 import json
 import subprocess
+import sys
 
 import av
 import numpy as np
@@ -114,3 +115,10 @@ def test_clip_rejects_odd_sizes_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(Exception):
         shapes.write_moving_shapes_clip(tmp_path / "missing" / "b.mp4", seconds=1, width=64, height=64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_modules_do_not_import_tensorflow():
+    """`vidseg demo` writes its clip in the main process, which must stay free of TensorFlow."""
+    code = ("import sys, vidseg.samples.shapes, vidseg.samples.custom, vidseg.samples.coco; "
+            "sys.exit(bool({'tensorflow', 'keras'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
