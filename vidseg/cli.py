@@ -118,12 +118,12 @@ def weights_download_cmd(name, directory, url, no_progress):
               help="Write detections as JSON lines, one per picture (COCO RLE masks).")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def image_cmd(inputs, output, model, weights, batch, min_confidence, detections, overwrite, no_progress):
+def image_cmd(inputs, output, detections, overwrite, no_progress, model, weights, batch, **model_options):
     """Segment pictures (files or folders of JPEG/PNG/...) and save them drawn."""
     from vidseg.pipelines.image import ImageJob, run_image
 
     return run_image(ImageJob(inputs=inputs, output=output, model=model, weights=weights, batch=batch,
-                              min_confidence=min_confidence, detections=detections, overwrite=overwrite,
+                              model_options=model_options, detections=detections, overwrite=overwrite,
                               progress=not no_progress))
 
 

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import cv2
@@ -46,7 +46,7 @@ class ImageJob:
     model: str = "mrcnn"
     weights: Optional[str] = None
     batch: Optional[int] = None
-    min_confidence: Optional[float] = None
+    model_options: dict = field(default_factory=dict)   # more load_frame_model options (min_confidence, ...)
     detections: Optional[str] = None
     overwrite: bool = False
     progress: bool = True
@@ -183,8 +183,7 @@ def run_image(job: ImageJob) -> int:
 
     t0 = time.perf_counter()
     with native_stderr_filtered():
-        model = load_frame_model(job.model, weights=job.weights, batch_size=job.batch,
-                                 min_confidence=job.min_confidence)
+        model = load_frame_model(job.model, weights=job.weights, batch_size=job.batch, **job.model_options)
     t_model = time.perf_counter() - t0
     names = list(model.class_names)
     made_dir = folder and not os.path.isdir(job.output)
