@@ -183,3 +183,106 @@ def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
     """Segment RTSP cameras rtsp://[user:pass@]host[:port]/path live (several at once)."""
     return _live("rtsp", urls, transport=transport, max_retries=max_retries, read_timeout=read_timeout,
                  open_timeout=max(10.0, read_timeout), **options)
+
+
+# ---- `vidseg inspect` (vidseg/pipelines/inspect.py) ----
+
+@main.command("inspect")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Folder for the pictures and index.html (new or empty).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Mask R-CNN weights (.h5: matterport's, a checkpoint); default: the shipped model.")
+@click.option("--classes", type=click.Path(dir_okay=False), default=None,
+              help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")
+@click.option("--layers", default=None, metavar="L1,L2,...",
+              help="Layers whose activations to show (default: backbone stages, FPN levels, RPN).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Keep detections scoring at least this (default: the model's).")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace files of the same name in --out.")
+def inspect_cmd(image, out, weights, classes, layers, min_confidence, overwrite):
+    """See inside the model on IMAGE: anchors, proposals, refinement, masks, activations, weights."""
+    from vidseg.pipelines.inspect import InspectJob, parse_layers, run_inspect
+
+    return run_inspect(InspectJob(image=image, out=out, weights=weights, layers=parse_layers(layers), classes=classes,
+                                  min_confidence=min_confidence, overwrite=overwrite))
+
+
+# ---- training, evaluation and the demo (vidseg/samples/train.py, vidseg/pipelines/demo.py) ----
+
+KINDS = ("shapes", "via", "coco")
+
+
+def dataset_options(f):
+    """Options that say which dataset a training or evaluation command reads."""
+    for option in reversed([
+        click.option("--kind", type=click.Choice(KINDS), required=True,
+                     help="shapes: generated; via: VGG Image Annotator folders; coco: COCO layout."),
+        click.option("--dataset", type=click.Path(), default=None,
+                     help="Dataset folder (via: PATH/train and PATH/val; coco: PATH/annotations, images)."),
+        click.option("--class-name", default=None, help="via: one class name for every region."),
+        click.option("--attribute", default=None, help="via: the region attribute holding each region's class."),
+        click.option("--year", default="2014", show_default=True, help="coco: the year in the file names."),
+        click.option("--model-dir", type=click.Path(file_okay=False), default="logs", show_default=True,
+                     help="Where run folders with checkpoints and TensorBoard logs are (for --weights last)."),
+    ]):
+        f = option(f)
+    return f
+
+
+@main.command("train")
+@dataset_options
+@click.option("--weights", required=True, metavar="coco|last|none|PATH",
+              help="Start from matterport's COCO weights, the last checkpoint, nothing, or a file.")
+@click.option("--layers", type=click.Choice(["heads", "3+", "4+", "5+", "all"]), default="heads",
+              show_default=True, help="Which layers to train.")
+@click.option("--epochs", type=click.IntRange(1), required=True,
+              help="Train up to this epoch (cumulative: a resumed run at epoch 10 with --epochs 15 runs 5).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate (default: the kind's config).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Steps per epoch (default: the config's).")
+def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, layers, epochs, lr, steps):
+    """Train Mask R-CNN on a dataset; a checkpoint per epoch under --model-dir."""
+    from vidseg.samples.train import TrainJob, run_train
+
+    return run_train(TrainJob(kind=kind, dataset=dataset, weights=weights, layers=layers, epochs=epochs,
+                              model_dir=model_dir, learning_rate=lr, steps=steps, class_name=class_name,
+                              attribute=attribute, year=year))
+
+
+@main.command("evaluate")
+@dataset_options
+@click.option("--weights", default=None, metavar="coco|last|PATH", help="Weights to evaluate (default: shipped model).")
+@click.option("--subset", default="val", show_default=True, help="via/coco: the subset to evaluate.")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True, help="shapes: how many to generate.")
+@click.option("--seed", type=int, default=2024, show_default=True, help="shapes: the generator's seed.")
+@click.option("--shifted", is_flag=True, help="shapes: sizes, colours and positions unlike the training set.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="Evaluate only the first N images.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Keep detections scoring at least this (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the AP tables as JSON.")
+def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, subset, images, seed, shifted,
+                 limit, min_confidence, as_json):
+    """Print COCO bbox and segm AP (pycocotools) of a model on a dataset."""
+    from vidseg.samples.train import EvaluateJob, run_evaluate
+
+    return run_evaluate(EvaluateJob(kind=kind, dataset=dataset, weights=weights, as_json=as_json, limit=limit,
+                                    images=images, seed=seed, shifted=shifted, subset=subset, model_dir=model_dir,
+                                    min_confidence=min_confidence, class_name=class_name, attribute=attribute,
+                                    year=year))
+
+
+@main.command("demo")
+@click.option("-o", "--output", type=click.Path(), default="demo.mp4", show_default=True, help="Output MP4.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Length of the generated clip.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Mask R-CNN weights (.h5); default: the shipped model.")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
+def demo_cmd(output, seconds, weights, overwrite, no_progress, stats):
+    """Segment a generated 1280x720 moving-shapes clip with the shipped model (no download)."""
+    from vidseg.pipelines.demo import DemoJob, run_demo
+
+    return run_demo(DemoJob(output=output, seconds=seconds, weights=weights, overwrite=overwrite,
+                            progress=not no_progress, stats=stats))
