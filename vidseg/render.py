@@ -101,65 +101,129 @@ class ColorTracker:
 
 
 class Renderer:
-    """draw(image, detections, labels) paints in place on a uint8 RGB [H, W, 3] frame.
+    """draw(image, detections, labels, fmt) paints in place on a frame.
 
-    labels[i] is the class name of detection i. One Renderer per source (it remembers the
-    colours of the previous frames).
+    image: uint8 RGB [H, W, 3] (fmt "rgb24") or I420 [H*3/2, W] (fmt "yuv420p"; each
+    instance's region is converted to RGB, drawn, and converted back, so pixels away from
+    objects are untouched). labels[i] is the class name of detection i. One Renderer per
+    source (it remembers the colours of the previous frames).
     """
 
     def __init__(self, seed: int = 0):
         self._colors = ColorTracker(seed)
 
-    def draw(self, image: np.ndarray, det: Detections, labels: Sequence[str]) -> list[np.ndarray]:
+    def draw(self, image: np.ndarray, det: Detections, labels: Sequence[str], fmt: str = "rgb24") -> list[np.ndarray]:
         """Returns the pasted masks (bool, box-sized) in detection order, for the detections file."""
-        h, w = image.shape[:2]
+        h, w = (image.shape[0] * 2 // 3, image.shape[1]) if fmt == "yuv420p" else image.shape[:2]
         boxes = clip_boxes(det.boxes, h, w)
         colors = self._colors.assign(det.boxes, det.class_ids)
-        thickness = max(1, round(min(h, w) / 400))
-        font_scale = max(0.4, min(h, w) / 1000)
-        masks = []
-        # Masks first, then boxes and labels on top (drawn largest score last).
-        for k in range(len(det)):
-            y1, x1, y2, x2 = boxes[k]
-            if y2 <= y1 or x2 <= x1:
-                masks.append(np.zeros((max(y2 - y1, 0), max(x2 - x1, 0)), bool))
-                continue
-            mask = paste_mask(det.masks[k], boxes[k])
-            masks.append(mask)
-            roi = image[y1:y2, x1:x2]
-            tint = np.empty_like(roi)
-            tint[:] = colors[k]
-            blended = cv2.addWeighted(roi, 1 - ALPHA, tint, ALPHA, 0)
-            np.copyto(roi, blended, where=mask[..., None])
-            contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(roi, contours, -1, colors[k], thickness)
+        style = _Style(h, w)
+        masks = [paste_mask(det.masks[k], boxes[k]) if _nonempty(boxes[k])
+                 else np.zeros((max(boxes[k][2] - boxes[k][0], 0), max(boxes[k][3] - boxes[k][1], 0)), bool)
+                 for k in range(len(det))]
+        # Lowest score first, so the best detection's mask, box and label end on top.
         for k in reversed(range(len(det))):
-            y1, x1, y2, x2 = boxes[k]
-            if y2 <= y1 or x2 <= x1:
+            if not _nonempty(boxes[k]):
                 continue
-            _dashed_rect(image, (x1, y1), (x2 - 1, y2 - 1), colors[k], thickness)
             caption = f"{labels[k] if k < len(labels) else det.class_ids[k]} {float(det.scores[k]):.3f}"
-            _label(image, caption, x1, y1, colors[k], font_scale, thickness)
+            label_box = style.label_box(caption, boxes[k][1], boxes[k][0])
+            if fmt == "yuv420p":
+                region = _even_region(boxes[k], label_box, style.thickness, h, w)
+                patch = _i420_crop_to_rgb(image, h, w, region)
+                _draw_instance(patch, region[:2], boxes[k], masks[k], colors[k], caption, label_box, style)
+                _rgb_to_i420_paste(patch, image, h, w, region)
+            else:
+                _draw_instance(image, (0, 0), boxes[k], masks[k], colors[k], caption, label_box, style)
         return masks
 
 
-def _dashed_rect(image, p1, p2, color, thickness, dash: int = 0) -> None:
-    """Matterport draws boxes dashed; dashes scale with the frame."""
-    dash = dash or max(6, image.shape[0] // 90)
+def _nonempty(box) -> bool:
+    return box[2] > box[0] and box[3] > box[1]
+
+
+class _Style:
+    """Line thickness, dash length and font size scaled to the frame."""
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def __init__(self, h: int, w: int):
+        self.h, self.w = h, w
+        self.thickness = max(1, round(min(h, w) / 400))
+        self.font_scale = max(0.4, min(h, w) / 1000)
+        self.dash = max(6, h // 90)
+
+    def label_box(self, text: str, x: int, y: int) -> tuple:
+        """(x1, y1, x2, y2) of the label: just inside the box's top-left, kept in the frame."""
+        (tw, th), base = cv2.getTextSize(text, self.font, self.font_scale, self.thickness)
+        bw, bh = tw + 4, th + base + 4
+        x = int(min(max(x, 0), max(self.w - bw, 0)))
+        y = int(min(max(y, 0), max(self.h - bh, 0)))
+        return (x, y, min(x + bw, self.w), min(y + bh, self.h))
+
+
+def _draw_instance(canvas, origin, box, mask, color, caption, label_box, style) -> None:
+    """Mask, outline, dashed box and label of one instance on an RGB canvas whose top-left is
+    frame pixel `origin` (y, x)."""
+    oy, ox = origin
+    y1, x1, y2, x2 = (int(box[0]) - oy, int(box[1]) - ox, int(box[2]) - oy, int(box[3]) - ox)
+    roi = canvas[y1:y2, x1:x2]
+    tint = np.empty_like(roi)
+    tint[:] = color
+    blended = cv2.addWeighted(roi, 1 - ALPHA, tint, ALPHA, 0)
+    np.copyto(roi, blended, where=mask[..., None])
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(roi, contours, -1, color, style.thickness)
+    _dashed_rect(canvas, (x1, y1), (x2 - 1, y2 - 1), color, style.thickness, style.dash)
+    lx1, ly1, lx2, ly2 = label_box
+    cv2.rectangle(canvas, (lx1 - ox, ly1 - oy), (lx2 - ox - 1, ly2 - oy - 1), color, cv2.FILLED)
+    (_, th), _ = cv2.getTextSize(caption, style.font, style.font_scale, style.thickness)
+    cv2.putText(canvas, caption, (lx1 - ox + 2, ly1 - oy + th + 2), style.font, style.font_scale, (255, 255, 255),
+                style.thickness, cv2.LINE_AA)
+
+
+def _even_region(box, label_box, pad: int, h: int, w: int) -> tuple:
+    """(y1, x1, y2, x2) covering the box, its outline and its label, on even coordinates."""
+    y1 = min(int(box[0]), label_box[1]) - pad
+    x1 = min(int(box[1]), label_box[0]) - pad
+    y2 = max(int(box[2]), label_box[3]) + pad
+    x2 = max(int(box[3]), label_box[2]) + pad
+    y1, x1 = max(y1 - y1 % 2, 0), max(x1 - x1 % 2, 0)
+    y2, x2 = min(y2 + y2 % 2, h), min(x2 + x2 % 2, w)
+    return (y1, x1, y2, x2)
+
+
+def _i420_planes(image: np.ndarray, h: int, w: int):
+    flat = image.reshape(-1)
+    n = h * w
+    return (flat[:n].reshape(h, w), flat[n:n + n // 4].reshape(h // 2, w // 2),
+            flat[n + n // 4:n + n // 2].reshape(h // 2, w // 2))
+
+
+def _i420_crop_to_rgb(image: np.ndarray, h: int, w: int, region) -> np.ndarray:
+    """RGB [y2-y1, x2-x1, 3] of an even-aligned region of an I420 frame [h*3/2, w]."""
+    y1, x1, y2, x2 = region
+    ph, pw = y2 - y1, x2 - x1
+    patch = np.empty((ph * 3 // 2, pw), np.uint8)
+    dst = _i420_planes(patch, ph, pw)
+    for src, d, s in zip(_i420_planes(image, h, w), dst, (1, 2, 2)):
+        d[:] = src[y1 // s:y2 // s, x1 // s:x2 // s]
+    return cv2.cvtColor(patch, cv2.COLOR_YUV2RGB_I420)
+
+
+def _rgb_to_i420_paste(rgb: np.ndarray, image: np.ndarray, h: int, w: int, region) -> None:
+    """Write an RGB patch back into the same region of the I420 frame."""
+    y1, x1, y2, x2 = region
+    ph, pw = y2 - y1, x2 - x1
+    yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    for dst, src, s in zip(_i420_planes(image, h, w), _i420_planes(yuv, ph, pw), (1, 2, 2)):
+        dst[y1 // s:y2 // s, x1 // s:x2 // s] = src
+
+
+def _dashed_rect(image, p1, p2, color, thickness, dash: int) -> None:
+    """A dashed rectangle (matterport draws boxes dashed) from p1 to p2 (x, y), inclusive."""
     (x1, y1), (x2, y2) = p1, p2
     for a, b, fixed, horizontal in ((x1, x2, y1, True), (x1, x2, y2, True), (y1, y2, x1, False), (y1, y2, x2, False)):
         for s in range(a, b + 1, 2 * dash):
             e = min(s + dash, b)
             pt1, pt2 = ((s, fixed), (e, fixed)) if horizontal else ((fixed, s), (fixed, e))
             cv2.line(image, pt1, pt2, color, thickness, cv2.LINE_AA)
-
-
-def _label(image, text, x, y, color, scale, thickness) -> None:
-    """White text on a box of the instance colour, just inside the top-left of its box."""
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
-    h, w = image.shape[:2]
-    x = int(min(max(x, 0), max(w - tw - 4, 0)))
-    y = int(min(max(y, 0), max(h - th - base - 4, 0)))
-    cv2.rectangle(image, (x, y), (x + tw + 4, y + th + base + 4), color, cv2.FILLED)
-    cv2.putText(image, text, (x + 2, y + th + 2), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)

@@ -1,7 +1,8 @@
 """Shared-memory frame ring and the ports that move frames between stage processes.
 
 A `FrameRing` is one `multiprocessing.shared_memory` block cut into N fixed-size slots,
-each big enough for the source's largest frame (uint8 RGB [H, W, 3]). Pixels are written
+each big enough for the source's largest frame (uint8 RGB [H, W, 3]; an I420 frame
+[H*3/2, W] takes half of it). Pixels are written
 once by capture and never copied between processes again: queues carry a `FrameMeta`
 (slot id, frame index, pts, capture time, shape, and later the detections), a few hundred
 bytes. A slot has one owner at a time: free → capture → infer → render → sink → free.
@@ -46,6 +47,7 @@ class FrameMeta:
     source: source id (index into the pipeline's source list); index: frame number within
     the source, counting every frame read (dropped ones too); pts: seconds; capture_time:
     time.monotonic() at read; slot: ring slot id; shape: (H, W, 3) of the frame in the slot.
+    format: "rgb24" (shape (H, W, 3)) or "yuv420p" (I420, shape (H*3/2, W)); see SourceFrame.
     detections/labels: set by infer (labels[i] is the class name of detection i).
     image: uint8 view of the slot, attached by a port in the receiving process, never pickled.
     """
@@ -56,9 +58,15 @@ class FrameMeta:
     capture_time: float
     slot: int
     shape: tuple
+    format: str = "rgb24"
     detections: Optional[Detections] = None
     labels: tuple = ()
     image: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple:
+        """(H, W) of the picture whatever its format."""
+        return frame_size(self.shape, self.format)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -66,11 +74,25 @@ class FrameMeta:
         return state
 
 
+def frame_size(shape: Sequence[int], fmt: str) -> tuple:
+    """(H, W) of a frame array of `shape` in format "rgb24" or "yuv420p"."""
+    return (shape[0] * 2 // 3, shape[1]) if fmt == "yuv420p" else (shape[0], shape[1])
+
+
+def to_rgb(image: np.ndarray, fmt: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of a frame in either format (the same array when already RGB)."""
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_YUV2RGB_I420) if fmt == "yuv420p" else image
+
+
 @dataclass(frozen=True)
 class EndOfStream:
-    """Sent once per source after its last frame; every stage forwards it."""
+    """Sent once per source after its last frame; every stage forwards it.
+    interrupted: the source was stopped early (Ctrl-C), so sinks trim to what was done."""
 
     source: int
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +139,7 @@ class FrameRing:
         return cls(spec, shm)
 
     def view(self, slot: int, shape: Sequence[int]) -> np.ndarray:
-        """uint8 [H, W, 3] view of `slot` (H*W*3 must fit the slot)."""
+        """uint8 view of `slot` with `shape` (its bytes must fit the slot)."""
         n = int(np.prod(shape))
         if n > self.spec.slot_bytes:
             raise ValueError(f"frame {tuple(shape)} is larger than the ring's slots {self.spec.max_shape}")
@@ -146,7 +168,7 @@ class Mailbox:
 
     def __init__(self, ctx):
         self._lock = ctx.Lock()
-        self._pending = ctx.RawArray("d", 6)  # slot, index, pts, capture_time, H, W
+        self._pending = ctx.RawArray("d", 7)  # slot, index, pts, capture_time, rows, cols, is_yuv
         self._pending[0] = -1
 
     def swap(self, meta: Optional[FrameMeta]) -> Optional[FrameMeta]:
@@ -156,7 +178,8 @@ class Mailbox:
             if meta is None:
                 self._pending[0] = -1
             else:
-                self._pending[:] = [meta.slot, meta.index, meta.pts, meta.capture_time, meta.shape[0], meta.shape[1]]
+                self._pending[:] = [meta.slot, meta.index, meta.pts, meta.capture_time, meta.shape[0], meta.shape[1],
+                                    float(meta.format == "yuv420p")]
         return old
 
     def claim(self, source: int) -> Optional[FrameMeta]:
@@ -170,7 +193,9 @@ class Mailbox:
         p = self._pending
         if p[0] < 0:
             return None
-        return FrameMeta(source, int(p[1]), p[2], p[3], int(p[0]), (int(p[4]), int(p[5]), 3))
+        yuv = p[6] > 0
+        shape = (int(p[4]), int(p[5])) if yuv else (int(p[4]), int(p[5]), 3)
+        return FrameMeta(source, int(p[1]), p[2], p[3], int(p[0]), shape, "yuv420p" if yuv else "rgb24")
 
 
 class SourceLink:
@@ -217,7 +242,7 @@ def _parent_gone() -> bool:
 class CaptureOut:
     """Capture's output port for one source: slot acquisition by policy, copy in, send on.
 
-    put(image, pts, capture_time) returns the cause string when the frame (or the one it
+    put(image, pts, capture_time, fmt) returns the cause string when the frame (or the one it
     displaced) was dropped, else None. `stop` aborts a `block` wait for a free slot.
     """
 
@@ -229,7 +254,7 @@ class CaptureOut:
         self._index = 0
         self.wait_s = 0.0  # time spent waiting for a free slot (block policy)
 
-    def put(self, image: np.ndarray, pts: float, capture_time: float) -> Optional[str]:
+    def put(self, image: np.ndarray, pts: float, capture_time: float, fmt: str = "rgb24") -> Optional[str]:
         index = self._index
         self._index += 1
         dropped = None
@@ -247,7 +272,7 @@ class CaptureOut:
                 if waiting is None:
                     return "downstream_busy"
                 slot, dropped = waiting.slot, "infer_busy"
-        meta = FrameMeta(self.link.source, index, pts, capture_time, slot, image.shape)
+        meta = FrameMeta(self.link.source, index, pts, capture_time, slot, image.shape, fmt)
         np.copyto(self._ring.view(slot, image.shape), image)
         if self.link.policy == "latest":
             displaced = self.link.mailbox.swap(meta)
@@ -257,8 +282,8 @@ class CaptureOut:
         self._out.put(meta)  # for `latest`, a wake-up: infer claims from the mailbox
         return dropped
 
-    def end(self) -> None:
-        self._out.put(EndOfStream(self.link.source))
+    def end(self, interrupted: bool = False) -> None:
+        self._out.put(EndOfStream(self.link.source, interrupted))
 
     def close(self) -> None:
         self._ring.close()

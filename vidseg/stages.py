@@ -23,7 +23,7 @@ import numpy as np
 
 from vidseg.errors import InputError
 from vidseg.metrics import StageMeter
-from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink
+from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, to_rgb
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,15 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     except BaseException as e:  # noqa: B902 - any failure must reach the supervisor
         if os.environ.get("VIDSEG_DEBUG"):
             traceback.print_exc()
-        ctrl.put(("error", name, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 1))
+        ctrl.put(("error", name, _one_line(e), 1))
         sys.exit(1)
     ctrl.put(("done", name, meter.report()))
+
+
+def _one_line(e: BaseException) -> str:
+    """`Type: first line of the message`, so the user's error stays one line."""
+    text = " ".join(str(e).split("\n", 1)[0].split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _set_process_name(name: str) -> None:
@@ -84,7 +90,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, m
             frame = next(frames, None)
             if frame is None:
                 break
-            cause = out.put(frame.image, frame.pts, frame.capture_time)
+            cause = out.put(frame.image, frame.pts, frame.capture_time, getattr(frame, "format", "rgb24"))
             meter.stop()
             read_count.value += 1
             if cause == "stopped":
@@ -114,6 +120,7 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     from vidseg.models import load_frame_model
 
     model = load_frame_model(model_spec, batch_size=batch, **model_options)
+    pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
     names = list(model.class_names)
     size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))
     live = any(link.policy == "latest" for link in links)
@@ -130,7 +137,7 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
             frames = [m for m in items if not isinstance(m, EndOfStream)]
             if frames:
                 meter.start()
-                _infer(model, names, frames, max_dim)
+                _infer(model, names, frames, max_dim, pixels)
                 meter.stop(len(frames))
                 for m in frames:
                     out_qs[m.source].put(m)
@@ -141,20 +148,21 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
         port.close()
 
 
-def _infer(model, names: list, frames: list, max_dim: Optional[int]) -> None:
+def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: bool = True) -> None:
+    """Run the model on frames (FrameMeta with .image), set their detections and labels."""
     images, scales = [], []
-    for m in frames:
-        h, w = m.image.shape[:2]
+    for m in frames if pixels else ():
+        h, w = m.size
         scale = max_dim / max(h, w) if max_dim and max(h, w) > max_dim else 1.0
+        rgb = to_rgb(m.image, m.format)
         if scale != 1.0:
-            images.append(cv2.resize(m.image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
-        else:
-            images.append(m.image)
+            rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        images.append(rgb)
         scales.append(scale)
-    results = model(images)
+    results = model(images if pixels else [m.image for m in frames])
     if len(results) != len(frames):
         raise RuntimeError(f"model returned {len(results)} results for {len(frames)} frames")
-    for m, det, scale in zip(frames, results, scales):
+    for m, det, scale in zip(frames, results, scales or [1.0] * len(frames)):
         if scale != 1.0 and len(det):
             det.boxes = (det.boxes / scale).astype(np.float32)
         m.detections = det
@@ -180,9 +188,9 @@ def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], s
                 out_q.put(item)
                 break
             meter.start()
-            masks = renderer.draw(item.image, item.detections, item.labels)
+            masks = renderer.draw(item.image, item.detections, item.labels, item.format)
             if writer:
-                h, w = item.shape[:2]
+                h, w = item.size
                 writer.write(item.index, item.pts, item.detections, item.labels,
                              clip_boxes(item.detections.boxes, h, w), masks, h, w)
             item.image = None
@@ -204,14 +212,23 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
         while True:
             item = port.get()
             if isinstance(item, EndOfStream):
+                for sink in sinks:
+                    if item.interrupted and hasattr(sink, "trim_audio"):
+                        sink.trim_audio = True  # a partial file: no audio past the last frame
                 break
             meter.start()
             keep_going = True
+            rgb = None
             for sink in sinks:
+                if item.format == "yuv420p" and hasattr(sink, "write_yuv420p"):
+                    keep_going &= bool(sink.write_yuv420p(item.image, item.pts))
+                    continue
+                if rgb is None:
+                    rgb = to_rgb(item.image, item.format)
                 if getattr(sink, "wants_capture_time", False):  # the window shows latency
-                    keep_going &= bool(sink.write(item.image, item.pts, item.capture_time))
+                    keep_going &= bool(sink.write(rgb, item.pts, item.capture_time))
                 else:
-                    keep_going &= bool(sink.write(item.image, item.pts))
+                    keep_going &= bool(sink.write(rgb, item.pts))
             port.release(item)
             meter.stop()
             meter.latencies_ms.append((time.monotonic() - item.capture_time) * 1000.0)

@@ -31,6 +31,8 @@ class Outcome:
     exit_code: int
     message: str = ""
     reports: list = field(default_factory=list)
+    stage: str = ""                                 # the stage that failed
+    tolerated: dict = field(default_factory=dict)   # stage → cause, failures the run rode out
 
 
 def _describe_exit(code: int) -> str:
@@ -71,59 +73,70 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self._procs.items()}
 
-    def watch(self, on_tick: Callable[[], None] = lambda: None) -> Outcome:
-        """Block until every stage has ended, one failed, or a second Ctrl-C; see module doc."""
+    def watch(self, on_tick: Callable[[], None] = lambda: None,
+              tolerate: Callable[[str, bool], bool] = lambda name, died: False) -> Outcome:
+        """Block until every stage has ended, one failed, or a second Ctrl-C; see module doc.
+
+        tolerate(stage, died) may return True to let the run go on without that stage (a
+        dead camera among several); died is True when it ended without reporting.
+        """
         reports: dict[str, dict] = {}
+        tolerated: dict[str, str] = {}
         failure: Optional[tuple] = None
         quit_requested = False
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while failure is None and self._interrupts < 2:
-                failure, quit = self._drain_ctrl(reports, timeout=0.1)
+                failures, quit = self._drain_ctrl(reports, timeout=0.1)
                 quit_requested |= quit
                 on_tick()
-                if failure is not None:
-                    break
                 ended = [n for n, p in self._procs.items() if p.exitcode is not None]
-                unreported = [n for n in ended if n not in reports]
+                unreported = [n for n in ended if n not in reports and n not in tolerated
+                              and n not in (f[0] for f in failures)]
                 if unreported:
                     # Its last message may still be in the pipe: read what is there first.
-                    failure, quit = self._drain_ctrl(reports, timeout=0.5)
+                    more, quit = self._drain_ctrl(reports, timeout=0.5)
+                    failures += more
                     quit_requested |= quit
-                    for name in unreported:
-                        if failure is None and name not in reports:
-                            failure = (name, _describe_exit(self._procs[name].exitcode), 1)
-                if failure is None and len(ended) == len(self._procs) and len(reports) == len(self._procs):
+                    failures += [(n, _describe_exit(self._procs[n].exitcode), 1, True)
+                                 for n in unreported if n not in reports and n not in (f[0] for f in failures)]
+                for name, message, code, died in failures:
+                    if tolerate(name, died):
+                        tolerated[name] = message
+                    elif failure is None:
+                        failure = (name, message, code)
+                done = len(reports) + len(tolerated)
+                if failure is None and len(ended) == len(self._procs) and done == len(self._procs):
                     break
         finally:
             signal.signal(signal.SIGINT, previous)
         report_list = list(reports.values())
         if failure is not None:
             name, message, code = failure
-            return Outcome("failed", code, f"{name.split('[')[0]} stage failed: {message}"
-                           if code == 1 else message, report_list)
+            return Outcome("failed", code, message, report_list, name, tolerated)
         if self._interrupts:
-            return Outcome("interrupted", 130, "interrupted", report_list)
-        return Outcome("quit" if quit_requested else "complete", 0, "", report_list)
+            return Outcome("interrupted", 130, "interrupted", report_list, "", tolerated)
+        return Outcome("quit" if quit_requested else "complete", 0, "", report_list, "", tolerated)
 
     def _on_sigint(self, signum, frame) -> None:
         self._interrupts += 1
         self.stop.set()
 
     def _drain_ctrl(self, reports: dict, timeout: float):
-        """Read control messages for up to `timeout` s; returns (first failure or None, quit?)."""
-        failure, quit = None, False
+        """Read control messages for up to `timeout` s; returns
+        ([(stage, message, exit code, died=False)], quit requested?)."""
+        failures, quit = [], False
         deadline = time.monotonic() + timeout
         while True:
             try:
                 msg = self.ctrl.get(timeout=max(deadline - time.monotonic(), 0.001))
             except (queue.Empty, InterruptedError):
-                return failure, quit
+                return failures, quit
             kind, name = msg[0], msg[1]
             if kind == "done":
                 reports[name] = msg[2]
-            elif kind == "error" and failure is None:
-                failure = (name, msg[2], msg[3])
+            elif kind == "error":
+                failures.append((name, msg[2], msg[3], False))
             elif kind == "quit":
                 quit = True
                 self.stop.set()

@@ -25,7 +25,7 @@ from typing import Optional
 from vidseg import stages
 from vidseg.errors import InputError
 from vidseg.metrics import Progress, build_stats
-from vidseg.ring import FrameRing, SourceLink, shm_free_bytes
+from vidseg.ring import EndOfStream, FrameRing, SourceLink, shm_free_bytes
 from vidseg.stages import Spec
 from vidseg.supervisor import Supervisor
 
@@ -56,7 +56,8 @@ class SourcePlan:
 @dataclass
 class RunResult:
     """status: complete | interrupted (Ctrl-C, drained) | quit (a sink asked) | failed.
-    exit_code: 0, 130, or 1/2 on failure; message: one line for the user when failed.
+    exit_code: 0, 130, or 1/2 on failure (also 1 with status complete when keep_going rode
+    out a failed source); message: one line for the user when exit_code is 1 or 2.
     stats: see vidseg.metrics.build_stats; pids: stage name → pid (for tests and tools)."""
 
     status: str
@@ -73,13 +74,15 @@ def ring_slots(batch: Optional[int]) -> int:
 
 def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: Optional[dict] = None,
                  batch: Optional[int] = None, max_dim: Optional[int] = 1024, progress: bool = True,
-                 seed: int = 0, on_start=None) -> RunResult:
+                 seed: int = 0, keep_going: bool = False, on_start=None) -> RunResult:
     """Run the process graph above until every source ends, a stage fails, or Ctrl-C.
 
     model/model_options: see vidseg.models.load_frame_model (built in the infer process).
     batch: frames per model call (None = the model's own batch_size). max_dim: frames with a
     longer side are shrunk before the model (boxes scaled back). on_start(pids) is called once
-    all stages are started. Raises InputError (exit 2) when /dev/shm is too small.
+    all stages are started. keep_going: a failed capture (one dead camera among several)
+    ends only its own source, the others run on; the run then exits 1 naming it.
+    Raises InputError (exit 2) when /dev/shm is too small.
     """
     slots = ring_slots(batch)
     need = sum(slots * p.frame_shape[0] * p.frame_shape[1] * 3 for p in sources)
@@ -115,10 +118,38 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         pids = sup.pids()
         if on_start:
             on_start(pids)
-        outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)))
+        def tolerate(stage: str, died: bool) -> bool:
+            if not (keep_going and stage.startswith("capture[")):
+                return False
+            if died:  # it could not send its end-of-stream: send it on its behalf
+                infer_q.put(EndOfStream(int(stage[len("capture["):-1])))
+            return True
+
+        outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)), tolerate)
     finally:
         bar.close()
         sup.close()
-    stats = build_stats(outcome.reports, [p.name for p in sources], time.monotonic() - t0,
-                        partial=outcome.status == "interrupted")
+    names = [p.name for p in sources]
+    stats = build_stats(outcome.reports, names, time.monotonic() - t0, partial=outcome.status == "interrupted")
+    for stage, cause in outcome.tolerated.items():
+        stats["sources"][names[_source_index(stage)]]["error"] = cause
+    if outcome.status == "failed":
+        return RunResult("failed", outcome.exit_code, _failure_line(outcome.stage, outcome.message, outcome.exit_code,
+                                                                    names), stats, pids)
+    if outcome.tolerated and outcome.status == "complete":
+        lost = ", ".join(f"{names[_source_index(s)]} ({c})" for s, c in outcome.tolerated.items())
+        return RunResult("complete", 1, f"source failed, the others ran to the end: {lost}", stats, pids)
     return RunResult(outcome.status, outcome.exit_code, outcome.message, stats, pids)
+
+
+def _source_index(stage: str) -> int:
+    return int(stage.partition("[")[2].rstrip("]"))
+
+
+def _failure_line(stage: str, cause: str, exit_code: int, names: list) -> str:
+    """One line naming the stage (and its source when there are several) and the cause."""
+    if exit_code == 2:  # an InputError from inside a stage says it all
+        return cause
+    kind = stage.partition("[")[0]
+    where = f" ({names[_source_index(stage)]})" if "[" in stage and len(names) > 1 else ""
+    return f"{kind} stage{where} failed: {cause}"

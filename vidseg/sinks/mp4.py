@@ -37,8 +37,11 @@ class Mp4Sink:
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
         self._video.width, self._video.height = self.width, self.height
         self._video.pix_fmt = "yuv420p"
+        self._video.codec_context.thread_count = 0  # libx264 picks its threads (libavcodec's default is 1)
         self._video.time_base = self.time_base
         self._video.codec_context.time_base = self.time_base
+        self.trim_audio = False  # set for a partial run: audio stops with the last frame
+        self._frame_s = 1.0 / float(rate)
         self._last_pts: Optional[int] = None
         self._end_time = 0.0
         self._audio: Optional[_AudioCopy] = None
@@ -47,8 +50,12 @@ class Mp4Sink:
 
     def write(self, image: np.ndarray, pts: float) -> bool:
         image = image[: self.height, : self.width]
-        yuv = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        return self.write_yuv420p(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), pts)
+
+    def write_yuv420p(self, i420: np.ndarray, pts: float) -> bool:
+        """i420: uint8 [H*3/2, W] C-contiguous at the sink's (even) size. libx264 copies the
+        picture during encode(), so the buffer may be reused as soon as this returns."""
+        frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
         ticks = int(round(pts / self.time_base))
         if self._last_pts is not None and ticks <= self._last_pts:
             ticks = self._last_pts + 1  # damaged input: keep pts strictly increasing
@@ -65,7 +72,7 @@ class Mp4Sink:
         try:
             self._out.mux(self._video.encode(None))
             if self._audio:
-                self._audio.mux_until(self._end_time + 0.5, final=True)
+                self._audio.mux_until(self._end_time + self._frame_s if self.trim_audio else float("inf"), final=True)
         finally:
             if self._audio:
                 self._audio.close()

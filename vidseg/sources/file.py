@@ -1,7 +1,9 @@
 """A video file as a FrameSource: PyAV decode with threads, rotation applied, damage skipped.
 
-Anything FFmpeg decodes works (H.264, HEVC, MPEG-4 Part 2 in AVI, ...). Frames come out as
-uint8 RGB [H, W, 3] upright (the stream's display rotation applied, as players do). Packets
+Anything FFmpeg decodes works (H.264, HEVC, MPEG-4 Part 2 in AVI, ...). Frames come out
+upright (the stream's display rotation applied, as players do): as the decoder's I420 planes
+[H*3/2, W] when it gives yuv420p at an even size (no conversion at all), else as uint8 RGB
+[H, W, 3]. Packets
 the decoder rejects are counted in `skipped` and decoding goes on, so a truncated or partly
 corrupt file yields every frame that can be decoded.
 """
@@ -108,18 +110,18 @@ class FileSource:
                 index += 1
 
     def _to_source_frame(self, frame: av.VideoFrame, index: int) -> SourceFrame:
-        if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
-            # cv2's I420→RGB is several times faster than swscale's rgb24 conversion.
-            image = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+        if self.rotation == 0 and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+            # The decoder's own planes, no colour conversion: I420 [H*3/2, W].
+            image, fmt = frame.to_ndarray(), "yuv420p"
         else:
-            image = frame.to_ndarray(format="rgb24")
-        if self.rotation:
-            image = cv2.rotate(image, _ROTATE[self.rotation])
+            image, fmt = frame.to_ndarray(format="rgb24"), "rgb24"
+            if self.rotation:
+                image = cv2.rotate(image, _ROTATE[self.rotation])
         if frame.pts is not None:
             pts = float(frame.pts * self.time_base)
         else:
             pts = index / (self.fps or 25.0)
-        return SourceFrame(image=np.ascontiguousarray(image), pts=pts, capture_time=time.monotonic())
+        return SourceFrame(image=np.ascontiguousarray(image), pts=pts, capture_time=time.monotonic(), format=fmt)
 
     def close(self) -> None:
         self._container.close()

@@ -1,0 +1,110 @@
+"""Shared fixtures: test clips made with PyAV (real codecs), and helpers to run `vidseg`.
+
+Clips show a red and a green square moving over a dark grey background and a fixed blue
+square, which `tests.fake_models.BlobModel` detects; an AAC sine tone is the audio track.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BLOB_MODEL = "tests.fake_models:BlobModel"
+
+
+def blob_frame(i: int, width: int, height: int) -> np.ndarray:
+    """uint8 RGB [height, width, 3]: frame i of the test scene (see module doc)."""
+    img = np.full((height, width, 3), 40, np.uint8)
+    s = max(16, height // 6)
+    x = int((width - s) * (0.1 + 0.8 * ((i * 7) % 100) / 100))
+    img[height // 6: height // 6 + s, x: x + s] = (230, 20, 20)
+    img[height // 2: height // 2 + s, width - x - s: width - x] = (20, 230, 20)
+    img[height - s - 8: height - 8, 8: 8 + s] = (20, 20, 230)
+    return img
+
+
+def make_clip(path, width=640, height=480, frames=50, fps=25, audio=True, codec="libx264",
+              container_format=None, rotation=0) -> str:
+    """Encode the test scene (and a stereo AAC/MP3 tone when audio) into `path`; returns it."""
+    with av.open(str(path), "w", format=container_format) as c:
+        v = c.add_stream(codec, rate=Fraction(fps))
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":
+            v.options = {"preset": "ultrafast"}
+        if rotation:
+            v.set_display_rotation(rotation)
+        a = None
+        if audio:
+            a = c.add_stream("aac" if codec == "libx264" else "mp3", rate=48000)
+            a.layout = "stereo"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(blob_frame(i, width, height), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            c.mux(v.encode(frame))
+        c.mux(v.encode(None))
+        if a is not None:
+            n = 1152 if a.codec_context.name == "mp3" else 1024
+            total = int(48000 * frames / fps)
+            t = np.arange(total) / 48000.0
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for k in range(0, total - n + 1, n):
+                af = av.AudioFrame.from_ndarray(np.stack([tone[k:k + n]] * 2), format="fltp", layout="stereo")
+                af.sample_rate, af.pts = 48000, k
+                c.mux(a.encode(af))
+            c.mux(a.encode(None))
+    return str(path)
+
+
+def probe(path) -> dict:
+    """ffprobe of the first video and audio streams: frames (counted), fps, duration, codec."""
+    def streams(kind):
+        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", kind, "-count_frames", "-show_entries",
+                              "stream=codec_name,nb_read_frames,r_frame_rate,duration,width,height",
+                              "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
+        import json
+
+        return json.loads(out)["streams"]
+    v, a = streams("v"), streams("a")
+    return {"video": v[0] if v else None, "audio": a[0] if a else None}
+
+
+def run_vidseg(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m vidseg.cli ...` from the repo root (so `tests.fake_models` imports)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def shm_entries() -> set:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """Factory of cached clips: clips(name, **make_clip kwargs) -> path."""
+    root = tmp_path_factory.mktemp("clips")
+    made = {}
+
+    def get(name, **kwargs):
+        if name not in made:
+            made[name] = make_clip(root / name, **kwargs)
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def clip_480(clips):
+    return clips("480p.mp4", width=640, height=480, frames=50, fps=25)
+
+
+@pytest.fixture(scope="session")
+def clip_1080(clips):
+    return clips("1080p.mp4", width=1920, height=1080, frames=30, fps=30)
