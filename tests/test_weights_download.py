@@ -38,7 +38,8 @@ class Server:
 
     /moved redirects (302) to /w.h5, as GitHub redirects release downloads to its CDN.
     mode: "ok"; "truncate" (announces the full length, sends half, closes); "stall" (sends
-    half, then nothing for 2 s); "no-range" (ignores Range, always 200).
+    half, then nothing for 2 s); "no-range" (ignores Range, always 200); "no-length" (200
+    without Content-Length, the end of the body is the end of the connection).
     """
 
     def __init__(self):
@@ -68,7 +69,8 @@ class Server:
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
-                self.send_header("Content-Length", str(len(body)))
+                if server.mode != "no-length":
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.mode in ("truncate", "stall"):
                     body = body[:len(body) // 2]
@@ -193,6 +195,15 @@ def test_size_mismatch_is_an_error_and_no_file_is_complete(server, tmp_path):
     with pytest.raises(InputError, match=f"offers {len(DATA):,} bytes, expected {len(DATA) + 1:,}"):
         fetch(server.url, str(dest), expected_size=len(DATA) + 1, progress=False)
     assert not dest.exists()
+
+
+def test_size_is_checked_when_the_server_does_not_announce_it(server, tmp_path):
+    server.mode = "no-length"
+    with pytest.raises(InputError, match=f"{len(DATA):,} of {len(DATA) + 1:,} bytes"):
+        fetch(server.url, str(tmp_path / NAME), expected_size=len(DATA) + 1, progress=False)
+    assert not (tmp_path / NAME).exists()
+    fetch(server.url, str(tmp_path / "other.h5"), progress=False)      # no size known: taken as sent
+    assert (tmp_path / "other.h5").read_bytes() == DATA
 
 
 def test_not_an_hdf5_file_is_refused(server, tmp_path, monkeypatch):

@@ -82,10 +82,10 @@ def fetch(url: str, dest: str, expected_size: Optional[int] = None, progress: bo
     if expected_size is not None and have > expected_size:
         os.remove(part)
         have = 0
-    total = expected_size
+    announced = None
     if expected_size is None or have < expected_size:
-        total = _receive(url, part, have, expected_size, progress)
-    _finish(part, dest, total, url)
+        announced = _receive(url, part, have, expected_size, progress)
+    _finish(part, dest, expected_size if expected_size is not None else announced, url)
 
 
 def _receive(url: str, part: str, have: int, expected_size: Optional[int], progress: bool) -> Optional[int]:
