@@ -181,3 +181,12 @@ def test_frame_model_needs_names_for_other_class_counts(tmp_path):
     names.write_text("BG\nsquare\ncircle\ntriangle\n")
     model = fm.MaskRCNNFrameModel(weights=path, max_dim=128, class_names=names)
     assert model.class_names == ["BG", "square", "circle", "triangle"]
+
+
+def test_profile_parts_reports_every_part(small):
+    from mrcnn import profile
+    parts = small.profile_parts(photos()[:2], repeats=1)
+    assert set(parts) == set(profile.PARTS) | {"total", "detections"}
+    assert all(np.isfinite(v) and v >= 0 for v in parts.values())
+    raw = small.infer_molded(*small.mold_inputs(photos()[:2])[:2])
+    assert parts["detections"] == np.mean([(det[:, 4] > 0).sum() for det, _ in raw]) > 0
