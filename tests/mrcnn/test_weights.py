@@ -158,3 +158,17 @@ def test_checkpoint_path_sets_log_dir_and_epoch(r50, tmp_path):
     ckpt.write_bytes(path.read_bytes())
     model.load_weights(ckpt, by_name=True)
     assert model.epoch == 7 and model.log_dir.endswith("coco20240102T0304")
+
+
+def test_frozen_layers_load_the_same_tensors(r50):
+    model, path = r50
+    km = model.keras_model
+    for layer in km.get_layer("rpn_model").layers[:2] + [km.get_layer("mrcnn_mask_bn1"), km.get_layer("bn_conv1")]:
+        layer.trainable = False  # Keras reorders trainable/non-trainable weights of frozen layers
+    try:
+        model.load_weights(path, by_name=True)
+        assert assert_every_tensor_landed(model, expected_index("coco_r50_manifest.json")) == 384
+    finally:
+        km.trainable = True
+        for layer in km.get_layer("rpn_model").layers:
+            layer.trainable = True
