@@ -142,6 +142,13 @@ def _clip(boxes, window):
                      np.clip(boxes[:, 2], y1, y2), np.clip(boxes[:, 3], x1, x2)], axis=1)
 
 
+def _nearest(boxes, candidates, chunk=256):
+    """Index int [N] of the candidate [M, 4] closest (L1) to each box [N, 4]: which pre-NMS
+    box a proposal is (they match to float rounding; degenerate boxes defeat IoU)."""
+    return np.concatenate([np.abs(boxes[i:i + chunk, None] - candidates[None]).sum(axis=2).argmin(axis=1)
+                           for i in range(0, len(boxes), chunk)] or [np.zeros(0, np.int64)])
+
+
 def trace(mrcnn_model, image, layers=()):
     """Run `mrcnn_model` (inference mode) on one uint8 RGB image [h, w, 3] and keep every
     stage (see `Trace`). layers: layer names whose outputs go to `Trace.activations`."""
@@ -167,8 +174,7 @@ def trace(mrcnn_model, image, layers=()):
     pre_nms_scores = rpn_scores[order]
 
     proposals = out["ROI"][np.any(out["ROI"] != 0, axis=1)]
-    match = utils.compute_overlaps(proposals, pre_nms).argmax(axis=1) if len(proposals) else np.zeros(0, int)
-    proposal_scores = pre_nms_scores[match]
+    proposal_scores = pre_nms_scores[_nearest(proposals, pre_nms)]
 
     # Second stage: each proposal refined for its best class (refine_detections_graph).
     probs = out["mrcnn_class"][:len(proposals)]
