@@ -12,10 +12,8 @@ function per (batch, height, width) that runs the mask head only on the detectio
 that survive instead of on all DETECTION_MAX_INSTANCES slots (same results).
 """
 import datetime
-import logging
 import os
 import re
-import time
 
 import keras
 import numpy as np
@@ -26,7 +24,7 @@ from mrcnn import utils
 from mrcnn import weights as weightslib
 from mrcnn.backbones import (BatchNorm, build_backbone, compute_backbone_shapes, conv_block,  # noqa: F401
                              identity_block, resnet18_graph, resnet_graph)
-from mrcnn.data import compose_image_meta, mold_image  # noqa: F401  (matterport's module API)
+from mrcnn.data import compose_image_meta, data_generator, load_image_gt, mold_image  # noqa: F401  (matterport API)
 from mrcnn.layers import (DetectionLayer, ProposalLayer, PyramidROIAlign, SliceBoxes,  # noqa: F401
                           TimeDistributed, apply_box_deltas_graph, clip_boxes_graph,
                           denorm_boxes_graph, log2_graph, norm_boxes_graph, parse_image_meta_graph,
