@@ -245,3 +245,33 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, astronaut, ca
     r = run_vidseg("inspect", args["image"], "--out", args["out"], *args["extra"])
     assert_one_line_error(r, *words)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_committed_notebook_is_the_generated_one():
+    nbformat = pytest.importorskip("nbformat", reason="the notebook tests need vidseg[test] (nbformat)")
+    from vidseg.samples import inspect_notebook
+
+    with open(inspect_notebook.NOTEBOOK, encoding="utf8") as f:
+        committed = f.read()
+    assert committed == nbformat.writes(inspect_notebook.build()) + "\n", \
+        "regenerate it: python -m vidseg.samples.inspect_notebook"
+
+
+@pytest.mark.slow
+def test_notebook_runs_headless_and_shows_every_stage(tmp_path, tiny_weights):
+    nbformat = pytest.importorskip("nbformat", reason="the notebook tests need vidseg[test] (nbformat)")
+    nbclient = pytest.importorskip("nbclient", reason="the notebook tests need vidseg[test] (nbclient, ipykernel)")
+    from vidseg.samples import inspect_notebook
+
+    nb = inspect_notebook.build(weights=tiny_weights[0], min_confidence=0.0)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+                            ).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pictures = [o for o in outputs if "image/png" in o.get("data", {})]
+    # 7 stage pictures (with display_top_masks), one per default layer, weights, final result
+    assert len(pictures) == 7 + len(TINY_DEFAULT_LAYERS) + 2
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "fpn_p2 (32, 32, 32) ok" in text
+    assert any("<table>" in o.get("data", {}).get("text/html", "") for o in outputs)
+    nbformat.validate(nb)
