@@ -22,9 +22,9 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def live_pipeline(width: int, height: int, fps: int) -> str:
-    """A moving pattern with a clock overlay, one keyframe a second, no B-frames."""
+    """Colour bars with a running clock, one keyframe a second, no B-frames."""
     return (
-        f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},"
+        f"( videotestsrc is-live=true pattern=smpte ! video/x-raw,width={width},height={height},"
         f"framerate={fps}/1 ! timeoverlay ! x264enc tune=zerolatency speed-preset=ultrafast "
         f"key-int-max={fps} bframes=0 ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )")
 

@@ -145,9 +145,16 @@ def test_latency_stays_bounded_with_a_slow_model(rtsp_server, tmp_path):
 def test_two_sources_one_killed_the_other_keeps_its_rate(make_rtsp_server, tmp_path):
     a, b = make_rtsp_server(), make_rtsp_server()
     logs = tmp_path / "a.log", tmp_path / "b.log"
-    threading.Timer(6, a.kill).start()
-    result = run_pipeline([_live_plan("a", a.url("live"), logs[0], duration=14),
-                           _live_plan("b", b.url("live"), logs[1], duration=14)],
+
+    def kill_a_once_both_flow():
+        a.wait_clients(1)
+        b.wait_clients(1)
+        time.sleep(4)
+        a.kill()
+
+    threading.Thread(target=kill_a_once_both_flow, daemon=True).start()
+    result = run_pipeline([_live_plan("a", a.url("live"), logs[0], duration=12),
+                           _live_plan("b", b.url("live"), logs[1], duration=12)],
                           model=BLOB, batch=2, progress=False)
     assert result.exit_code == 0, result.message  # a keeps retrying until the duration ends
     frames_a, frames_b = read_log(logs[0]), read_log(logs[1])

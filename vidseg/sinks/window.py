@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from typing import Optional
 
 import cv2
@@ -40,8 +41,7 @@ class WindowSink:
         self._slot = slot
         self._max_size = max_size
         self._opened = False
-        self._fps = 0.0
-        self._last: Optional[float] = None
+        self._shown: deque = deque()  # time.monotonic() of the frames shown in the last second
 
     def _open(self, height: int, width: int) -> None:
         cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
@@ -54,16 +54,16 @@ class WindowSink:
     def write(self, image: np.ndarray, pts: float, capture_time: Optional[float] = None) -> bool:
         """Shows the frame; False when the user asked to quit (q, Esc, window closed)."""
         now = time.monotonic()
-        if self._last is not None and now > self._last:
-            rate = 1.0 / (now - self._last)
-            self._fps = rate if self._fps == 0 else 0.9 * self._fps + 0.1 * rate
-        self._last = now
+        self._shown.append(now)
+        while now - self._shown[0] > 1.0:
+            self._shown.popleft()
         if not self._opened:
             self._open(*image.shape[:2])
         elif cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
             return False
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # a copy: the frame itself stays clean
-        text = f"{self._fps:.1f} fps"
+        span = now - self._shown[0]
+        text = f"{(len(self._shown) - 1) / span:.1f} fps" if span > 0.5 else "-- fps"
         if capture_time is not None:
             text += f"  {(now - capture_time) * 1000:.0f} ms"
         draw_label(bgr, text)

@@ -1,0 +1,94 @@
+"""The window sink, for real, under Xvfb: title, overlay, q quits with exit 0."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from vidseg.sinks.window import draw_label
+
+pytestmark = pytest.mark.xvfb
+
+
+@pytest.fixture
+def xvfb():
+    """A virtual X display ":N"; DISPLAY points at it during the test."""
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+                            pass_fds=[write], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as f:
+        display = ":" + f.readline().strip()
+    previous = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = display
+    yield display
+    if previous is None:
+        del os.environ["DISPLAY"]
+    else:
+        os.environ["DISPLAY"] = previous
+    proc.kill()
+    proc.wait()
+
+
+def find_window(display: str, name: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name], capture_output=True, text=True,
+                               env=dict(os.environ, DISPLAY=display)).stdout.split()
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no window named {name!r} appeared")
+
+
+def screenshot(display: str, path) -> np.ndarray:
+    """uint8 BGR [720, 1280, 3] of the whole screen."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "x11grab", "-video_size", "1280x720", "-i", display,
+                    "-frames:v", "1", str(path)], check=True)
+    return cv2.imread(str(path))
+
+
+def test_label_is_white_text_on_a_dark_box():
+    image = np.full((240, 320, 3), 128, np.uint8)
+    draw_label(image, "29.8 fps  41 ms")
+    corner = image[:20, :100]
+    assert (corner == 0).all(axis=2).mean() > 0.5 and (corner > 200).all(axis=2).any()
+    assert (image[60:, :] == 128).all()  # nothing drawn outside the label
+
+
+@pytest.mark.rtsp
+def test_window_shows_overlay_and_q_quits_with_exit_0(xvfb, make_rtsp_server, tmp_path):
+    server = make_rtsp_server(auth="carol:W1nd0wPass")
+    log = open(tmp_path / "vidseg.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "rtsp", server.url("live"),
+                             "--model", "none", "--duration", "60"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True)
+    try:
+        window = find_window(xvfb, "carol")
+        title = subprocess.run(["xdotool", "getwindowname", window], capture_output=True, text=True,
+                               env=dict(os.environ, DISPLAY=xvfb)).stdout.strip()
+        assert title == server.url("live").replace("W1nd0wPass", "***")
+        time.sleep(2)
+        shot = screenshot(xvfb, tmp_path / "screen.png")
+        # the stream's colour bars are on screen ...
+        assert shot.std() > 40
+        # ... with the overlay: a black box holding white text in the top-left corner, over the bars
+        corner = shot[:18, :70]
+        assert np.all(corner == 0, axis=2).mean() > 0.4
+        assert np.all(corner > 200, axis=2).sum() > 20
+        assert np.all(shot[24:150, 10:300] == 0, axis=2).mean() < 0.05  # the bars: no black but the box
+        subprocess.run(["xdotool", "key", "--window", window, "q"], env=dict(os.environ, DISPLAY=xvfb), check=True)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.seek(0)
+        output = log.read()
+    assert proc.returncode == 0, output
+    assert "W1nd0wPass" not in output
