@@ -65,7 +65,11 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
 
 
 def _temp_beside(path: str) -> str:
+    """An empty temp file next to `path`, with the permissions a new file would get."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return tmp
 

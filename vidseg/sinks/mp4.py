@@ -14,6 +14,8 @@ import av
 import cv2
 import numpy as np
 
+from vidseg.sources.file import resilient_demux
+
 # Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
@@ -87,8 +89,9 @@ class _AudioCopy:
         self._in_stream = in_stream
         self._out_stream = out_stream
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
-        self._packets: Iterator = container.demux(in_stream)
+        self._packets: Iterator = resilient_demux(container, in_stream)
         self._pending = None
+        self._last_dts = None
         self._out = out_stream.container
 
     @classmethod
@@ -110,7 +113,7 @@ class _AudioCopy:
             if self._pending is None:
                 try:
                     self._pending = next(self._packets)
-                except (StopIteration, av.error.FFmpegError):
+                except StopIteration:
                     break
             packet = self._pending
             if packet.dts is None:  # demuxer's flush packet
@@ -125,8 +128,14 @@ class _AudioCopy:
 
     def _mux(self, packet) -> None:
         if self._encoder is None:
+            if self._last_dts is not None and packet.dts <= self._last_dts:
+                return  # damaged input: the muxer needs increasing timestamps
+            self._last_dts = packet.dts
             packet.stream = self._out_stream
-            self._out.mux(packet)
+            try:
+                self._out.mux(packet)
+            except av.error.FFmpegError:  # a damaged packet is dropped, the audio goes on
+                pass
             return
         try:
             frames = packet.decode()

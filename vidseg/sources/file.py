@@ -21,6 +21,7 @@ import numpy as np
 from vidseg.errors import InputError
 from vidseg.sources.base import SourceFrame
 
+MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the rest of a file
 _ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
@@ -71,6 +72,28 @@ def _stream_rotation(container, stream) -> int:
     return 0
 
 
+def resilient_demux(container, stream, counter=None) -> Iterator[av.Packet]:
+    """container.demux(stream) that steps over damaged data: each unreadable packet adds one
+    to counter.skipped and demuxing resumes after it (up to MAX_DEMUX_ERRORS in a row)."""
+    errors = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.error.FFmpegError, IndexError):  # IndexError: PyAV meets a stream born of garbage
+            if counter is not None:
+                counter.skipped += 1
+            errors += 1
+            if errors > MAX_DEMUX_ERRORS:
+                return
+            packets = container.demux(stream)
+            continue
+        errors = 0
+        yield packet
+
+
 class FileSource:
     """Frames of a video file (see module doc). `skipped` counts undecodable packets."""
 
@@ -91,15 +114,7 @@ class FileSource:
 
     def frames(self) -> Iterator[SourceFrame]:
         index = 0
-        packets = self._container.demux(self._stream)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError:  # unreadable container data: the demuxer cannot go on
-                self.skipped += 1
-                break
+        for packet in resilient_demux(self._container, self._stream, self):
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError:

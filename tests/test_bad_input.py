@@ -1,0 +1,166 @@
+"""Bad input: one line saying what is wrong, exit 2, no traceback, nothing left behind.
+Damaged input: what can be decoded is, the skipped part is reported, the MP4 is valid."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import BLOB_MODEL, make_clip, probe, run_vidseg, shm_entries
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vidseg: error: ")
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def workdir(tmp_path, clip_480):
+    shutil.copy(clip_480, tmp_path / "in.mp4")
+    return tmp_path
+
+
+def listing(path):
+    return sorted(os.listdir(path))
+
+
+def test_missing_input(workdir):
+    r = run_vidseg("file", workdir / "nope.mp4", "-o", workdir / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "not found", "nope.mp4")
+    assert listing(workdir) == ["in.mp4"]
+
+
+def test_random_bytes_are_not_a_video(workdir):
+    (workdir / "noise.mp4").write_bytes(os.urandom(200_000))
+    r = run_vidseg("file", workdir / "noise.mp4", "-o", workdir / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "cannot read", "noise.mp4")
+    assert listing(workdir) == ["in.mp4", "noise.mp4"]
+
+
+def test_file_without_video_stream(workdir):
+    import av
+    import numpy as np
+
+    path = workdir / "tone.m4a"
+    with av.open(str(path), "w") as c:
+        a = c.add_stream("aac", rate=48000)
+        for k in range(20):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 48000, k * 1024
+            c.mux(a.encode(f))
+        c.mux(a.encode(None))
+    r = run_vidseg("file", path, "-o", workdir / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "no video stream")
+    assert listing(workdir) == ["in.mp4", "tone.m4a"]
+
+
+def test_output_directory_missing(workdir):
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "no" / "such" / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "does not exist")
+    assert listing(workdir) == ["in.mp4"]
+
+
+def test_output_directory_not_writable(workdir):
+    # /proc refuses new files even to root; a chmod'ed folder also works for other users.
+    r = run_vidseg("file", workdir / "in.mp4", "-o", "/proc/vidseg-out.mp4", "--model", "none")
+    assert_one_line_error(r, "cannot write", "/proc")
+    if os.geteuid() != 0:
+        ro = workdir / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        r = run_vidseg("file", workdir / "in.mp4", "-o", ro / "out.mp4", "--model", "none")
+        assert_one_line_error(r, "cannot write")
+        assert listing(ro) == []
+
+
+def test_output_is_the_input(workdir):
+    before = (workdir / "in.mp4").read_bytes()
+    for out in (workdir / "in.mp4", workdir / "." / "in.mp4"):
+        r = run_vidseg("file", workdir / "in.mp4", "-o", out, "--model", "none", "-y")
+        assert_one_line_error(r, "is the input")
+    assert (workdir / "in.mp4").read_bytes() == before
+    assert listing(workdir) == ["in.mp4"]
+
+
+def test_existing_output_needs_overwrite(workdir):
+    (workdir / "out.mp4").write_bytes(b"keep me")
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "exists", "--overwrite")
+    assert (workdir / "out.mp4").read_bytes() == b"keep me"
+    assert listing(workdir) == ["in.mp4", "out.mp4"]
+
+
+@pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],
+                                    ["--model", "what"], ["--bogus-flag"]])
+def test_unknown_option_values(workdir, option):
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", *option)
+    assert_one_line_error(r)
+    assert listing(workdir) == ["in.mp4"]
+
+
+def test_unloadable_model_plugin(workdir):
+    shm = shm_entries()
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "no_such_pkg.mod:Model")
+    assert_one_line_error(r, "cannot load model", "no_such_pkg")
+    assert listing(workdir) == ["in.mp4"]
+    assert shm_entries() == shm
+
+
+def test_not_enough_shared_memory(workdir, monkeypatch):
+    from vidseg.errors import InputError
+    from vidseg.pipelines import run
+    from vidseg.pipelines.file import FileJob, run_file
+
+    monkeypatch.setattr(run, "shm_free_bytes", lambda: 1 << 20)
+    with pytest.raises(InputError, match=r"need \d+ MiB in /dev/shm but 1 MiB are free"):
+        run_file(FileJob(input=str(workdir / "in.mp4"), output=str(workdir / "out.mp4"), model="none"))
+    assert listing(workdir) == ["in.mp4"]
+
+
+def _damaged_ts(tmp_path, clips):
+    """An MPEG-TS clip (streamable, no index) to cut and corrupt."""
+    return clips("damage.ts", width=320, height=240, frames=60, fps=25, container_format="mpegts")
+
+
+def test_truncated_file_gives_a_valid_shorter_mp4(tmp_path, clips):
+    src = _damaged_ts(tmp_path, clips)
+    data = open(src, "rb").read()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: len(data) // 2 + 101])  # mid-packet
+    r = run_vidseg("file", cut, "-o", tmp_path / "out.mp4", "--model", BLOB_MODEL, "--no-progress",
+                   "--stats", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    out = probe(tmp_path / "out.mp4")
+    assert 10 < int(out["video"]["nb_read_frames"]) < 60
+    assert int(out["video"]["nb_read_frames"]) == stats["frames_out"] == stats["frames_in"]
+
+
+def test_corrupt_middle_is_skipped_and_reported(tmp_path, clips):
+    src = _damaged_ts(tmp_path, clips)
+    data = bytearray(open(src, "rb").read())
+    rng = __import__("random").Random(1)
+    mid = len(data) // 2
+    for i in range(mid, mid + 20_000, 7):
+        data[i] = rng.randrange(256)
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(bytes(data))
+    r = run_vidseg("file", bad, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress",
+                   "--stats", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    out = probe(tmp_path / "out.mp4")  # decodes in full (ffprobe -count_frames reads every frame)
+    assert int(out["video"]["nb_read_frames"]) == stats["frames_out"] > 20
+    assert stats["frames_in"] == stats["frames_out"]
+    if stats["frames_out"] < 60:  # the damage cost frames: the user is told
+        assert "damaged input" in r.stderr
