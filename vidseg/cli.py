@@ -83,7 +83,13 @@ def file_cmd(input, output, model, weights, batch, min_confidence, preset, crf, 
 @click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_cmd(input, model, weights, batch, min_confidence, frames, preset, as_json):
-    """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop."""
+    """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop.
+    For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
+    if input.startswith(("rtsp://", "rtsps://")):
+        from vidseg.pipelines.live import bench_live
+
+        return bench_live(input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
+                          frames=frames, as_json=as_json)
     from vidseg.pipelines.bench import BenchJob, run_bench
 
     return run_bench(BenchJob(input=input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
