@@ -165,3 +165,18 @@ def test_two_sources_one_killed_the_other_keeps_its_rate(make_rtsp_server, tmp_p
     rate_after = len(after) / (frames_b[-1, 2] - killed - 1)
     assert rate_before > 15
     assert rate_after >= 0.8 * rate_before
+
+
+def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
+    server = make_rtsp_server(auth="dave:B3nchPass")
+    run = run_vidseg("bench", server.url("live"), "--model", "tests.live.helpers:slow_model_300ms", "--frames", 60,
+                     "--json", timeout=120)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["source"] == server.url("live").replace("B3nchPass", "***")
+    assert report["frames_offered"] == 60
+    assert report["frames_offered"] == report["frames_processed"] + sum(report["dropped"].values())
+    assert report["drop_rate"]["infer_busy"] > 0.5  # a 300 ms model keeps about 3 of 30 frames a second
+    assert 0 < report["fps"] < report["fps_offered"]
+    assert 300 <= report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
+    assert "B3nchPass" not in run.stdout + run.stderr
