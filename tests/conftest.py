@@ -87,6 +87,32 @@ def shm_entries() -> set:
     return set(os.listdir("/dev/shm"))
 
 
+def _mapped_shm() -> set:
+    """/dev/shm names some live process has mapped (someone else's run in progress)."""
+    names = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            for line in maps.read_text().splitlines():
+                if "/dev/shm/" in line:
+                    names.add(line.rsplit("/dev/shm/", 1)[1].split(" ")[0])
+        except OSError:
+            pass
+    return names
+
+
+def shm_leaked(before: set, timeout: float = 5.0) -> set:
+    """Entries that appeared in /dev/shm since `before` and that no live process maps: what a
+    run left behind. Other runs on the machine may be using /dev/shm at the same time."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        leaked = shm_entries() - before - _mapped_shm()
+        if not leaked or time.monotonic() > deadline:
+            return leaked
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory):
     """Factory of cached clips: clips(name, **make_clip kwargs) -> path."""

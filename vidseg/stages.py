@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import importlib
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
+import threading
 import sys
 import time
 import traceback
@@ -49,6 +51,7 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     ("error", name, message, exit_code) on `ctrl`, then exit 0/1/2."""
     _set_process_name(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains the stages
+    _exit_with_parent()
     meter = StageMeter(name)
     try:
         loop(*args, meter)
@@ -61,6 +64,20 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
         ctrl.put(("error", name, _one_line(e), 1))
         sys.exit(1)
     ctrl.put(("done", name, meter.report()))
+
+
+def _exit_with_parent() -> None:
+    """A watchdog thread ends this process the moment the supervisor dies, even while the stage
+    is blocked in a read (a stalled camera), so no stage is ever orphaned."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        mp.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _one_line(e: BaseException) -> str:
@@ -100,7 +117,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, m
                 meter.dropped[cause] += 1
     finally:
         meter.busy_s -= out.wait_s  # time blocked on a free slot is back-pressure, not work
-        out.end()
+        out.end(interrupted=stop.is_set())
         meter.extra["skipped"] = int(getattr(source, "skipped", 0))
         for key, value in getattr(source, "stats", lambda: {})().items():
             meter.extra[key] = value

@@ -1,0 +1,122 @@
+"""Faults: a stage killed, a stage raising, Ctrl-C, the supervisor killed.
+
+Every run must end promptly with a message naming the stage, leave /dev/shm as it was, leave
+no process behind, and leave no half-written output (except the finalised partial MP4 of
+a Ctrl-C).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, probe, run_vidseg, shm_entries, shm_leaked
+
+SLOW = "tests.fake_models:SlowBlobModel"
+STAGES = ("vidseg-capture0", "vidseg-infer", "vidseg-render0", "vidseg-sink0")
+
+
+@pytest.fixture(scope="module")
+def long_clip(clips):
+    return clips("long.mp4", width=320, height=240, frames=250, fps=25)
+
+
+def start(*args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_stages(pid: int, frames_file=None, timeout: float = 60.0) -> dict:
+    """The stage processes of run `pid` by name, once all are up and the run is under way."""
+    parent = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = {}
+        for child in parent.children():
+            try:
+                procs[child.name()] = child
+            except psutil.NoSuchProcess:
+                pass
+        if all(s in procs for s in STAGES):
+            time.sleep(1.5)  # model built, frames flowing
+            return procs
+        time.sleep(0.1)
+    raise AssertionError(f"stages did not start: {sorted(procs)}")
+
+
+def all_gone(procs, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_a_stage_stops_the_run(stage, long_clip, tmp_path):
+    shm = shm_entries()
+    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
+    procs = wait_for_stages(run.pid)
+    helpers = [p for p in psutil.Process(run.pid).children()]  # stages and the resource tracker
+    procs[stage].kill()
+    t0 = time.monotonic()
+    _, err = run.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert run.returncode not in (0, None)
+    kind = stage[len("vidseg-"):].rstrip("0")
+    assert f"{kind} stage failed" in err and "SIGKILL" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert all_gone(helpers)
+    assert not shm_leaked(shm)
+    assert os.listdir(tmp_path) == []  # no output, no temp file
+
+
+def test_stage_exception_names_the_stage(long_clip, tmp_path):
+    shm = shm_entries()
+    r = run_vidseg("file", long_clip, "-o", tmp_path / "out.mp4", "--model", "tests.fake_models:FailingModel",
+                   "--no-progress")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "vidseg: error: infer stage failed: RuntimeError: test model failed on purpose"
+    assert not shm_leaked(shm)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigint_drains_and_keeps_a_playable_partial_mp4(long_clip, tmp_path):
+    shm = shm_entries()
+    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress",
+                "--stats", tmp_path / "stats.json")
+    procs = wait_for_stages(run.pid)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    assert "partial" in err
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["partial"] is True
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
+    out = probe(tmp_path / "out.mp4")
+    assert 0 < int(out["video"]["nb_read_frames"]) == stats["frames_out"] < 250
+    assert out["audio"] is not None
+    # audio ends with the video (within a frame or one audio packet)
+    assert abs(float(out["audio"]["duration"]) - float(out["video"]["duration"])) < 0.1
+    assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
+
+
+def test_supervisor_killed_leaves_no_orphans(long_clip, tmp_path):
+    shm = shm_entries()
+    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
+    procs = wait_for_stages(run.pid)
+    helpers = psutil.Process(run.pid).children()
+    run.kill()
+    run.communicate(timeout=10)
+    assert all_gone(helpers, timeout=10), [p.name() for p in helpers if p.is_running()]
+    assert not shm_leaked(shm, timeout=10)  # the resource tracker unlinks what the supervisor held
