@@ -313,11 +313,12 @@ class MaskRCNN:
                                       verbose=verbose)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
-              custom_callbacks=None, no_augmentation_sources=None):
+              custom_callbacks=None, no_augmentation_sources=None, **options):
+        """matterport's train; options: `mrcnn.training.train`'s seed, workers, verbose, histograms."""
         from mrcnn import training
         return training.train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
                               augmentation=augmentation, custom_callbacks=custom_callbacks,
-                              no_augmentation_sources=no_augmentation_sources)
+                              no_augmentation_sources=no_augmentation_sources, **options)
 
     def get_trainable_layers(self):
         """Layers with weights, looking inside TimeDistributed wrappers and the rpn_model."""

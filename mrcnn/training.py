@@ -457,18 +457,25 @@ def set_trainable(mrcnn_model, layer_regex, keras_model=None, indent=0, verbose=
 
 class ScalarLog(keras.callbacks.Callback):
     """TensorBoard event files with the losses and learning rate, per step (`batch_*`, under
-    log_dir/train) and per epoch (`epoch_*`, train and validation).
+    log_dir/train) and per epoch (`epoch_*`, train and validation); with histograms=True also
+    a histogram of every trainable weight per epoch (`weights/<layer>/<weight>`, under train).
 
-    Writes with TensorFlow's core `tf.summary.write` and the "scalars" plugin tag, so it
-    needs no `tensorboard` package (Keras' TensorBoard callback does).
+    Writes with TensorFlow's core `tf.summary.write` and the "scalars"/"histograms" plugin
+    tags, so it needs no `tensorboard` package (Keras' TensorBoard callback does).
     """
 
-    def __init__(self, log_dir):
+    HISTOGRAM_BINS = 30
+
+    def __init__(self, log_dir, histograms=False):
         super().__init__()
         self.writers = {k: tf.summary.create_file_writer(os.path.join(log_dir, k)) for k in ("train", "validation")}
         from tensorflow.core.framework import summary_pb2
-        self.metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+        def metadata(plugin):
+            return summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)).SerializeToString()
+        self.metadata, self.histogram_metadata = metadata("scalars"), metadata("histograms")
+        self.histograms = histograms
         self.step = 0
 
     def _write(self, kind, prefix, logs, step):
@@ -486,8 +493,26 @@ class ScalarLog(keras.callbacks.Callback):
         logs = logs or {}
         self._write("train", "epoch_", {k: v for k, v in logs.items() if not k.startswith("val_")}, epoch)
         self._write("validation", "epoch_", {k[4:]: v for k, v in logs.items() if k.startswith("val_")}, epoch)
+        if self.histograms:
+            self._write_histograms(epoch)
         for w in self.writers.values():
             w.flush()
+
+    def _write_histograms(self, epoch):
+        """Each trainable weight (named as in the h5 files) as TensorBoard's histogram plugin
+        stores one: float64 [HISTOGRAM_BINS, 3] rows (left edge, right edge, count)."""
+        from mrcnn import weights as weightslib
+
+        with self.writers["train"].as_default():
+            for layer in self.model.layers:
+                for name, var in weightslib.layer_weights(layer) if layer.weights else []:
+                    if not var.trainable:
+                        continue
+                    values = np.asarray(var.numpy(), np.float64).ravel()
+                    counts, edges = np.histogram(values[np.isfinite(values)], bins=self.HISTOGRAM_BINS)
+                    buckets = np.stack([edges[:-1], edges[1:], counts], axis=1)
+                    tf.summary.write("weights/" + name.removesuffix(":0"), tf.constant(buckets, tf.float64),
+                                     step=epoch, metadata=self.histogram_metadata)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -518,7 +543,8 @@ def _tf_dataset(generator, config):
 
 
 def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
-          custom_callbacks=None, no_augmentation_sources=None, seed=0, workers=2, verbose=None):
+          custom_callbacks=None, no_augmentation_sources=None, seed=0, workers=2, verbose=None,
+          histograms=False):
     """Train `layers` ("heads", "3+", "4+", "5+", "all" or a regex) up to epoch `epochs`.
 
     epochs is cumulative: a model at epoch 10 (fresh, or loaded from a checkpoint of epoch
@@ -527,6 +553,7 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
     (mrcnn.augmentation); not applied to images of `no_augmentation_sources`.
     seed: makes the batch stream repeatable; batches continue where the previous epoch ended.
     verbose: Keras fit verbosity (default: progress bar on a terminal, one line per epoch otherwise).
+    histograms: also log a TensorBoard histogram of every trainable weight per epoch.
     """
     import sys
 
@@ -541,7 +568,7 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
         gens.append(datalib.data_generator(val_dataset, config, shuffle=True, batch_size=config.BATCH_SIZE,
                                            seed=seed + 1, workers=1, start=start))
     os.makedirs(mrcnn_model.log_dir, exist_ok=True)
-    callbacks = [ScalarLog(mrcnn_model.log_dir), EpochCheckpoint(mrcnn_model)] + list(custom_callbacks or [])
+    callbacks = [ScalarLog(mrcnn_model.log_dir, histograms), EpochCheckpoint(mrcnn_model)] + list(custom_callbacks or [])
     print(f"\nStarting at epoch {mrcnn_model.epoch}. LR={learning_rate}\n")
     print(f"Checkpoint Path: {mrcnn_model.checkpoint_path}")
     set_trainable(mrcnn_model, layer_regex)
