@@ -23,7 +23,7 @@ def blob_frame(i: int, width: int, height: int) -> np.ndarray:
     """uint8 RGB [height, width, 3]: frame i of the test scene (see module doc)."""
     img = np.full((height, width, 3), 40, np.uint8)
     s = max(16, height // 6)
-    x = int((width - s) * (0.1 + 0.8 * ((i * 7) % 100) / 100))
+    x = int((width - s) * (0.1 + 0.8 * ((i * 2) % 100) / 100))
     img[height // 6: height // 6 + s, x: x + s] = (230, 20, 20)
     img[height // 2: height // 2 + s, width - x - s: width - x] = (20, 230, 20)
     img[height - s - 8: height - 8, 8: 8 + s] = (20, 20, 230)

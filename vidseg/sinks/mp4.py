@@ -101,11 +101,12 @@ class _AudioCopy:
             container.close()
             return None
         in_stream = container.streams.audio[0]
-        if in_stream.codec_context.name in MP4_AUDIO:
+        if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
             return cls(container, in_stream, out.add_stream_from_template(in_stream))
         out_stream = out.add_stream("aac", rate=in_stream.codec_context.sample_rate or 48000)
-        return cls(container, in_stream, out_stream, encoder=av.AudioResampler(format="fltp", layout="stereo",
-                                                                                 rate=out_stream.rate))
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=out_stream.rate,
+                                      frame_size=out_stream.codec_context.frame_size or 1024)
+        return cls(container, in_stream, out_stream, encoder=resampler)
 
     def mux_until(self, t: float, final: bool = False) -> None:
         """Mux input audio packets that start before `t` seconds."""
@@ -124,6 +125,8 @@ class _AudioCopy:
             self._pending = None
             self._mux(packet)
         if final and self._encoder is not None:
+            for resampled in self._encoder.resample(None):
+                self._out.mux(self._out_stream.encode(resampled))
             self._out.mux(self._out_stream.encode(None))
 
     def _mux(self, packet) -> None:
@@ -142,6 +145,7 @@ class _AudioCopy:
         except av.error.FFmpegError:
             return
         for frame in frames:
+            frame.pts = None  # the resampler and encoder count samples themselves
             for resampled in self._encoder.resample(frame):
                 self._out.mux(self._out_stream.encode(resampled))
 
