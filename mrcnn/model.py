@@ -397,8 +397,8 @@ class MaskRCNN:
         return self._anchor_cache[key]
 
     def compiled_inference(self, batch_size, height, width):
-        """The compiled function for one (batch, height, width):
-        f(molded [B, H, W, 3] float32, metas [B, META] float32, anchors [B, A, 4] float32)
+        """The compiled function for one (batch, height, width), anchors built in:
+        f(molded [B, H, W, 3] float32, metas [B, META] float32)
         -> (detections float32 [B, DETECTION_MAX_INSTANCES, 6],
             masks float32 [n, 28, 28]: the mask of each detection's class, detections in
             row-major (image, slot) order, n = number of rows with class_id > 0)."""
@@ -406,12 +406,13 @@ class MaskRCNN:
         if key not in self._compiled:
             core, model = self._core, self.keras_model
             pool = (self.config.MASK_POOL_SIZE, self.config.MASK_POOL_SIZE)
+            anchors = self.get_anchors((height, width))
+            anchors = tf.constant(np.broadcast_to(anchors, (batch_size,) + anchors.shape))
             spec = [tf.TensorSpec([batch_size, height, width, self.config.IMAGE_SHAPE[2]], tf.float32),
-                    tf.TensorSpec([batch_size, self.config.IMAGE_META_SIZE], tf.float32),
-                    tf.TensorSpec([batch_size, None, 4], tf.float32)]
+                    tf.TensorSpec([batch_size, self.config.IMAGE_META_SIZE], tf.float32)]
 
             @tf.function(input_signature=spec, reduce_retracing=False)
-            def infer(images, metas, anchors):
+            def infer(images, metas):
                 detections, *feature_maps = core([images, metas, anchors], training=False)
                 idx = tf.where(detections[..., 4] > 0)
                 boxes = tf.gather_nd(detections[..., :4], idx)
@@ -436,9 +437,7 @@ class MaskRCNN:
         the last chunk. Returns [(detections [100, 6], masks [n, 28, 28])] per image."""
         batch = self.config.BATCH_SIZE
         shape = molded_images[0].shape
-        anchors = self.get_anchors(shape)
         infer = self.compiled_inference(batch, shape[0], shape[1])
-        anchors_b = np.broadcast_to(anchors, (batch,) + anchors.shape)
         out = []
         for start in range(0, len(molded_images), batch):
             imgs = molded_images[start:start + batch]
@@ -447,8 +446,7 @@ class MaskRCNN:
             if real < batch:
                 imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - real, axis=0)])
                 metas = np.concatenate([metas, np.repeat(metas[-1:], batch - real, axis=0)])
-            det, masks = infer(tf.constant(imgs, tf.float32), tf.constant(metas, tf.float32),
-                               tf.constant(anchors_b))
+            det, masks = infer(tf.constant(imgs, tf.float32), tf.constant(metas, tf.float32))
             det, masks = det.numpy(), masks.numpy()
             counts = (det[..., 4] > 0).sum(axis=1)
             splits = np.split(masks, np.cumsum(counts)[:-1])

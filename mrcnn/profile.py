@@ -70,7 +70,7 @@ def profile_parts(model, images, repeats=3, clock=time.perf_counter):
         cumulative.append(_median_seconds(lambda: [t.numpy() for t in tf.nest.flatten(prefix(inputs))],
                                           repeats, clock))
     infer = model.compiled_inference(batch, molded.shape[1], molded.shape[2])
-    cumulative.append(_median_seconds(lambda: [t.numpy() for t in infer(*inputs)], repeats, clock))
+    cumulative.append(_median_seconds(lambda: [t.numpy() for t in infer(*inputs[:2])], repeats, clock))
     raw = model.infer_molded(molded[:len(images)], metas[:len(images)])
 
     def post():

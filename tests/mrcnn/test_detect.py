@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import skimage.data
+import tensorflow as tf
 
 from mrcnn import frame_model as fm
 from mrcnn import model as modellib
@@ -91,17 +92,17 @@ def test_survivor_masks_equal_matterport_graph_on_all_slots(small):
     images = photos()[:2]
     molded, metas, windows = small.mold_inputs(images)
     anchors = small.get_anchors(molded[0].shape)
-    outputs = small.keras_model([molded, metas.astype(np.float32), np.stack([anchors] * 2)], training=False)
+    full_graph = tf.function(lambda inputs: small.keras_model(inputs, training=False))
+    outputs = full_graph([tf.constant(molded), tf.constant(metas, tf.float32), tf.constant(np.stack([anchors] * 2))])
     detections, mrcnn_mask = np.asarray(outputs[0]), np.asarray(outputs[3])
     fast = small.infer_molded(molded, metas)
     for i in range(2):
         det_fast, masks_fast = fast[i]
-        assert np.array_equal(det_fast[:, 4], detections[i, :, 4])  # same classes in the same slots
-        assert np.allclose(det_fast, detections[i], atol=1e-5)  # eager vs compiled: float rounding only
+        assert np.array_equal(det_fast, detections[i])
         n = int((detections[i, :, 4] > 0).sum())
-        assert masks_fast.shape == (n, 28, 28)  # the mask head ran on the n survivors only
+        assert 0 < n < 100 and masks_fast.shape == (n, 28, 28)  # the mask head ran on the n survivors only
         class_ids = detections[i, :n, 4].astype(int)
-        assert np.allclose(masks_fast, mrcnn_mask[i, np.arange(n), :, :, class_ids], atol=1e-5)
+        assert np.array_equal(masks_fast, mrcnn_mask[i, np.arange(n), :, :, class_ids])
 
 
 def test_no_detection_gives_empty_results(small):
