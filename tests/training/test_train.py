@@ -1,0 +1,136 @@
+"""A short real training run on shapes (tiny config): losses, checkpoints, resume, freezing."""
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from mrcnn import model as modellib  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from vidseg.samples.shapes import ShapesDataset  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class TinyConfig(Config):
+    NAME = "tiny"
+    NUM_CLASSES = 4
+    IMAGES_PER_GPU = 2
+    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 64
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    BACKBONE = "resnet18"
+    BACKBONE_WIDTH = 0.25
+    TOP_DOWN_PYRAMID_SIZE = 32
+    RPN_CONV_SIZE = 32
+    MASK_HEAD_CONV_SIZE = 16
+    FPN_CLASSIF_FC_LAYERS_SIZE = 64
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+    PRE_NMS_LIMIT = 500
+    POST_NMS_ROIS_TRAINING = 64
+    TRAIN_ROIS_PER_IMAGE = 16
+    MAX_GT_INSTANCES = 5
+    MINI_MASK_SHAPE = (16, 16)
+    STEPS_PER_EPOCH = 8
+    VALIDATION_STEPS = 2
+    LEARNING_RATE = 0.01
+
+
+class BatchLosses(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append({k: float(v) for k, v in logs.items()})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesDataset.generate(40, 64, 64, seed=3), ShapesDataset.generate(8, 64, 64, seed=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    """Two epochs of all layers from scratch."""
+    keras.utils.set_random_seed(0)
+    model_dir = str(tmp_path_factory.mktemp("logs"))
+    model = modellib.MaskRCNN("training", TinyConfig(), model_dir)
+    record = BatchLosses()
+    model.train(data[0], data[1], TinyConfig.LEARNING_RATE, 2, "all", custom_callbacks=[record])
+    return model, model_dir, record.losses
+
+
+def test_losses_are_finite_and_decrease(trained):
+    _, _, losses = trained
+    assert len(losses) == 16
+    names = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
+    for step in losses:
+        assert all(np.isfinite(step[n]) for n in names)
+        assert step["learning_rate"] == pytest.approx(TinyConfig.LEARNING_RATE)
+    # Keras logs running means per epoch: compare the first epoch's end with the second's.
+    assert losses[-1]["loss"] < losses[7]["loss"] < losses[0]["loss"] * 1.5
+    assert losses[-1]["loss"] < 0.8 * losses[0]["loss"]
+
+
+def test_checkpoints_and_logs_are_written(trained, data):
+    model, model_dir, _ = trained
+    run = os.path.dirname(model.find_last())
+    assert re.fullmatch(r"tiny\d{8}T\d{4}", os.path.basename(run))
+    assert sorted(os.listdir(run)) == ["mask_rcnn_tiny_0001.h5", "mask_rcnn_tiny_0002.h5", "train", "validation"]
+    assert glob.glob(os.path.join(run, "train", "events.out.tfevents.*"))
+    # an inference model loads the checkpoint: every weighted layer is in it
+    class Infer(TinyConfig):
+        IMAGES_PER_GPU = 1
+    infer = modellib.MaskRCNN("inference", Infer(), model_dir)
+    infer.load_weights(model.find_last(), by_name=False)
+    out = infer.detect([ShapesDataset.generate(1, 64, 64, seed=9).load_image(0)])[0]
+    assert out["masks"].shape[:2] == (64, 64)
+
+
+def test_resume_from_last_continues_at_next_epoch(trained, data):
+    first, model_dir, _ = trained
+    model = modellib.MaskRCNN("training", TinyConfig(), model_dir)
+    last = model.find_last()
+    model.load_weights(last, by_name=True)
+    assert model.epoch == 2
+    # the checkpoint holds the weights the first run ended with
+    for name in ("conv1", "fpn_p2", "mrcnn_class_logits", "mrcnn_mask", "rpn_model"):
+        for a, b in zip(first.keras_model.get_layer(name).weights, model.keras_model.get_layer(name).weights):
+            np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=name)
+    record = BatchLosses()
+    model.train(data[0], None, TinyConfig.LEARNING_RATE, 3, "heads", custom_callbacks=[record])
+    assert model.epoch == 3 and len(record.losses) == TinyConfig.STEPS_PER_EPOCH
+    assert model.find_last() == os.path.join(os.path.dirname(last), "mask_rcnn_tiny_0003.h5")
+
+
+def test_heads_training_leaves_backbone_unchanged(tmp_path, data):
+    keras.utils.set_random_seed(1)
+    model = modellib.MaskRCNN("training", TinyConfig(), str(tmp_path))
+    km = model.keras_model
+    backbone = [l for l in km.layers if re.match(r"(res|bn)\d|conv1$|bn_conv1$", l.name) and l.weights]
+    heads = [km.get_layer(n) for n in ("mrcnn_class_logits", "mrcnn_mask", "fpn_c5p5")]
+    assert backbone
+    before = {l.name: [np.array(w) for w in l.weights] for l in backbone + heads}
+    model.train(data[0], None, TinyConfig.LEARNING_RATE, 1, "heads")
+    for layer in backbone:
+        for old, new in zip(before[layer.name], layer.weights):
+            np.testing.assert_array_equal(old, np.array(new), err_msg=layer.name)
+    for layer in heads:
+        assert any(not np.array_equal(old, np.array(new)) for old, new in zip(before[layer.name], layer.weights))
+    rpn = km.get_layer("rpn_model")
+    assert all(l.trainable for l in rpn.layers if l.weights)
+
+
+def test_set_trainable_groups():
+    from mrcnn import training
+
+    regex = training.LAYER_REGEX
+    assert re.fullmatch(regex["heads"], "mrcnn_mask_conv1") and not re.fullmatch(regex["heads"], "res5a_branch2a")
+    assert re.fullmatch(regex["4+"], "res4b_branch2a") and not re.fullmatch(regex["4+"], "res3a_branch2a")
+    assert re.fullmatch(regex["3+"], "bn3a_branch2a") and not re.fullmatch(regex["3+"], "res2a_branch2a")
+    assert re.fullmatch(regex["5+"], "fpn_p5") and not re.fullmatch(regex["5+"], "bn4a_branch1")
+    assert re.fullmatch(regex["all"], "conv1")

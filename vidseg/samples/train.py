@@ -1,0 +1,244 @@
+"""The recipes behind `vidseg train` and `vidseg evaluate` (matterport's sample scripts).
+
+    vidseg train --kind shapes|via|coco [--dataset PATH] --weights coco|last|none|PATH
+                 --layers heads|3+|4+|5+|all --epochs N [--model-dir DIR]
+    vidseg evaluate --kind shapes|via|coco [--dataset PATH] [--weights PATH] [--json]
+
+kinds:
+    shapes  generated shapes (no PATH needed): a seeded training set and validation set;
+            evaluation uses a fresh seeded set, or the "shifted" generator with --shifted.
+    via     VGG Image Annotator folders PATH/train and PATH/val (see samples/custom.py);
+            classes from --class-name (one class) or --attribute (region attribute).
+    coco    matterport's layout: PATH/annotations/instances_<subset><year>.json and images in
+            PATH/<subset><year>/; train on "train", validate and evaluate on "val" (or --subset).
+weights:
+    coco    mask_rcnn_coco.h5 in the current folder or $VIDSEG_COCO_WEIGHTS (get it with
+            `vidseg weights download coco`); the class-specific heads are left out when the
+            class count differs (matterport's fine-tuning idiom).
+    last    the newest checkpoint of this kind under --model-dir (resumes its epoch count).
+    none    random initialisation.
+    PATH    any Mask R-CNN weights file in matterport's or vidseg's layout.
+The architecture (backbone, widths) follows the weights file; from scratch, shapes use the
+shipped model's small ResNet-18 and the other kinds matterport's ResNet-101.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidseg.errors import InputError
+
+KINDS = ("shapes", "via", "coco")
+LAYERS = ("heads", "3+", "4+", "5+", "all")
+
+
+@dataclass
+class TrainJob:
+    kind: str
+    weights: str
+    layers: str
+    epochs: int
+    dataset: str | None = None
+    model_dir: str = "logs"
+    learning_rate: float | None = None
+    steps: int | None = None
+    class_name: str | None = None
+    attribute: str | None = None
+    year: str = "2014"
+
+
+@dataclass
+class EvaluateJob:
+    kind: str
+    dataset: str | None = None
+    weights: str | None = None
+    as_json: bool = False
+    limit: int = 0
+    images: int = 200
+    seed: int = 2024
+    shifted: bool = False
+    subset: str = "val"
+    model_dir: str = "logs"
+    min_confidence: float | None = None
+    class_name: str | None = None
+    attribute: str | None = None
+    year: str = "2014"
+
+
+# ---------------------------------------------------------------- datasets and configs
+
+def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", subsets=("train", "val")):
+    """Prepared datasets for `subsets` of a kind (shapes: generated, seeded). Raises InputError."""
+    if kind == "shapes":
+        from vidseg.samples.shapes import ShapesDataset
+        from vidseg.samples.train_shipped import training_sets
+
+        if dataset is not None:
+            raise InputError("--kind shapes generates its images; leave out --dataset")
+        train, val = training_sets(seed=1, count=2000)
+        return [train if s == "train" else val for s in subsets]
+    if dataset is None:
+        raise InputError(f"--kind {kind} needs --dataset PATH")
+    if not Path(dataset).is_dir():
+        raise InputError(f"dataset folder not found: {dataset}")
+    if kind == "via":
+        from vidseg.samples.custom import load_via_datasets
+
+        if class_name is None and attribute is None:
+            raise InputError("--kind via needs --class-name NAME (one class) or --attribute ATTR (class per region)")
+        return load_via_datasets(dataset, class_name=class_name, attribute=attribute, subsets=subsets)
+    if kind == "coco":
+        from vidseg.samples.coco import CocoDataset
+
+        out = []
+        for subset in subsets:
+            ds = CocoDataset()
+            ds.load_coco(dataset, subset, year=year)
+            ds.prepare()
+            out.append(ds)
+        return out
+    raise InputError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def base_config(kind, num_classes):
+    """The kind's Config class with NUM_CLASSES set (matterport's sample configs)."""
+    if kind == "shapes":
+        from vidseg.samples.train_shipped import ShippedConfig as base
+    elif kind == "via":
+        from vidseg.samples.custom import CustomConfig as base
+    else:
+        from vidseg.samples.coco import CocoConfig as base
+    return type(f"{base.__name__}", (base,), {"NUM_CLASSES": num_classes, "NAME": kind})
+
+
+def coco_weights_path():
+    """Where `--weights coco` is looked for; raises InputError with the fix when absent."""
+    path = Path(os.environ.get("VIDSEG_COCO_WEIGHTS", "mask_rcnn_coco.h5"))
+    if not path.is_file():
+        raise InputError(f"COCO weights not found at {path}: run `vidseg weights download coco` "
+                         "(or set VIDSEG_COCO_WEIGHTS)")
+    return path
+
+
+def find_last(model_dir, name):
+    """Newest checkpoint of the newest `<name>*` run folder under model_dir (as MaskRCNN.find_last)."""
+    runs = sorted(p for p in Path(model_dir).glob(f"{name}*") if p.is_dir()) if Path(model_dir).is_dir() else []
+    checkpoints = sorted(runs[-1].glob("mask_rcnn_*.h5")) if runs else []
+    if not checkpoints:
+        raise InputError(f"no checkpoint of kind {name!r} under {model_dir}: train with --weights none|coco first")
+    return checkpoints[-1]
+
+
+def resolve_weights(weights, model_dir, name):
+    """(path or None, architecture overrides read from the file, file's NUM_CLASSES)."""
+    from mrcnn.frame_model import architecture_from_file
+
+    if weights == "none":
+        return None, {}, None
+    path = {"coco": coco_weights_path, "last": lambda: find_last(model_dir, name)}.get(weights, lambda: Path(weights))()
+    if not Path(path).is_file():
+        raise InputError(f"weights file not found: {path}")
+    arch = architecture_from_file(path)
+    return Path(path), {k: v for k, v in arch.items() if k != "NUM_CLASSES"}, arch.get("NUM_CLASSES")
+
+
+# ---------------------------------------------------------------- train / evaluate
+
+def run_train(job: TrainJob):
+    """Train as the job says; prints Keras' step/epoch progress and returns 0."""
+    if job.layers not in LAYERS:
+        raise InputError(f"unknown --layers {job.layers!r}: use one of {', '.join(LAYERS)}")
+    if job.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
+    if not len(train_ds.image_ids):
+        raise InputError(f"the training set of {job.dataset} has no images")
+    path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
+    overrides = dict(arch)
+    if job.steps:
+        overrides["STEPS_PER_EPOCH"] = job.steps
+    if path is None and job.kind != "shapes":
+        overrides["BACKBONE"] = "resnet101"
+    config = type("TrainConfig", (base_config(job.kind, train_ds.num_classes),), overrides)()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mrcnn import augmentation
+    from mrcnn import model as modellib
+    from mrcnn.weights import CLASS_SPECIFIC_LAYERS, WeightsError
+
+    model = modellib.MaskRCNN("training", config, job.model_dir)
+    if path is not None:
+        exclude = CLASS_SPECIFIC_LAYERS if file_classes != config.NUM_CLASSES else None
+        try:
+            model.load_weights(str(path), by_name=True, exclude=exclude)
+        except WeightsError as e:
+            raise InputError(str(e)) from None
+        if job.weights != "last":
+            model.set_log_dir()  # a new run folder, epochs from 0, unless resuming
+    if model.epoch >= job.epochs:
+        raise InputError(f"the model is already at epoch {model.epoch}; --epochs is cumulative, "
+                         f"ask for more than {model.epoch}")
+    aug = augmentation.Sequential([augmentation.Fliplr(0.5)]) if job.kind == "coco" \
+        else augmentation.default_augmentation()
+    model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
+                augmentation=aug)
+    print(f"checkpoints in {model.log_dir}")
+    return 0
+
+
+def inference_model(kind, weights, num_classes, min_confidence=None, model_dir="logs"):
+    """A MaskRCNN in inference mode (batch 1) for `weights` (None: the shipped model; also
+    "coco" or "last" as for training).
+
+    Its config: the kind's sample config, the architecture read from the file, then the
+    settings in the file's sidecar JSON (`<stem>.json`, as shipped models have), then
+    min_confidence. Raises InputError for a missing or unfit file.
+    """
+    import json
+
+    from mrcnn import model as modellib
+    from mrcnn.frame_model import SHIPPED_WEIGHTS
+    from mrcnn.weights import WeightsError
+
+    path, arch, file_classes = resolve_weights(str(weights or SHIPPED_WEIGHTS), model_dir, kind)
+    if file_classes != num_classes:
+        raise InputError(f"{path} has {file_classes} classes but the dataset has {num_classes} (with BG)")
+    overrides = dict(arch, TRAIN_BN=False, IMAGES_PER_GPU=1)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        overrides.update(json.loads(sidecar.read_text(encoding="utf8")).get("config", {}))
+    if min_confidence is not None:
+        overrides["DETECTION_MIN_CONFIDENCE"] = min_confidence
+    config = type("EvalConfig", (base_config(kind, num_classes),), overrides)()
+    model = modellib.MaskRCNN("inference", config, model_dir=os.devnull)
+    try:
+        model.load_weights(str(path), by_name=False)
+    except WeightsError as e:
+        raise InputError(str(e)) from None
+    return model
+
+
+def run_evaluate(job: EvaluateJob):
+    """Detect on the evaluation set and print pycocotools' bbox and segm AP (or JSON)."""
+    import json
+
+    if job.kind == "shapes":
+        from vidseg.samples.shapes import ShapesDataset
+
+        if job.dataset is not None:
+            raise InputError("--kind shapes generates its images; leave out --dataset")
+        make = ShapesDataset.generate_shifted if job.shifted else ShapesDataset.generate
+        dataset = make(job.images, seed=job.seed)
+    else:
+        (dataset,) = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year,
+                                   subsets=(job.subset,))
+    if not len(dataset.image_ids):
+        raise InputError("the evaluation set has no images")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from vidseg.samples import coco
+
+    model = inference_model(job.kind, job.weights, dataset.num_classes, job.min_confidence, job.model_dir)
+    report = coco.evaluate_dataset(model, dataset, limit=job.limit)
+    print(json.dumps(report) if job.as_json else coco.format_ap_table(report))
+    return 0
