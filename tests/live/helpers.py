@@ -33,3 +33,50 @@ class FrameLog:
 def read_log(path) -> np.ndarray:
     """float64 [N, 3]: pts, capture_time, sink_time per frame."""
     return np.loadtxt(path, ndmin=2)
+
+
+class PacedCapture:
+    """Stands in for cv2.VideoCapture on a 640x480 camera at 30 fps: BGR frames with a red
+    square the blob model finds; `read()` fails (as when unplugged) after `n` frames."""
+
+    def __init__(self, path: str, n: int = 10 ** 9):
+        import cv2
+
+        self._props = {cv2.CAP_PROP_FRAME_WIDTH: 640, cv2.CAP_PROP_FRAME_HEIGHT: 480, cv2.CAP_PROP_FPS: 30}
+        self._left = n
+        self._next = time.monotonic()
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, prop):
+        return self._props.get(prop, 0)
+
+    def set(self, prop, value) -> bool:
+        return True
+
+    def read(self):
+        if self._left == 0:
+            return False, None
+        self._left -= 1
+        self._next += 1 / 30
+        time.sleep(max(0.0, self._next - time.monotonic()))
+        bgr = np.full((480, 640, 3), 40, np.uint8)
+        bgr[100:200, 100:200] = (20, 20, 230)  # red in BGR
+        return True, bgr
+
+    def release(self) -> None:
+        pass
+
+
+def standin_camera(frames_per_connection: int, duration: float):
+    """The live camera source of `vidseg camera`, over PacedCapture instead of V4L2."""
+    from functools import partial
+
+    from vidseg.sources.camera import CameraSource
+    from vidseg.sources.reconnect import Reconnecting
+
+    def open_capture(path):
+        return PacedCapture(path, frames_per_connection)
+
+    return Reconnecting(partial(CameraSource, 0, open_capture), "/dev/video0", first_delay=0.2, duration=duration)

@@ -81,3 +81,24 @@ def test_missing_camera_is_one_clear_line():
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("no camera at /dev/video97 (cameras found: ") and "--device" in message
+
+
+def test_camera_pipeline_end_to_end_with_a_stand_in(tmp_path):
+    """The camera path through the real runtime (latest policy, reconnect) into an MP4."""
+    from tests.conftest import probe
+    from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+    from vidseg.sinks.mp4 import Mp4Sink
+
+    out = tmp_path / "cam.mp4"
+    plan = SourcePlan(name="/dev/video0",
+                      source=Spec("tests.live.helpers:standin_camera", {"frames_per_connection": 60, "duration": 5}),
+                      sinks=[Spec(Mp4Sink, {"path": str(out), "width": 640, "height": 480, "fps": 30})],
+                      frame_shape=(480, 640), policy="latest")
+    result = run_pipeline([plan], model="tests.fake_models:BlobModel", batch=1, progress=False)
+    assert result.exit_code == 0, result.message
+    stats = result.stats
+    source = stats["sources"]["/dev/video0"]
+    assert source["reconnects"] >= 1  # unplugged every 2 s, reopened
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
+    video = probe(out)["video"]
+    assert int(video["nb_read_frames"]) == stats["frames_out"] > 30

@@ -1,6 +1,7 @@
 """`vidseg rtsp` / `vidseg camera` end to end against a real RTSP server on 127.0.0.1."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -190,3 +191,16 @@ def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
     assert 0 < report["fps"] < report["fps_offered"]
     assert 300 <= report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
     assert "B3nchPass" not in run.stdout + run.stderr
+
+
+def test_ctrl_c_finalises_the_mp4_and_exits_130(rtsp_server, tmp_path):
+    out = tmp_path / "out.mp4"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out)
+    rtsp_server.wait_clients(2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    video = probe(out)["video"]  # finalised: it plays to the end
+    assert int(video["nb_read_frames"]) > 20
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.mp4"]
