@@ -25,8 +25,9 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=args.dim, max_size=args.dim).eval()
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+        weights=None, weights_backbone=None, min_size=args.dim, max_size=args.dim,
+        box_score_thresh=0.0).eval()  # keep up to 100 detections, as the random-init TF model does
+    image = np.array(Image.open(args.image).convert("RGB"))
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     with torch.inference_mode():
         model([x])
