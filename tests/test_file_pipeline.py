@@ -207,3 +207,19 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     b = probe(out)
     assert b["video"]["nb_read_frames"] == "25"
     assert b["audio"]["codec_name"] == "aac" and abs(float(b["audio"]["duration"]) - 1.0) < 0.05
+
+
+def test_bench_pipeline_runs_at_the_slowest_stage(clip_480, capsys):
+    """With a model slower than decode, the pipeline keeps up with the model alone (efficiency
+    ≥ 0.9) and beats the sequential loop; ratios within one run, never absolute speeds."""
+    from vidseg.pipelines.bench import BenchJob, run_bench
+
+    job = BenchJob(input=clip_480, model="tests.fake_models:SlowBlobModel", frames=40, as_json=True,
+                   model_options={"delay": 0.05}, batch=1)
+    assert run_bench(job) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["stages"]) == {"decode", "infer", "render", "encode"}
+    assert r["slowest"] == "infer" and r["frames"] == 40
+    assert r["stages"]["decode"] > r["stages"]["infer"]
+    assert r["efficiency"] >= 0.9, r
+    assert r["pipeline_fps"] > r["sequential_fps"], r

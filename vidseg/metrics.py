@@ -74,6 +74,9 @@ def build_stats(reports: list[dict], source_names: list[str], wall_s: float, par
             src["frames_out"] = r["frames"]
             lat = np.frombuffer(r["latencies_ms"], np.float32)
             src["latency_ms"] = latency_summary(lat)
+            if r["frames"] > 1:  # throughput once frames flow (startup excluded)
+                span = r["extra"]["last_out"] - r["extra"]["first_out"]
+                src["steady_fps"] = round((r["frames"] - 1) / span, 2) if span > 0 else 0.0
             latencies.append(lat)
     lat = np.concatenate(latencies) if latencies else np.zeros(0, np.float32)
     return {

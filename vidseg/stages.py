@@ -126,11 +126,12 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, m
 
 
 def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,
-               batch: Optional[int], max_dim: Optional[int], meter: StageMeter) -> None:
+               batch: Optional[int], max_batch: int, max_dim: Optional[int], meter: StageMeter) -> None:
     """Batch frames (across sources) through the model; send each frame on with its detections.
 
     For `block` sources a batch is filled before running (throughput); with any `latest`
-    source it runs on what is there after a short window (latency). Frames larger than
+    source it runs on what is there after a short window (latency). batch: frames per model
+    call (None: the model's batch_size), never above max_batch. Frames larger than
     max_dim on their long side are shrunk (INTER_AREA) before the model and the boxes scaled
     back, so the model never sees 4K pixels.
     """
@@ -139,7 +140,8 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     model = load_frame_model(model_spec, batch_size=batch, **model_options)
     pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
     names = list(model.class_names)
-    size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))
+    # at most max_batch: a batch must never hold every slot of a ring
+    size = max(1, min(int(batch or getattr(model, "batch_size", 1) or 1), max_batch))
     live = any(link.policy == "latest" for link in links)
     port = RingPort(in_q, links)
     open_sources = {link.source for link in links}
@@ -248,7 +250,10 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
                     keep_going &= bool(sink.write(rgb, item.pts))
             port.release(item)
             meter.stop()
-            meter.latencies_ms.append((time.monotonic() - item.capture_time) * 1000.0)
+            now = time.monotonic()
+            meter.latencies_ms.append((now - item.capture_time) * 1000.0)
+            meter.extra.setdefault("first_out", now)
+            meter.extra["last_out"] = now
             done_count.value += 1
             if not keep_going and not quit_sent:
                 ctrl.put(("quit", meter.name))

@@ -105,9 +105,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         sink_qs = [ctx.Queue() for _ in sources]
         read_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
-        max_batch = min(batch or 10 ** 6, slots - 3)
         sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
-                  (model, dict(model_options or {}), links, infer_q, render_qs, max_batch, max_dim), sup.ctrl))
+                  (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim), sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
                       (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl))

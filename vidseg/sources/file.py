@@ -95,17 +95,21 @@ def resilient_demux(container, stream, counter=None) -> Iterator[av.Packet]:
 
 
 class FileSource:
-    """Frames of a video file (see module doc). `skipped` counts undecodable packets."""
+    """Frames of a video file (see module doc); the first `max_frames` only, if given.
+    `skipped` counts undecodable packets."""
 
     live = False
 
-    def __init__(self, path: str, threads: int = 0):
+    def __init__(self, path: str, threads: int = 0, max_frames: Optional[int] = None):
         info = probe(path)
         self.path = path
         self.name = os.path.basename(path)
         self.width, self.height = info["width"], info["height"]
         self.fps, self.time_base, self.frame_count = info["fps"], info["time_base"], info["frame_count"]
         self.rotation = info["rotation"]
+        self.max_frames = max_frames
+        if max_frames is not None and (self.frame_count is None or self.frame_count > max_frames):
+            self.frame_count = max_frames
         self.skipped = 0
         self._container = av.open(path, metadata_errors="ignore")
         self._stream = self._container.streams.video[0]
@@ -121,6 +125,8 @@ class FileSource:
                 self.skipped += 1
                 continue
             for frame in decoded:
+                if self.max_frames is not None and index >= self.max_frames:
+                    return
                 yield self._to_source_frame(frame, index)
                 index += 1
 

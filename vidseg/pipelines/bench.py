@@ -1,0 +1,211 @@
+"""`vidseg bench IN`: each stage alone, the whole pipeline, its efficiency, a sequential loop.
+
+All on the same first N frames of one clip:
+    decode      FileSource alone (what the capture stage does)
+    infer       the model alone on decoded frames (the infer stage's own code, batches of B)
+    render      the renderer alone on those frames and detections
+    encode      the MP4 sink alone (libx264, --preset) into a temporary file
+    pipeline    `run_pipeline` (four processes, shared-memory ring) decode → MP4; fps counted
+                at the sink from its first frame to its last (process start-up and model
+                loading excluded, as they are for the stages)
+    sequential  one process doing decode → infer → draw → encode per frame, as the seeds' scripts do
+efficiency = pipeline fps / the slowest stage's fps (1.0 = the pipeline runs at the speed of
+its slowest stage). Stage measurements run in a spawned process, so TensorFlow stays out of
+this one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional
+
+import multiprocessing as mp
+
+from vidseg.models import check_spec
+from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+from vidseg.sinks.mp4 import Mp4Sink
+from vidseg.sources.file import FileSource, probe
+
+KEEP_FRAMES = 16  # distinct decoded frames kept for the infer/render/encode measurements
+
+
+@dataclass
+class BenchJob:
+    input: str
+    model: str = "mrcnn"
+    weights: Optional[str] = None
+    batch: Optional[int] = None
+    min_confidence: Optional[float] = None
+    frames: Optional[int] = None
+    preset: str = "veryfast"
+    as_json: bool = False
+    model_options: dict = field(default_factory=dict)
+
+
+def run_bench(job: BenchJob) -> int:
+    """Measure, print the table (or JSON on stdout); returns the exit code."""
+    check_spec(job.model)
+    info = probe(job.input)
+    n = job.frames or info["frame_count"] or 300
+    options = dict(job.model_options, weights=job.weights, min_confidence=job.min_confidence)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        stages = pool.submit(measure_stages, job.input, n, job.model, options, job.batch, job.preset).result()
+    n = stages.pop("frames")
+    pipeline = measure_pipeline(job.input, info, n, job.model, options, job.batch, job.preset)
+    slowest = min(("decode", "infer", "render", "encode"), key=lambda k: stages[k])
+    result = {
+        "input": os.path.basename(job.input), "width": info["width"], "height": info["height"], "frames": n,
+        "model": job.model, "batch": stages.pop("batch"), "preset": job.preset,
+        "stages": {k: round(stages[k], 2) for k in ("decode", "infer", "render", "encode")},
+        "slowest": slowest,
+        "pipeline_fps": round(pipeline["fps"], 2),
+        "pipeline_wall_s": round(pipeline["wall_s"], 2),
+        "efficiency": round(pipeline["fps"] / stages[slowest], 3),
+        "sequential_fps": round(stages["sequential"], 2),
+    }
+    if job.as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def format_table(r: dict) -> str:
+    lines = [f"vidseg bench {r['input']}: {r['width']}x{r['height']}, {r['frames']} frames, model {r['model']}, "
+             f"batch {r['batch']}, preset {r['preset']}",
+             f"{'measure':<12}{'fps':>10}"]
+    for k, v in r["stages"].items():
+        lines.append(f"{k + ' alone':<12}{v:>10.1f}" + ("   <- slowest" if k == r["slowest"] else ""))
+    lines.append(f"{'pipeline':<12}{r['pipeline_fps']:>10.1f}   efficiency {r['efficiency']:.2f}")
+    lines.append(f"{'sequential':<12}{r['sequential_fps']:>10.1f}   (one process, stage after stage)")
+    return "\n".join(lines)
+
+
+def _decoded(path: str, n: int) -> list:
+    """The first n frames as (image, format, pts), at most KEEP_FRAMES distinct ones kept."""
+    source = FileSource(path, max_frames=min(n, KEEP_FRAMES))
+    try:
+        return [(f.image, f.format, f.pts) for f in source.frames()]
+    finally:
+        source.close()
+
+
+def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str) -> dict:
+    """fps of decode, infer, render and encode alone, and of the sequential loop (child process)."""
+    from vidseg import stages as st
+    from vidseg.models import load_frame_model
+    from vidseg.render import Renderer
+    from vidseg.ring import FrameMeta
+
+    out = {}
+    source = FileSource(path, max_frames=n)
+    t0 = time.perf_counter()
+    count = sum(1 for _ in source.frames())
+    out["decode"] = count / (time.perf_counter() - t0)
+    source.close()
+    n = out["frames"] = count
+    kept = _decoded(path, n)
+
+    model = load_frame_model(model_spec, batch_size=batch, **options)
+    size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))
+    out["batch"] = size
+    names = list(model.class_names)
+    pixels = model_spec != "none"
+    max_dim = 1024
+
+    def metas(k0: int, k: int) -> list:
+        ms = []
+        for i in range(k0, k0 + k):
+            image, fmt, pts = kept[i % len(kept)]
+            m = FrameMeta(0, i, pts, 0.0, 0, image.shape, fmt)
+            m.image = image
+            ms.append(m)
+        return ms
+
+    st._infer(model, names, metas(0, size), max_dim, pixels)  # warm-up (graph tracing)
+    results, t_infer = [], 0.0
+    for k0 in range(0, n, size):
+        batch_metas = metas(k0, min(size, n - k0))
+        t0 = time.perf_counter()
+        st._infer(model, names, batch_metas, max_dim, pixels)
+        t_infer += time.perf_counter() - t0
+        if len(results) < len(kept):
+            results.extend((m.detections, m.labels) for m in batch_metas)
+    out["infer"] = n / t_infer
+
+    renderer, t_render = Renderer(), 0.0
+    for i in range(n):
+        image, fmt, _ = kept[i % len(kept)]
+        canvas = image.copy()
+        det, labels = results[i % len(results)]
+        t0 = time.perf_counter()
+        renderer.draw(canvas, det, labels, fmt)
+        t_render += time.perf_counter() - t0
+    out["render"] = n / t_render
+
+    info = probe(path)
+    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+        sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
+                       preset=preset)
+        t0 = time.perf_counter()
+        for i in range(n):
+            image, fmt, _ = kept[i % len(kept)]
+            (sink.write_yuv420p if fmt == "yuv420p" else sink.write)(image, i / (info["fps"] or 30))
+        sink.close()
+        out["encode"] = n / (time.perf_counter() - t0)
+        out["sequential"] = _sequential(path, n, model, names, size, pixels, max_dim, info, preset,
+                                        os.path.join(tmp, "seq.mp4"))
+    return out
+
+
+def _sequential(path, n, model, names, size, pixels, max_dim, info, preset, out_path) -> float:
+    """decode → infer → draw → encode in one loop, as a single-process script does."""
+    from vidseg import stages as st
+    from vidseg.render import Renderer
+    from vidseg.ring import FrameMeta
+
+    source = FileSource(path, max_frames=n)
+    sink = Mp4Sink(out_path, info["width"], info["height"], info["fps"], info["time_base"], preset=preset)
+    renderer = Renderer()
+    pending, done = [], 0
+    t0 = time.perf_counter()
+    frames = source.frames()
+    while True:
+        f = next(frames, None)
+        if f is not None:
+            m = FrameMeta(0, done + len(pending), f.pts, 0.0, 0, f.image.shape, f.format)
+            m.image = f.image
+            pending.append((m, f.image))
+        if pending and (len(pending) == size or f is None):
+            st._infer(model, names, [m for m, _ in pending], max_dim, pixels)
+            for m, image in pending:
+                renderer.draw(image, m.detections, m.labels, m.format)
+                (sink.write_yuv420p if m.format == "yuv420p" else sink.write)(image, m.pts)
+            done += len(pending)
+            pending = []
+        if f is None:
+            break
+    sink.close()
+    source.close()
+    return done / (time.perf_counter() - t0)
+
+
+def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, batch: Optional[int],
+                     preset: str) -> dict:
+    """fps of the whole process graph decode → MP4 on the same frames (sink-side throughput)."""
+    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+        sink = Spec(Mp4Sink, dict(path=os.path.join(tmp, "pipe.mp4"), width=info["width"], height=info["height"],
+                                  fps=info["fps"], time_base=info["time_base"], preset=preset))
+        plan = SourcePlan(name=os.path.basename(path), source=Spec(FileSource, {"path": path, "max_frames": n}),
+                          sinks=[sink], frame_shape=(info["height"], info["width"]))
+        result = run_pipeline([plan], model=model, model_options=options, batch=batch, progress=False)
+    if result.exit_code != 0:
+        print(f"vidseg: error: {result.message}", file=sys.stderr)
+        raise SystemExit(result.exit_code)
+    src = next(iter(result.stats["sources"].values()))
+    return {"fps": src.get("steady_fps", result.stats["fps"]), "wall_s": result.stats["wall_s"]}
