@@ -204,3 +204,26 @@ def test_ctrl_c_finalises_the_mp4_and_exits_130(rtsp_server, tmp_path):
     video = probe(out)["video"]  # finalised: it plays to the end
     assert int(video["nb_read_frames"]) > 20
     assert not [p for p in tmp_path.iterdir() if p.name != "out.mp4"]
+
+
+def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_path):
+    a, b = make_rtsp_server(auth="erin:Gone4Good"), make_rtsp_server()
+    stats_path = tmp_path / "stats.json"
+    proc = start_vidseg("rtsp", a.url("live"), b.url("live"), "--no-window", "--model", "none", "-o", tmp_path,
+                        "--duration", 12, "--max-retries", 1, "--read-timeout", 1, "--stats", stats_path)
+    a.wait_clients(2)
+    time.sleep(2)
+    a.kill()  # for good
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 1
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith(f"vidseg: error: cannot open rtsp://erin:***@127.0.0.1:{a.port}/live")
+    assert error.endswith("gave up after 1 retries (the other sources ran to the end)")
+    stats = json.loads(stats_path.read_text())
+    for name, source in stats["sources"].items():  # every frame accounted for, per source
+        assert source["frames_in"] == source["frames_out"] + sum(source["dropped"].values()) > 0
+    alive = stats["sources"][b.url("live")]
+    assert alive["frames_in"] > 2 * stats["sources"][a.url("live").replace("Gone4Good", "***")]["frames_in"]
+    assert {p.name for p in tmp_path.iterdir()} == {"stats.json", f"127.0.0.1_{a.port}_live.mp4",
+                                                      f"127.0.0.1_{b.port}_live.mp4"}
+    assert "Gone4Good" not in stdout + stderr + stats_path.read_text()

@@ -162,3 +162,13 @@ def test_stalled_server_reconnects_within_the_read_timeout(rtsp_server):
     source.close()
     assert not reader.is_alive()
     assert source.reconnects == 1 and "reconnected after" in reports[-1]
+
+
+def test_end_on_give_up_ends_the_frames_and_keeps_the_reason():
+    reports = []
+    script = [ScriptedSource(2, SourceLost("cam: stream ended"))] + [SourceLost("cam: refused")] * 2
+    source = Reconnecting(opener(script), "cam", max_retries=2, first_delay=0.01, report=reports.append,
+                          end_on_give_up=True)
+    assert len(list(source.frames())) == 2
+    assert source.stats() == {"reconnects": 0, "error": "cam: refused; gave up after 2 retries"}
+    assert reports == ["cam: stream ended; reconnecting", "cam: refused; gave up after 2 retries"]

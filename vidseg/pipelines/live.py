@@ -73,7 +73,8 @@ def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: floa
         opener = partial(CameraSource, target)
     else:
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
-    return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames)
+    return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
+                        end_on_give_up=True)
 
 
 def probe_all(job: LiveJob) -> list:
@@ -183,14 +184,20 @@ def run_live(job: LiveJob) -> int:
 def finish(result: RunResult, stats_path: Optional[str]) -> int:
     """Print the summary (and the failure, if any); write --stats; return the exit code."""
     stats = result.stats
-    stats["reconnects"] = sum(s.get("reconnects", 0) for s in stats.get("sources", {}).values())
+    sources = stats.get("sources", {})
+    stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
     print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
           file=sys.stderr)
-    if result.status == "failed":
-        print(f"vidseg: error: {mask(result.message)}", file=sys.stderr)
+    code, message = result.exit_code, result.message
+    lost = [s["error"] for s in sources.values() if s.get("error")]
+    if code == 0 and lost:  # sources that gave up after --max-retries ended their part cleanly
+        code = 1
+        message = "; ".join(lost) + ("" if len(lost) == len(sources) else " (the other sources ran to the end)")
+    if code not in (0, 130) and message:
+        print(f"vidseg: error: {mask(message)}", file=sys.stderr)
     if stats_path:
         write_stats(stats_path, stats)
-    return result.exit_code
+    return code
 
 
 def _temp_beside(path: str) -> str:
@@ -241,6 +248,9 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
         return result.exit_code
     report = live_report(result.stats, mask(url), (width, height, fps))
     print(json.dumps(report, indent=2) if as_json else format_live_report(report))
+    if report["error"]:
+        print(f"vidseg: error: {report['error']}", file=sys.stderr)
+        return 1
     return result.exit_code
 
 
@@ -262,6 +272,7 @@ def live_report(stats: dict, name: str, shape: tuple) -> dict:
         "dropped": stats["dropped"],
         "drop_rate": {cause: round(n / offered, 4) for cause, n in stats["dropped"].items()} if offered else {},
         "reconnects": sum(s.get("reconnects", 0) for s in stats.get("sources", {}).values()),
+        "error": "; ".join(s["error"] for s in stats.get("sources", {}).values() if s.get("error")) or None,
     }
 
 

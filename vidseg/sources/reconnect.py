@@ -49,6 +49,9 @@ class Reconnecting:
         (None = never give up). The first open is retried the same way.
     report: called with one line when an outage starts and one when it ends.
     duration, max_frames: end frames() after this many seconds (from construction) or frames.
+    end_on_give_up: when an outage outlasts max_retries, end frames() (the reason goes to
+        `report` and to stats()["error"]) instead of raising SourceUnavailable, so the stage
+        reading it finishes normally and its frame counts are kept.
     reconnects: outages survived so far; skipped: undecodable packets of closed connections.
     """
 
@@ -58,8 +61,11 @@ class Reconnecting:
     def __init__(self, open_source: Callable[[], FrameSource], name: str,
                  max_retries: Optional[int] = None, first_delay: float = 1.0,
                  longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr,
-                 duration: Optional[float] = None, max_frames: Optional[int] = None):
+                 duration: Optional[float] = None, max_frames: Optional[int] = None,
+                 end_on_give_up: bool = False):
         self.name = mask(name)
+        self.error: Optional[str] = None
+        self._end_on_give_up = end_on_give_up
         self._deadline = time.monotonic() + duration if duration is not None else None
         self._max_frames = max_frames
         self._count = 0
@@ -119,7 +125,14 @@ class Reconnecting:
             self._release()
             if self._done():
                 return
-            frames = yield from self._outage(mask(cause))
+            try:
+                frames = yield from self._outage(mask(cause))
+            except SourceUnavailable as error:
+                if not self._end_on_give_up:
+                    raise
+                self.error = str(error)
+                self._report(self.error)
+                return
 
     def _outage(self, cause: str):
         """Reports the outage, reopens the source until a frame arrives, yields that frame and
@@ -161,7 +174,7 @@ class Reconnecting:
 
     def stats(self) -> dict:
         """For the run's --stats (per source)."""
-        return {"reconnects": self.reconnects}
+        return {"reconnects": self.reconnects, **({"error": self.error} if self.error else {})}
 
     def _release(self) -> None:
         self.skipped += int(getattr(self._source, "decode_errors", 0))
