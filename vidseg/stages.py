@@ -96,10 +96,13 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, meter: StageMeter) -> None:
-    """Read frames from the source into the ring until it ends or `stop` is set."""
+def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, read_count, meter: StageMeter) -> None:
+    """Read frames from the source into the ring until it ends or `stop` is set. The source is
+    opened at once but read only when `ready` (the model is built), so no frame waits for it."""
     source = source_spec.build()
     out = CaptureOut(link, out_q, stop)
+    while not ready.wait(0.2) and not stop.is_set():
+        pass
     frames = source.frames()
     try:
         while not stop.is_set():
@@ -126,7 +129,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, read_count, m
 
 
 def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,
-               batch: Optional[int], max_batch: int, max_dim: Optional[int], meter: StageMeter) -> None:
+               batch: Optional[int], max_batch: int, max_dim: Optional[int], ready, meter: StageMeter) -> None:
     """Batch frames (across sources) through the model; send each frame on with its detections.
 
     For `block` sources a batch is filled before running (throughput); with any `latest`
@@ -136,8 +139,12 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     back, so the model never sees 4K pixels.
     """
     from vidseg.models import load_frame_model
+    from vidseg.quiet import native_stderr_filtered
 
-    model = load_frame_model(model_spec, batch_size=batch, **model_options)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_filtered():  # TensorFlow's start-up chatter stays off the terminal
+        model = load_frame_model(model_spec, batch_size=batch, **model_options)
+    ready.set()
     pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
     names = list(model.class_names)
     # at most max_batch: a batch must never hold every slot of a ring

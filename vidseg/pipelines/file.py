@@ -77,6 +77,8 @@ def _temp_beside(path: str) -> str:
 def run_file(job: FileJob) -> int:
     """Run the job; print the summary (stderr); returns the exit code."""
     check_spec(job.model)
+    if job.weights is not None and not os.path.isfile(job.weights):
+        raise InputError(f"weights file not found: {job.weights}")
     info = probe(job.input)
     if job.output is None and job.detections is None and job.stats is None:
         raise InputError("nothing to write: give -o OUT.mp4, --detections FILE or --stats FILE")

@@ -101,19 +101,21 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             ring = sup.add_ring(FrameRing.create(slots, (plan.frame_shape[0], plan.frame_shape[1], 3)))
             links.append(SourceLink(ctx, i, ring.spec, plan.policy))
         infer_q = ctx.Queue()
+        ready = ctx.Event()  # set by infer once the model is built; captures start reading then
         render_qs = [ctx.Queue() for _ in sources]
         sink_qs = [ctx.Queue() for _ in sources]
         read_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
-                  (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim), sup.ctrl))
+                  (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim, ready),
+                  sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
                       (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl))
             sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
                       (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))
             sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
-                      (plan.source, links[i], infer_q, sup.stop, read_counts[i]), sup.ctrl))
+                      (plan.source, links[i], infer_q, sup.stop, ready, read_counts[i]), sup.ctrl))
         pids = sup.pids()
         if on_start:
             on_start(pids)
