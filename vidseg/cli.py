@@ -66,14 +66,16 @@ def model_options(f):
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
 @click.option("--detections", type=click.Path(dir_okay=False), default=None,
               help="Write detections as JSON lines (COCO RLE masks).")
+@click.option("--classes", type=click.Path(dir_okay=False), default=None,
+              help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")
 def file_cmd(input, output, model, weights, batch, min_confidence, preset, crf, overwrite, no_progress, stats,
-             detections):
+             detections, classes):
     """Segment every frame of a video file INPUT into an MP4."""
     from vidseg.pipelines.file import FileJob, run_file
 
     return run_file(FileJob(input=input, output=output, model=model, weights=weights, batch=batch,
                             min_confidence=min_confidence, preset=preset, crf=crf, overwrite=overwrite,
-                            progress=not no_progress, stats=stats, detections=detections))
+                            progress=not no_progress, stats=stats, detections=detections, classes=classes))
 
 
 @main.command("bench")

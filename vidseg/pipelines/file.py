@@ -39,6 +39,7 @@ class FileJob:
     progress: bool = True
     stats: Optional[str] = None
     detections: Optional[str] = None
+    classes: Optional[str] = None
 
 
 def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
@@ -77,8 +78,9 @@ def _temp_beside(path: str) -> str:
 def run_file(job: FileJob) -> int:
     """Run the job; print the summary (stderr); returns the exit code."""
     check_spec(job.model)
-    if job.weights is not None and not os.path.isfile(job.weights):
-        raise InputError(f"weights file not found: {job.weights}")
+    for what, path in (("weights", job.weights), ("class names", job.classes)):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{what} file not found: {path}")
     info = probe(job.input)
     if job.output is None and job.detections is None and job.stats is None:
         raise InputError("nothing to write: give -o OUT.mp4, --detections FILE or --stats FILE")
@@ -98,7 +100,7 @@ def run_file(job: FileJob) -> int:
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
                           frame_count=info["frame_count"], detections_path=temps.get("detections"))
-        options = dict(weights=job.weights, min_confidence=job.min_confidence)
+        options = dict(weights=job.weights, min_confidence=job.min_confidence, class_names=job.classes)
         result = run_pipeline([plan], model=job.model, model_options=options, batch=job.batch, progress=job.progress)
     except BaseException:
         _remove(temps.values())
