@@ -1,4 +1,5 @@
 """The window sink, for real, under Xvfb: title, overlay, q quits with exit 0."""
+import ctypes
 import os
 import signal
 import subprocess
@@ -53,6 +54,43 @@ def screenshot(display: str, path) -> np.ndarray:
     return cv2.imread(str(path))
 
 
+def close_window(display: str, window: str) -> None:
+    """What a window manager does when the user clicks the close button: send the window a
+    WM_DELETE_WINDOW client message (libX11 through ctypes; Xvfb runs no window manager)."""
+    x11 = ctypes.CDLL("libX11.so.6")
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XInternAtom.restype = ctypes.c_ulong
+    x11.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    x11.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    x11.XFlush.argtypes = x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+
+    class ClientMessage(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
+                    ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5), ("pad", ctypes.c_long * 12)]
+
+    dpy = x11.XOpenDisplay(display.encode())
+    event = ClientMessage(type=33, window=int(window), format=32,  # 33 = ClientMessage
+                          message_type=x11.XInternAtom(dpy, b"WM_PROTOCOLS", 0))
+    event.data[0] = x11.XInternAtom(dpy, b"WM_DELETE_WINDOW", 0)
+    x11.XSendEvent(dpy, int(window), 0, 0, ctypes.byref(event))
+    x11.XFlush(dpy)
+    x11.XCloseDisplay(dpy)
+
+
+def start_rtsp_run(url: str, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "rtsp", url,
+                             "--model", "none", "--duration", "60"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_label_is_white_text_on_a_dark_box():
     image = np.full((240, 320, 3), 128, np.uint8)
     draw_label(image, "29.8 fps  41 ms")
@@ -65,9 +103,7 @@ def test_label_is_white_text_on_a_dark_box():
 def test_window_shows_overlay_and_q_quits_with_exit_0(xvfb, make_rtsp_server, tmp_path):
     server = make_rtsp_server(auth="carol:W1nd0wPass")
     log = open(tmp_path / "vidseg.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "rtsp", server.url("live"),
-                             "--model", "none", "--duration", "60"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True)
+    proc = start_rtsp_run(server.url("live"), log)
     try:
         window = find_window(xvfb, "carol")
         title = subprocess.run(["xdotool", "getwindowname", window], capture_output=True, text=True,
@@ -85,10 +121,23 @@ def test_window_shows_overlay_and_q_quits_with_exit_0(xvfb, make_rtsp_server, tm
         subprocess.run(["xdotool", "key", "--window", window, "q"], env=dict(os.environ, DISPLAY=xvfb), check=True)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.seek(0)
         output = log.read()
     assert proc.returncode == 0, output
     assert "W1nd0wPass" not in output
+
+
+@pytest.mark.rtsp
+def test_closing_the_window_ends_the_run_with_exit_0(xvfb, rtsp_server, tmp_path):
+    log = open(tmp_path / "vidseg.log", "w+")
+    proc = start_rtsp_run(rtsp_server.url("live"), log)
+    try:
+        window = find_window(xvfb, "127.0.0.1")
+        time.sleep(1)
+        close_window(xvfb, window)
+        proc.wait(timeout=30)
+    finally:
+        stop_group(proc)
+        log.seek(0)
+    assert proc.returncode == 0, log.read()

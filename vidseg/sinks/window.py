@@ -59,7 +59,7 @@ class WindowSink:
             self._shown.popleft()
         if not self._opened:
             self._open(*image.shape[:2])
-        elif cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+        elif not self._visible():
             return False
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # a copy: the frame itself stays clean
         span = now - self._shown[0]
@@ -70,10 +70,20 @@ class WindowSink:
         cv2.imshow(self.title, bgr)
         return (cv2.waitKey(1) & 0xFF) not in QUIT_KEYS
 
+    def _visible(self) -> bool:
+        try:
+            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:  # closed: with its last window gone, OpenCV's Qt GUI is gone too
+            return False
+
     def close(self) -> None:
-        if self._opened:
+        if not self._opened:
+            return
+        try:
             cv2.destroyWindow(self.title)
             cv2.waitKey(1)
+        except cv2.error:  # the user closed it already: OpenCV has nothing left to destroy
+            pass
 
 
 def check_display() -> None:
