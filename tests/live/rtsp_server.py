@@ -22,10 +22,12 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 def live_pipeline(width: int, height: int, fps: int) -> str:
-    """Colour bars with a running clock, one keyframe a second, no B-frames."""
+    """Colour bars with a running clock (when gstreamer1.0-x's timeoverlay is there), one
+    keyframe a second, no B-frames."""
+    clock = "timeoverlay ! " if Gst.ElementFactory.find("timeoverlay") else ""
     return (
         f"( videotestsrc is-live=true pattern=smpte ! video/x-raw,width={width},height={height},"
-        f"framerate={fps}/1 ! timeoverlay ! x264enc tune=zerolatency speed-preset=ultrafast "
+        f"framerate={fps}/1 ! {clock}x264enc tune=zerolatency speed-preset=ultrafast "
         f"key-int-max={fps} bframes=0 ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )")
 
 
