@@ -13,8 +13,8 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
-import threading
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
