@@ -141,6 +141,33 @@ def test_chosen_layers_overwrite_and_unknown_layer(tmp_path, astronaut, tiny_wei
 
 
 @pytest.mark.slow
+def test_matterport_coco_layout_file_with_zero_weights(tmp_path, astronaut):
+    """A ResNet-50 COCO file in matterport's exact layout (81 classes, COCO names), all weights
+    zero, at 256x256 via its sidecar: every picture, every activation flagged all zeros or
+    constant, the weights flagged dead, no detections."""
+    import subprocess
+    import sys
+
+    data = os.path.join(os.path.dirname(__file__), "mrcnn", "data")
+    weights = tmp_path / "mask_rcnn_coco_r50.h5"
+    subprocess.run([sys.executable, os.path.join(data, "make_fake_coco_h5.py"),
+                    os.path.join(data, "coco_r50_manifest.json"), str(weights), "zeros"], check=True)
+    (tmp_path / "mask_rcnn_coco_r50.json").write_text(json.dumps({"config": {"IMAGE_MIN_DIM": 256,
+                                                                             "IMAGE_MAX_DIM": 256}}))
+    out = tmp_path / "report"
+    r = run_vidseg("inspect", astronaut, "--weights", weights, "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr
+    layers = ["res2c_out", "res3d_out", "res4f_out", "res5c_out", "fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5",
+              "fpn_p6", "rpn_class"]
+    page = check_report(out, layers)
+    for layer in layers[:-1]:
+        assert f"{layer}: all zeros" in section(page, "activations_" + layer)
+    assert "rpn_class: constant (every value = 0.5)" in section(page, "activations_rpn_class")
+    assert "conv1/kernel: dead?" in section(page, "weights") and "290 more flagged weights" in section(page, "weights")
+    assert "81 classes" in page and "0 detection(s)" in page
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="the shipped model vidseg/models/shapes.h5 is not built yet")
 def test_shipped_model(tmp_path, astronaut):
     out = tmp_path / "report"

@@ -49,6 +49,7 @@ PAGES = [  # (picture stem, heading, one line of explanation)
     ("masks_pasted", "Masks (pasted)",
      "The same masks resized to their boxes, thresholded at 0.5 and pasted into the original image."),
 ]
+MAX_WARNINGS = 20  # flagged weights listed above the weights picture (all are marked in the table)
 FINAL = ("detections", "Final result", "Detections with masks, boxes, classes and scores (display_instances).")
 
 
@@ -144,11 +145,16 @@ def write_pictures(model, image, layers, folder, min_confidence):
     fig, rows = steps.draw_weights(mrcnn)
     steps.save_figure(fig, os.path.join(folder, "weights.png"))
     written.append("weights.png")
-    flagged = [f"{r['name']}: {', '.join(r['alerts'])}" for r in rows if r["alerts"]]
+    # Kernels and non-finite/huge values first: constant BatchNorm statistics are normal in a fresh model.
+    serious = sorted((r for r in rows if r["alerts"]),
+                     key=lambda r: "kernel" not in r["name"] and r["alerts"] == ["dead?"])
+    flagged = [f"{r['name']}: {', '.join(r['alerts'])}" for r in serious]
+    shown = flagged[:MAX_WARNINGS] + ([f"... and {len(flagged) - MAX_WARNINGS} more flagged weights in the table"]
+                                      if len(flagged) > MAX_WARNINGS else [])
     from mrcnn import visualize
 
-    body.append(_figure_html("weights", "Weights", "Histograms of the flagged weights first, then of landmark "
-                             "layers; the table lists every weight (suspicious ones in red).", flagged))
+    body.append(_figure_html("weights", "Weights", "Histograms of the layers with a flagged kernel first, then of "
+                             "landmark layers; the table lists every weight (suspicious ones in red).", shown))
     body.append(f'<details><summary>Weight statistics ({len(rows)} weights, {len(flagged)} flagged)</summary>'
                 f'{visualize.display_weight_stats(mrcnn)}</details>\n')
 

@@ -220,8 +220,11 @@ def _pixels(t, boxes):
     return utils.denorm_boxes(boxes, t.image.shape[:2]).astype(np.float32) if len(boxes) else np.zeros((0, 4))
 
 
-def _blank(ax, text):
+def _blank(ax, text, image=None):
+    """A panel that says why there is nothing to draw (over the faded image, if given)."""
     ax.axis("off")
+    if image is not None:
+        ax.imshow((image * 0.4 + 153).astype(np.uint8))
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, transform=ax.transAxes)
 
 
@@ -273,7 +276,7 @@ def draw_anchor_refinement(t):
 def _scored_boxes(ax, t, boxes, scores, title):
     n = min(TOP_BOXES, len(boxes))
     if not n:
-        return _blank(ax, title + "\n(none)")
+        return _blank(ax, title + "\n(none)", t.image)
     captions = [f"{s:.3f}" if i < CAPTIONED else "" for i, s in enumerate(scores[:n])]
     visualize.draw_boxes(t.image, refined_boxes=_pixels(t, boxes[:n]), captions=captions, title=title, ax=ax)
 
@@ -290,21 +293,24 @@ def draw_proposals(t, nms_threshold):
 
 
 def draw_refinement(t, class_names, min_confidence, top=30, max_classes=5):
-    """Panel 1: the `top` proposals by class score (dotted) and their box refinement for that
-    class (solid). Then one panel per detected class (up to `max_classes`): its proposals
-    scoring >= min_confidence, those NMS removed grey, the kept ones dotted -> detection solid."""
+    """Panel 1: the `top` proposals classified as foreground, by class score (dotted), and
+    their box refinement for that class (solid), filled up with background ones (grey) in RPN
+    order. Then one panel per detected class (up to `max_classes`): its proposals scoring
+    >= min_confidence, those NMS removed grey, the kept ones dotted -> detection solid."""
     fig = _figure("refinement")
     scores = t.proposal_probs.max(axis=1) if len(t.proposals) else np.zeros(0)
     best = t.proposal_probs.argmax(axis=1) if len(t.proposals) else np.zeros(0, int)
     fg = np.where(best > 0)[0]
-    ids = fg[np.argsort(-scores[fg], kind="stable")][:top]
+    fg = fg[np.argsort(-scores[fg], kind="stable")][:top]
+    ids = np.concatenate([fg, np.where(best == 0)[0][:top - len(fg)]]).astype(int)
     ax = fig.add_subplot(2, 3, 1)
     if len(ids):
         visualize.draw_boxes(t.image, boxes=_pixels(t, t.proposals[ids]),
-                             refined_boxes=_pixels(t, t.proposal_refined[ids]), captions=[f"{class_names[best[i]]} {scores[i]:.2f}" for i in ids],
-                             title=f"top {len(ids)} foreground proposals -> refined", ax=ax)
+                             refined_boxes=_pixels(t, t.proposal_refined[ids]),
+                             visibilities=(best[ids] > 0).astype(int), captions=[f"{class_names[best[i]]} {scores[i]:.2f}" for i in ids],
+                             title=f"{len(fg)} foreground proposals -> refined (grey: background)", ax=ax)
     else:
-        _blank(ax, "no proposal is classified as foreground")
+        _blank(ax, "no proposals", t.image)
     classes = list(dict.fromkeys(int(c) for c in t.detections[:, 4]))[:max_classes]
     for k, class_id in enumerate(classes):
         ax = fig.add_subplot(2, 3, k + 2)
@@ -316,7 +322,7 @@ def draw_refinement(t, class_names, min_confidence, top=30, max_classes=5):
                              refined_boxes=_pixels(t, t.proposal_refined[cand]), visibilities=vis, captions=captions,
                              title=f"{class_names[class_id]}: {len(cand)} candidates, {len(kept)} kept by NMS", ax=ax)
     if not classes:
-        _blank(fig.add_subplot(2, 3, 2), f"no detections scoring >= {min_confidence}")
+        _blank(fig.add_subplot(2, 3, 2), f"no detections scoring >= {min_confidence}", t.image)
     for ax in fig.axes:
         ax.title.set_fontsize(9)
     return fig
@@ -326,7 +332,7 @@ def draw_masks28(t, class_names):
     """The 28x28 mask probabilities of the first GRID*GRID detections (0 black .. 1 yellow)."""
     fig = _figure("masks_28x28")
     if not len(t.final_masks28):
-        _blank(fig.add_subplot(1, 1, 1), "no detections, so no masks")
+        _blank(fig.add_subplot(1, 1, 1), "no detections, so no masks", t.original)
         return fig
     for i, m in enumerate(t.final_masks28[:GRID * GRID]):
         ax = fig.add_subplot(GRID, GRID, i + 1)
@@ -341,7 +347,7 @@ def draw_masks_pasted(t, class_names):
     original image (same order as the 28x28 picture)."""
     fig = _figure("masks_pasted")
     if not t.masks.shape[-1]:
-        _blank(fig.add_subplot(1, 1, 1), "no detections, so no masks")
+        _blank(fig.add_subplot(1, 1, 1), "no detections, so no masks", t.original)
         return fig
     colors = visualize.random_colors(t.masks.shape[-1], seed=0)
     for i in range(min(GRID * GRID, t.masks.shape[-1])):
