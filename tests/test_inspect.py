@@ -164,7 +164,7 @@ def test_matterport_coco_layout_file_with_zero_weights(tmp_path, astronaut):
         assert f"{layer}: all zeros" in section(page, "activations_" + layer)
     assert "rpn_class: constant (every value = 0.5)" in section(page, "activations_rpn_class")
     assert "conv1/kernel: dead?" in section(page, "weights") and "290 more flagged weights" in section(page, "weights")
-    assert "81 classes" in page and "0 detection(s)" in page
+    assert "81 classes" in page and "0 detection(s); 10 layer warning(s), 310 flagged weight(s)" in page
 
 
 @pytest.mark.slow

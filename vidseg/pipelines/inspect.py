@@ -131,12 +131,14 @@ def write_pictures(model, image, layers, folder, min_confidence):
         steps.save_figure(fig, os.path.join(folder, stem + ".png"))
         written.append(stem + ".png")
 
+    layer_warnings = []
     body.append("<h2>Activations</h2><p>Feature maps of the chosen layers (first channels), "
                 "from the backbone stages through the FPN to the RPN's objectness per anchor shape.</p>\n")
     for layer in layers:
         stem = "activations_" + layer.replace("/", "_")
         values = t.activations[layer]
         warnings = [f"{layer}: {w}" for w in steps.activation_warnings(values)]
+        layer_warnings += warnings
         steps.save_figure(steps.draw_activation(layer, values, t), os.path.join(folder, stem + ".png"))
         written.append(stem + ".png")
         body.append(_figure_html(stem, f"Layer {layer}", f"output {tuple(values.shape)} (batch dimension "
@@ -162,14 +164,18 @@ def write_pictures(model, image, layers, folder, min_confidence):
     written.append("detections.png")
     body.append(_figure_html(*FINAL))
     body.append(f"<h2>Tensors</h2><pre>{html.escape(t.log)}</pre>\n")
-    _write_index(folder, image.shape, mrcnn.config, len(t.boxes), body)
+    c = mrcnn.config
+    summary = (f"Image {image.shape[1]}x{image.shape[0]}, molded to {c.IMAGE_SHAPE[1]}x{c.IMAGE_SHAPE[0]}; "
+               f"backbone {c.BACKBONE}, {c.NUM_CLASSES} classes, min confidence {c.DETECTION_MIN_CONFIDENCE}; "
+               f"{len(t.boxes)} detection(s); {len(layer_warnings)} layer warning(s), "
+               f"{len(flagged)} flagged weight(s).")
+    _write_index(folder, summary, body)
     return written
 
 
-def _write_index(folder, shape, config, detections, body):
-    head = (f"<p>Image {shape[1]}x{shape[0]}, molded to {config.IMAGE_SHAPE[1]}x{config.IMAGE_SHAPE[0]}; "
-            f"backbone {html.escape(str(config.BACKBONE))}, {config.NUM_CLASSES} classes, "
-            f"min confidence {config.DETECTION_MIN_CONFIDENCE}; {detections} detection(s).</p>\n")
+def _write_index(folder, summary, body):
+    """index.html: a title, the one-line `summary` (text), then the `body` sections (HTML)."""
+    head = f"<p>{html.escape(summary)}</p>\n"
     page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>vidseg inspect</title><style>"
             "body{font-family:sans-serif;max-width:1250px;margin:auto} img{max-width:100%;border:1px solid #ccc}"
             " .warn{color:#b00;font-weight:bold} td{font-family:monospace;padding:0 6px}</style></head><body>\n"
