@@ -315,6 +315,10 @@ class TrainingModel(keras.Model):
         self.loss_weights_ = [float(config.LOSS_WEIGHTS.get(n, 1.0)) for n in LOSS_NAMES]
         self.weight_decay = float(config.WEIGHT_DECAY)
         self.trackers = [keras.metrics.Mean(name=n) for n in ["loss"] + LOSS_NAMES]
+        # Keras 3 passes the outer `training` flag to every layer, overriding the
+        # `training=TRAIN_BN` given when the graph was built; so the step itself calls the
+        # model with TRAIN_BN (False: BatchNorm uses and keeps its moving statistics).
+        self.bn_training = True if config.TRAIN_BN is None else bool(config.TRAIN_BN)
 
     @property
     def metrics(self):
@@ -337,7 +341,7 @@ class TrainingModel(keras.Model):
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            total, losses = self._compute_losses(data, training=True)
+            total, losses = self._compute_losses(data, training=self.bn_training)
         pairs = [(g, v) for g, v in zip(tape.gradient(total, self.trainable_variables), self.trainable_variables)
                  if g is not None]
         self.optimizer.apply_gradients(pairs)

@@ -76,6 +76,16 @@ def test_losses_are_finite_and_decrease(trained):
     assert losses[-1]["loss"] < 0.8 * losses[0]["loss"]
 
 
+def test_frozen_batchnorm_keeps_its_statistics(trained):
+    """TRAIN_BN = False (matterport's default): BatchNorm layers use and keep their moving
+    statistics while the rest of the network trains."""
+    model, _, _ = trained
+    bn = model.keras_model.get_layer("bn_conv1")
+    np.testing.assert_array_equal(np.array(bn.moving_mean), 0)
+    np.testing.assert_array_equal(np.array(bn.moving_variance), 1)
+    assert not np.array_equal(np.array(bn.gamma), 1)  # gamma/beta do train
+
+
 def test_checkpoints_and_logs_are_written(trained, data):
     model, model_dir, _ = trained
     run = os.path.dirname(model.find_last())
