@@ -129,3 +129,17 @@ def test_weight_histograms_per_epoch(run):
             assert buckets.ndim == 2 and buckets.shape[1] == 3 and np.all(buckets[:, 0] <= buckets[:, 1])
     counts = histograms["weights/mrcnn_class_logits/kernel"][1][0][:, 2]
     assert counts.sum() == 64 * 4                                   # every value of the [64, 4] kernel counted
+
+
+def test_vidseg_train_tensorboard_says_where_and_logs_histograms(tmp_path):
+    from tests.conftest import run_vidseg
+
+    r = run_vidseg("train", "--kind", "shapes", "--weights", "none", "--epochs", "1", "--steps", "1",
+                   "--tensorboard", "--model-dir", tmp_path / "logs", timeout=900)
+    assert r.returncode == 0, r.stderr
+    runs = glob.glob(str(tmp_path / "logs" / "shapes*"))
+    assert len(runs) == 1
+    assert f"go to {runs[0]}" in r.stdout and f"tensorboard --logdir {tmp_path / 'logs'}" in r.stdout
+    tags = read(os.path.join(runs[0], "train"))
+    assert "batch_loss" in tags and "epoch_learning_rate" in tags
+    assert tags["weights/mrcnn_mask/kernel"][2] == "histograms"

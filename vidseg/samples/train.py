@@ -46,6 +46,7 @@ class TrainJob:
     class_name: str | None = None
     attribute: str | None = None
     year: str = "2014"
+    tensorboard: bool = False
 
 
 @dataclass
@@ -181,8 +182,12 @@ def run_train(job: TrainJob):
                          f"ask for more than {model.epoch}")
     aug = augmentation.Sequential([augmentation.Fliplr(0.5)]) if job.kind == "coco" \
         else augmentation.default_augmentation()
+    if job.tensorboard:
+        print(f"TensorBoard logs (losses per step and epoch, learning rate, weight histograms per epoch) go to "
+              f"{model.log_dir}\nwatch them live with: tensorboard --logdir {job.model_dir}  "
+              "(then open http://localhost:6006)", flush=True)
     model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
-                augmentation=aug)
+                augmentation=aug, histograms=job.tensorboard)
     print(f"checkpoints in {model.log_dir}")
     return 0
 
