@@ -80,3 +80,20 @@ def standin_camera(frames_per_connection: int, duration: float):
         return PacedCapture(path, frames_per_connection)
 
     return Reconnecting(partial(CameraSource, 0, open_capture), "/dev/video0", first_delay=0.2, duration=duration)
+
+
+def log_run(url: str, log: str, model: str, duration: float):
+    """One RTSP source through `model` into a FrameLog at `log` for `duration` s; the RunResult."""
+    from vidseg.pipelines.live import open_live
+    from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+
+    plan = SourcePlan(name="cam", source=Spec(open_live, dict(kind="rtsp", target=url, read_timeout=1, open_timeout=1,
+                                                              duration=duration)),
+                      sinks=[Spec(FrameLog, {"path": log})], frame_shape=(240, 320), policy="latest")
+    return run_pipeline([plan], model=model, batch=1, progress=False)
+
+
+if __name__ == "__main__":  # python -m tests.live.helpers URL LOG MODEL DURATION (a run alongside a test's)
+    import sys
+
+    sys.exit(log_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])).exit_code)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, probe, run_vidseg
-from tests.live.helpers import read_log
+from tests.live.helpers import log_run, read_log
 from vidseg.pipelines.live import open_live
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 
@@ -124,30 +124,38 @@ def _live_plan(name, url, log, **limits):
                       frame_shape=(240, 320), policy="latest")
 
 
-def _latencies(url, log, model, duration) -> tuple:
-    """Runs one live source into a FrameLog; returns (latency ms [N], capture time s [N], stats)."""
-    result = run_pipeline([_live_plan("cam", url, log, duration=duration)], model=model, batch=1, progress=False)
-    assert result.exit_code == 0, result.message
+def _latencies(log) -> tuple:
+    """From a FrameLog: latency ms [N] and capture time s since the first frame [N]."""
     frames = read_log(log)
-    return (frames[:, 2] - frames[:, 1]) * 1000, frames[:, 1] - frames[0, 1], result.stats
+    return (frames[:, 2] - frames[:, 1]) * 1000, frames[:, 1] - frames[0, 1]
 
 
 @pytest.mark.slow
 def test_latency_stays_bounded_with_a_slow_model(rtsp_server, tmp_path):
-    """300 ms per batch on a 30 fps stream: p95 capture→sink ≤ model time + 150 ms, no growth.
+    """300 ms per batch on a 30 fps stream: p95 capture→sink ≤ model time + 150 ms once
+    started, no growth over the run.
 
-    The pipeline's own latency on this machine right now (same stream, no model) is measured
-    first and allowed on top: this 2-core machine is shared, and scheduling delays are not the
-    queueing this test is about."""
-    base, _, _ = _latencies(rtsp_server.url("live"), tmp_path / "base.log", "none", duration=8)
-    latency_ms, t, stats = _latencies(rtsp_server.url("live"), tmp_path / "slow.log",
-                                      "tests.live.helpers:slow_model_300ms", duration=40)
-    first, last = latency_ms[t < 10], latency_ms[t > t[-1] - 10]
+    This 2-core machine is shared: the pipeline's own latency at the same time (a second run
+    with no model on the same stream, alongside) is allowed on top, as its p99, so that
+    scheduling stalls are not taken for the queueing this test is about. On an idle machine
+    that allowance is a few ms."""
+    base_log = tmp_path / "base.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = subprocess.Popen([sys.executable, "-m", "tests.live.helpers", rtsp_server.url("live"), str(base_log),
+                             "none", "40"], cwd=REPO, env=env)
+    result = log_run(rtsp_server.url("live"), str(tmp_path / "slow.log"), "tests.live.helpers:slow_model_300ms", 40)
+    assert base.wait(timeout=120) == 0 and result.exit_code == 0, result.message
+    latency_ms, t = _latencies(tmp_path / "slow.log")
+    base_ms, base_t = _latencies(base_log)
+    overhead = np.percentile(base_ms[base_t > 5], 99)
+    steady = t > 5  # after start-up (processes starting, the model's first calls)
+    first, last = latency_ms[steady & (t < 15)], latency_ms[t > t[-1] - 10]
     assert len(first) > 15 and len(last) > 15
-    overhead = np.percentile(base, 95)
-    assert np.percentile(latency_ms, 95) <= 300 + 150 + overhead, (np.percentile(latency_ms, [50, 95]), overhead)
+    p95 = np.percentile(latency_ms[steady], 95)
+    assert p95 <= 300 + 150 + overhead, (np.percentile(latency_ms[steady], 50), p95, overhead)
     # no growth: a queue building up would add ~300 ms per second; noise moves the median far less
     assert np.median(last) <= np.median(first) + 100
+    stats = result.stats
     assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
     assert sum(stats["dropped"].values()) > stats["frames_out"]  # the model is the bottleneck
 

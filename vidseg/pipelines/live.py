@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 from urllib.parse import urlsplit
@@ -62,7 +62,6 @@ class LiveJob:
     overwrite: bool = False
     progress: bool = True
     stats: Optional[str] = None
-    model_options: dict = field(default_factory=dict)
 
 
 def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
@@ -87,6 +86,9 @@ def probe_all(job: LiveJob) -> list:
             source = open_live(job.kind, target, job.transport, job.open_timeout, job.read_timeout,
                                job.max_retries)
         except SourceUnavailable as error:
+            results[i] = InputError(mask(error))
+            return
+        except Exception as error:  # noqa: BLE001 - re-raised in the calling thread below
             results[i] = error
             return
         results[i] = (source.width, source.height, source.fps)
@@ -100,7 +102,7 @@ def probe_all(job: LiveJob) -> list:
             thread.join(0.2)  # stays responsive to Ctrl-C
     for result in results:
         if isinstance(result, Exception):
-            raise InputError(mask(result))
+            raise result
     return results
 
 
@@ -172,7 +174,7 @@ def run_live(job: LiveJob) -> int:
                                   "max_frames": job.max_frames})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
                                 frame_shape=(height, width), policy="latest"))
-    options = dict(weights=job.weights, min_confidence=job.min_confidence, **job.model_options)
+    options = dict(weights=job.weights, min_confidence=job.min_confidence)
     try:
         result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch,
                               progress=job.progress, keep_going=len(plans) > 1)
