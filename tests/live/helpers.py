@@ -97,3 +97,10 @@ if __name__ == "__main__":  # python -m tests.live.helpers URL LOG MODEL DURATIO
     import sys
 
     sys.exit(log_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])).exit_code)
+
+
+def failing_model(batch_size: int = 1, **_ignored):
+    """Finds blobs for 30 batches, then raises (a model that breaks in the middle of a run)."""
+    from tests.fake_models import FailingModel
+
+    return FailingModel(batch_size=1, fail_at=30)

@@ -235,3 +235,12 @@ def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_pa
     assert {p.name for p in tmp_path.iterdir()} == {"stats.json", f"127.0.0.1_{a.port}_live.mp4",
                                                       f"127.0.0.1_{b.port}_live.mp4"}
     assert "Gone4Good" not in stdout + stderr + stats_path.read_text()
+
+
+def test_a_failing_stage_still_leaves_a_playable_recording(rtsp_server, tmp_path):
+    out = tmp_path / "out.mp4"
+    run = run_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "tests.live.helpers:failing_model",
+                     "-o", out, "--duration", 30, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == "vidseg: error: infer stage failed: RuntimeError: test model failed on purpose"
+    assert int(probe(out)["video"]["nb_read_frames"]) >= 20  # the frames before the failure, finalised

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -74,6 +75,18 @@ def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: floa
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
                         end_on_give_up=True)
+
+
+def finalising_mp4(**mp4_options) -> Mp4Sink:
+    """An Mp4Sink (built in the sink process) that is finalised even when the run fails: the
+    supervisor stops the stages with SIGTERM, which here unwinds the sink stage (SystemExit)
+    so that it closes its sinks, and the recording up to the failure plays."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return Mp4Sink(**mp4_options)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def probe_all(job: LiveJob) -> list:
@@ -166,7 +179,7 @@ def run_live(job: LiveJob) -> int:
         if job.window:
             sinks.append(Spec(WindowSink, {"title": names[i], "slot": i}))
         if temps[i]:
-            sinks.append(Spec(Mp4Sink, {"path": temps[i], "width": width, "height": height, "fps": fps,
+            sinks.append(Spec(finalising_mp4, {"path": temps[i], "width": width, "height": height, "fps": fps,
                                         "preset": job.preset, "crf": job.crf}))
         source = Spec(open_live, {"kind": job.kind, "target": target, "transport": job.transport,
                                   "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
