@@ -133,4 +133,4 @@ def clip_480(clips):
 
 @pytest.fixture(scope="session")
 def clip_1080(clips):
-    return clips("1080p.mp4", width=1920, height=1080, frames=30, fps=30)
+    return clips("1080p.mp4", width=1920, height=1080, frames=20, fps=30)
