@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import BLOB_MODEL, make_clip, probe, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import BLOB_MODEL, probe, run_vidseg, shm_entries, shm_leaked
 
 
 def assert_one_line_error(result, *words):

@@ -20,12 +20,10 @@ put). Another transport (e.g. Ray object refs) only needs the same three methods
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import queue
 import secrets
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
@@ -216,8 +214,8 @@ class SourceLink:
         self.mailbox = Mailbox(ctx) if policy == "latest" else None
 
 
-def _wait_get(q, timeout: Optional[float], stop: Optional[threading.Event | mp.synchronize.Event] = None):
-    """q.get() that wakes every POLL_S to honour `stop` (returns None on stop or timeout)."""
+def _wait_get(q, timeout: Optional[float], stop=None):
+    """q.get() that wakes every POLL_S to honour the `stop` event (returns None on stop or timeout)."""
     waited = 0.0
     while True:
         step = POLL_S if timeout is None else min(POLL_S, timeout - waited)
@@ -225,18 +223,10 @@ def _wait_get(q, timeout: Optional[float], stop: Optional[threading.Event | mp.s
             return q.get(timeout=max(step, 0.001))
         except queue.Empty:
             waited += step
-            if _parent_gone():
-                raise SystemExit("supervisor process is gone")
             if stop is not None and stop.is_set():
                 return None
             if timeout is not None and waited >= timeout:
                 return None
-
-
-def _parent_gone() -> bool:
-    """True in a stage process whose supervisor has died (so stages never outlive it)."""
-    parent = mp.parent_process()
-    return parent is not None and not parent.is_alive()
 
 
 class CaptureOut:

@@ -99,6 +99,7 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     """fps of decode, infer, render and encode alone, and of the sequential loop (child process)."""
     from vidseg import stages as st
     from vidseg.models import load_frame_model
+    from vidseg.quiet import native_stderr_filtered
     from vidseg.render import Renderer
     from vidseg.ring import FrameMeta
 
@@ -111,7 +112,9 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     n = out["frames"] = count
     kept = _decoded(path, n)
 
-    model = load_frame_model(model_spec, batch_size=batch, **options)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_filtered():
+        model = load_frame_model(model_spec, batch_size=batch, **options)
     size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))
     out["batch"] = size
     names = list(model.class_names)
