@@ -96,7 +96,7 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, read_count, meter: StageMeter) -> None:
+def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter: StageMeter) -> None:
     """Read frames from the source into the ring until it ends or `stop` is set. The source is
     opened at once but read only when `ready` (the model is built), so no frame waits for it."""
     source = source_spec.build()
@@ -112,7 +112,6 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, read_c
                 break
             cause = out.put(frame.image, frame.pts, frame.capture_time, getattr(frame, "format", "rgb24"))
             meter.stop()
-            read_count.value += 1
             if cause == "stopped":
                 meter.dropped["interrupted"] += 1
                 break

@@ -74,13 +74,13 @@ def ring_slots(batch: Optional[int]) -> int:
 
 def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: Optional[dict] = None,
                  batch: Optional[int] = None, max_dim: Optional[int] = 1024, progress: bool = True,
-                 seed: int = 0, keep_going: bool = False, on_start=None) -> RunResult:
+                 seed: int = 0, keep_going: bool = False) -> RunResult:
     """Run the process graph above until every source ends, a stage fails, or Ctrl-C.
 
     model/model_options: see vidseg.models.load_frame_model (built in the infer process).
     batch: frames per model call (None = the model's own batch_size). max_dim: frames with a
-    longer side are shrunk before the model (boxes scaled back). on_start(pids) is called once
-    all stages are started. keep_going: a failed capture (one dead camera among several)
+    longer side are shrunk before the model (boxes scaled back). seed: the renderer's colours.
+    keep_going: a failed capture (one dead camera among several)
     ends only its own source, the others run on; the run then exits 1 naming it.
     Raises InputError (exit 2) when /dev/shm is too small.
     """
@@ -104,7 +104,6 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         ready = ctx.Event()  # set by infer once the model is built; captures start reading then
         render_qs = [ctx.Queue() for _ in sources]
         sink_qs = [ctx.Queue() for _ in sources]
-        read_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
                   (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim, ready),
@@ -115,10 +114,9 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
                       (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))
             sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
-                      (plan.source, links[i], infer_q, sup.stop, ready, read_counts[i]), sup.ctrl))
+                      (plan.source, links[i], infer_q, sup.stop, ready), sup.ctrl))
         pids = sup.pids()
-        if on_start:
-            on_start(pids)
+
         def tolerate(stage: str, died: bool) -> bool:
             if not (keep_going and stage.startswith("capture[")):
                 return False
