@@ -133,13 +133,13 @@ def find_last(model_dir, name):
 
 def resolve_weights(weights, model_dir, name):
     """(path or None, architecture overrides read from the file, file's NUM_CLASSES)."""
-    from mrcnn.frame_model import architecture_from_file
-
     if weights == "none":
         return None, {}, None
     path = {"coco": coco_weights_path, "last": lambda: find_last(model_dir, name)}.get(weights, lambda: Path(weights))()
     if not Path(path).is_file():
         raise InputError(f"weights file not found: {path}")
+    from mrcnn.frame_model import architecture_from_file  # imports TensorFlow: after the checks
+
     arch = architecture_from_file(path)
     return Path(path), {k: v for k, v in arch.items() if k != "NUM_CLASSES"}, arch.get("NUM_CLASSES")
 
