@@ -223,3 +223,42 @@ def test_bench_pipeline_runs_at_the_slowest_stage(clip_480, capsys):
     assert r["stages"]["decode"] > r["stages"]["infer"]
     assert r["efficiency"] >= 0.9, r
     assert r["pipeline_fps"] > r["sequential_fps"], r
+
+
+def _run_on_a_terminal(*args) -> str:
+    """Run vidseg on a pseudo-terminal (120 columns); returns everything it printed."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    from tests.conftest import REPO
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.environ["PYTHONPATH"] = str(REPO)
+        os.execv(sys.executable, [sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    os.waitpid(pid, 0)
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal_and_when_asked(clip_480, tmp_path):
+    shown = _run_on_a_terminal("file", clip_480, "-o", tmp_path / "a.mp4", "--model", "none")
+    assert "50/50" in shown and "frame/s" in shown and "frames: in 50, out 50" in shown
+    hidden = _run_on_a_terminal("file", clip_480, "-o", tmp_path / "b.mp4", "--model", "none", "--no-progress")
+    assert "frame/s" not in hidden and "frames: in 50, out 50" in hidden
+    piped = run_vidseg("file", clip_480, "-o", tmp_path / "c.mp4", "--model", "none")
+    assert piped.returncode == 0 and "frame/s" not in piped.stderr
