@@ -39,7 +39,10 @@ class Mp4Sink:
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
         self._video.width, self._video.height = self.width, self.height
         self._video.pix_fmt = "yuv420p"
-        self._video.codec_context.thread_count = 0  # libx264 picks its threads (libavcodec's default is 1)
+        # libx264 picks its thread count and uses frame threads, as the ffmpeg CLI does (PyAV's
+        # defaults, one thread / slice threads, encode at a fraction of the speed)
+        self._video.codec_context.thread_count = 0
+        self._video.codec_context.thread_type = "AUTO"
         self._video.time_base = self.time_base
         self._video.codec_context.time_base = self.time_base
         self.trim_audio = False  # set for a partial run: audio stops with the last frame
