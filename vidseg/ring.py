@@ -2,8 +2,8 @@
 
 A `FrameRing` is one `multiprocessing.shared_memory` block cut into N fixed-size slots,
 each big enough for the source's largest frame (uint8 RGB [H, W, 3]; an I420 frame
-[H*3/2, W] takes half of it). Pixels are written
-once by capture and never copied between processes again: queues carry a `FrameMeta`
+[H*3/2, W] takes half of it). Pixels are written once by capture and never copied between
+processes again: queues carry a `FrameMeta`
 (slot id, frame index, pts, capture time, shape, and later the detections), a few hundred
 bytes. A slot has one owner at a time: free → capture → infer → render → sink → free.
 
@@ -35,7 +35,7 @@ from vidseg.detections import Detections
 
 POLICIES = ("block", "latest")
 SHM_DIR = "/dev/shm"
-POLL_S = 0.2  # how often a waiting stage re-checks stop/parent; bounds shutdown latency
+POLL_S = 0.2  # how often a capture waiting for a free slot re-checks `stop`
 
 
 @dataclass
@@ -288,16 +288,15 @@ class RingPort:
     nothing and get() waits on).
     """
 
-    def __init__(self, q, links: Sequence[SourceLink], stop=None):
+    def __init__(self, q, links: Sequence[SourceLink]):
         self._q = q
-        self._stop = stop
         self._links = {link.source: link for link in links}
         self._rings = {link.source: FrameRing(link.ring) for link in links}
 
     def get(self, timeout: Optional[float] = None):
-        """Next FrameMeta (with .image) or EndOfStream; None on timeout or stop."""
+        """Next FrameMeta (with .image) or EndOfStream; None on timeout."""
         while True:
-            item = _wait_get(self._q, timeout, self._stop)
+            item = _wait_get(self._q, timeout)
             if item is None or isinstance(item, EndOfStream):
                 return item
             link = self._links[item.source]
