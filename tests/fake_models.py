@@ -76,3 +76,26 @@ class FailingModel(BlobModel):
         if self.calls >= self.fail_at:
             raise RuntimeError("test model failed on purpose")
         return super().__call__(frames)
+
+
+class BrokenFileSource:
+    """A FrameSource that reads a file and raises after `fail_after` frames (a camera that dies)."""
+
+    live = False
+
+    def __init__(self, path: str, fail_after: int = 5):
+        from vidseg.sources.file import FileSource
+
+        self._inner = FileSource(path)
+        self.fail_after = fail_after
+        for key in ("name", "width", "height", "fps", "time_base", "frame_count"):
+            setattr(self, key, getattr(self._inner, key))
+
+    def frames(self):
+        for i, frame in enumerate(self._inner.frames()):
+            if i == self.fail_after:
+                raise OSError("camera unplugged (test)")
+            yield frame
+
+    def close(self) -> None:
+        self._inner.close()

@@ -262,3 +262,29 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(clip_480, tmp_path):
     assert "frame/s" not in hidden and "frames: in 50, out 50" in hidden
     piped = run_vidseg("file", clip_480, "-o", tmp_path / "c.mp4", "--model", "none")
     assert piped.returncode == 0 and "frame/s" not in piped.stderr
+
+
+def test_keep_going_rides_out_a_dead_source(clip_480, clips, tmp_path):
+    """keep_going (several cameras): one source failing ends only that source; the other's
+    output is complete; the run reports the failed source and exits 1."""
+    from tests.fake_models import BrokenFileSource
+    from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+    from vidseg.sinks.mp4 import Mp4Sink
+    from vidseg.sinks.null import NullSink
+    from vidseg.sources.file import FileSource
+
+    good = SourcePlan(name="good", source=Spec(FileSource, {"path": clip_480}), frame_shape=(480, 640),
+                      sinks=[Spec(Mp4Sink, dict(path=str(tmp_path / "good.mp4"), width=640, height=480, fps=25))])
+    bad = SourcePlan(name="bad", source=Spec(BrokenFileSource, {"path": clip_480, "fail_after": 5}),
+                     frame_shape=(480, 640), sinks=[Spec(NullSink)])
+    result = run_pipeline([good, bad], model=BLOB_MODEL, batch=2, progress=False, keep_going=True)
+    assert result.exit_code == 1 and result.status == "complete"
+    assert "bad" in result.message and "camera unplugged" in result.message
+    src = result.stats["sources"]
+    assert src["good"]["frames_out"] == 50 and src["bad"]["frames_out"] == 5
+    assert "camera unplugged" in src["bad"]["error"]
+    assert probe(tmp_path / "good.mp4")["video"]["nb_read_frames"] == "50"
+    # without keep_going the same failure stops everything, naming the source
+    result = run_pipeline([good, bad], model=BLOB_MODEL, batch=2, progress=False)
+    assert result.status == "failed" and result.exit_code == 1
+    assert result.message.startswith("capture stage (bad) failed: OSError: camera unplugged")
