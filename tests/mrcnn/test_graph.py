@@ -200,3 +200,16 @@ def test_empty_detections_give_empty_results(tiny):
         (16, 0, 112, 128))
     assert boxes.shape == (0, 4) and class_ids.shape == (0,) and scores.shape == (0,)
     assert full.shape == (90, 120, 0)
+
+
+def test_mold_inputs_resizes_pads_and_packs_meta(tiny):
+    image = np.full((480, 640, 3), 200, np.uint8)
+    molded, metas, windows = tiny.mold_inputs([image])
+    # IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128: scale 128/640 = 0.2 -> 96x128, padded 16 top and bottom
+    assert molded.shape == (1, 128, 128, 3) and molded.dtype == np.float32
+    assert windows.tolist() == [[16, 0, 112, 128]]
+    assert np.allclose(molded[0, 16:112], 200 - Tiny.MEAN_PIXEL) and np.allclose(molded[0, :16], -Tiny.MEAN_PIXEL)
+    assert metas.shape == (1, 12 + Tiny.NUM_CLASSES)
+    assert np.allclose(metas[0, :12], [0, 480, 640, 3, 128, 128, 3, 16, 0, 112, 128, 0.2])
+    parsed = modellib.parse_image_meta(metas)
+    assert parsed["window"].tolist() == [[16, 0, 112, 128]] and parsed["original_image_shape"].tolist() == [[480, 640, 3]]
