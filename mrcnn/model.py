@@ -460,6 +460,8 @@ class MaskRCNN:
         int32 [N], scores float32 [N] descending, masks bool [H, W, N].
         """
         assert self.mode == "inference", "Create model in inference mode."
+        if len(images) == 0:
+            return []
         if verbose:
             log("Processing {} images".format(len(images)))
             for image in images:

@@ -75,6 +75,7 @@ def test_detect_on_photos_returns_documented_arrays_deterministically(small):
         for k in r:
             assert np.array_equal(r[k], r2[k])
     assert 0 < total < 3 * Small.DETECTION_MAX_INSTANCES  # some, but not all slots, survive
+    assert small.detect([]) == []
     # one compiled function for this (batch, height, width), traced once
     assert list(small._compiled) == [(2, 256, 256)]
     assert small._compiled[(2, 256, 256)].experimental_get_tracing_count() == 1
@@ -156,6 +157,8 @@ def test_frame_model_options_and_user_errors(weights_file, tmp_path, monkeypatch
     model = fm.MaskRCNNFrameModel(weights=weights_file, min_confidence=0.99, max_dim=128)
     assert model.config.IMAGE_MAX_DIM == 128 and model.config.DETECTION_MIN_CONFIDENCE == 0.99
     assert model.batch_size == 1 and model([]) == []
+    parts = model.profile_parts(photos()[:1], repeats=1)
+    assert parts["total"] > 0 and parts["mask_head"] >= 0
     with pytest.raises(InputError, match="multiple of 64"):
         fm.MaskRCNNFrameModel(weights=weights_file, max_dim=100)
     with pytest.raises(InputError, match="2 class names given but .* has 81 classes"):
