@@ -213,3 +213,15 @@ def test_mold_inputs_resizes_pads_and_packs_meta(tiny):
     assert np.allclose(metas[0, :12], [0, 480, 640, 3, 128, 128, 3, 16, 0, 112, 128, 0.2])
     parsed = modellib.parse_image_meta(metas)
     assert parsed["window"].tolist() == [[16, 0, 112, 128]] and parsed["original_image_shape"].tolist() == [[480, 640, 3]]
+
+
+def test_pyramid_shapes_and_rpn_rows_follow_the_anchors(tiny):
+    km = tiny.keras_model
+    image = np.random.default_rng(5).integers(0, 255, (128, 128, 3), np.uint8)
+    out = tiny.run_graph([image, image], [(n, km.get_layer(n).output) for n in
+                                          ("fpn_p2", "fpn_p5", "fpn_p6", "rpn_class", "rpn_bbox")])
+    assert out["fpn_p2"].shape == (2, 32, 32, Tiny.TOP_DOWN_PYRAMID_SIZE)
+    assert np.array_equal(out["fpn_p6"], out["fpn_p5"][:, ::2, ::2])  # P6 = stride-2 subsample of P5
+    anchors = tiny.get_anchors((128, 128, 3))
+    assert out["rpn_class"].shape == (2, len(anchors), 2) and out["rpn_bbox"].shape == (2, len(anchors), 4)
+    assert np.allclose(out["rpn_class"].sum(-1), 1, atol=1e-5)  # softmax over (bg, fg)
