@@ -148,8 +148,8 @@ class MaskRCNNFrameModel:
 
     def profile_parts(self, frames, repeats=3):
         """Seconds per batch in each part of inference on these frames (see
-        `mrcnn.profile.profile_parts`): backbone, fpn, rpn, proposals, roi_align, classifier,
-        detection, mask_head, post, total, and the mean number of detections."""
+        `mrcnn.profile.profile_parts`): mold, backbone, fpn, rpn, proposals, roi_align,
+        classifier, detection, mask_head, post, total, and the mean number of detections."""
         return self.model.profile_parts(list(frames)[:self.batch_size], repeats)
 
     def __call__(self, frames):

@@ -396,16 +396,36 @@ class MaskRCNN:
             self._anchor_cache[key] = utils.norm_boxes(a, image_shape[:2]).astype(np.float32)
         return self._anchor_cache[key]
 
+    def survivor_masks(self, detections, metas, feature_maps):
+        """Mask head on the surviving detections only (graph code).
+
+        detections: [B, N, 6] from DetectionLayer; metas: [B, META]; feature_maps: [P2..P5].
+        Returns float32 [n, 28, 28]: each survivor's mask of its own class, in row-major
+        (image, slot) order, n = number of rows with class_id > 0.
+        """
+        pool = (self.config.MASK_POOL_SIZE, self.config.MASK_POOL_SIZE)
+        idx = tf.where(detections[..., 4] > 0)
+        boxes = tf.gather_nd(detections[..., :4], idx)
+        class_ids = tf.cast(tf.gather_nd(detections[..., 4], idx), tf.int32)
+        image_area = metas[0, 4] * metas[0, 5]
+
+        def head():
+            pooled = pyramid_roi_align(boxes, tf.cast(idx[:, 0], tf.int32), image_area, feature_maps, pool)
+            masks = mask_head_on_rois(self.keras_model, pooled)
+            return tf.gather(tf.transpose(masks, [0, 3, 1, 2]), class_ids, batch_dims=1)
+
+        # TF's CPU convolutions mishandle an empty batch, so skip the head when nothing survived.
+        return tf.cond(tf.size(class_ids) > 0, head,
+                       lambda: tf.zeros([0, 2 * pool[0], 2 * pool[1]], tf.float32))
+
     def compiled_inference(self, batch_size, height, width):
         """The compiled function for one (batch, height, width), anchors built in:
         f(molded [B, H, W, 3] float32, metas [B, META] float32)
-        -> (detections float32 [B, DETECTION_MAX_INSTANCES, 6],
-            masks float32 [n, 28, 28]: the mask of each detection's class, detections in
-            row-major (image, slot) order, n = number of rows with class_id > 0)."""
+        -> (detections float32 [B, DETECTION_MAX_INSTANCES, 6], masks float32 [n, 28, 28]
+        as `survivor_masks` returns them)."""
         key = (int(batch_size), int(height), int(width))
         if key not in self._compiled:
-            core, model = self._core, self.keras_model
-            pool = (self.config.MASK_POOL_SIZE, self.config.MASK_POOL_SIZE)
+            core = self._core
             anchors = self.get_anchors((height, width))
             anchors = tf.constant(np.broadcast_to(anchors, (batch_size,) + anchors.shape))
             spec = [tf.TensorSpec([batch_size, height, width, self.config.IMAGE_SHAPE[2]], tf.float32),
@@ -414,20 +434,7 @@ class MaskRCNN:
             @tf.function(input_signature=spec, reduce_retracing=False)
             def infer(images, metas):
                 detections, *feature_maps = core([images, metas, anchors], training=False)
-                idx = tf.where(detections[..., 4] > 0)
-                boxes = tf.gather_nd(detections[..., :4], idx)
-                class_ids = tf.cast(tf.gather_nd(detections[..., 4], idx), tf.int32)
-                image_area = metas[0, 4] * metas[0, 5]
-
-                def survivor_masks():
-                    pooled = pyramid_roi_align(boxes, tf.cast(idx[:, 0], tf.int32), image_area, feature_maps, pool)
-                    masks = mask_head_on_rois(model, pooled)
-                    return tf.gather(tf.transpose(masks, [0, 3, 1, 2]), class_ids, batch_dims=1)
-
-                # TF's CPU convolutions mishandle an empty batch, so skip the head when nothing survived.
-                masks = tf.cond(tf.size(class_ids) > 0, survivor_masks,
-                                lambda: tf.zeros([0, 2 * pool[0], 2 * pool[1]], tf.float32))
-                return detections, masks
+                return detections, self.survivor_masks(detections, metas, feature_maps)
 
             self._compiled[key] = infer
         return self._compiled[key]
@@ -519,10 +526,10 @@ class MaskRCNN:
     def profile_parts(self, images, repeats=3):
         """Seconds per batch spent in each part of inference, for one batch of images.
 
-        Each part is timed as the difference of compiled prefixes of the graph (median of
-        `repeats` runs after a warm-up), so the parts add up to the whole.
-        Returns {"backbone", "fpn", "rpn", "proposals", "roi_align", "classifier",
-        "detection", "mask_head", "post", "total"} -> seconds.
+        Each part runs on its own, compiled, on the previous part's outputs (median of
+        `repeats` runs after a warm-up). Returns {"mold", "backbone", "fpn", "rpn",
+        "proposals", "roi_align", "classifier", "detection", "mask_head", "post", "total"}
+        -> seconds, and "detections" -> mean detections per image.
         """
         from mrcnn import profile
         return profile.profile_parts(self, images, repeats)

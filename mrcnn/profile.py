@@ -3,10 +3,11 @@ docs/benchmarks/model.md.
 
     python -m mrcnn.profile --backbone resnet101 --dim 1024 --batch 1 [--parts] [--weights W]
 
-Parts are timed as differences of compiled prefixes of the graph (input -> C2..C5,
--> P2..P6, -> RPN outputs, -> proposals, -> pooled ROIs, -> class/box heads,
--> detections, -> survivor masks) plus the NumPy post-processing, so they add up to
-the whole. Each timing is the median of `repeats` runs after a warm-up run.
+Each part of the graph runs on its own as a compiled function fed with the previous part's
+outputs (image -> C2..C5 -> P2..P6 -> RPN -> proposals -> pooled ROIs -> class/box heads
+-> detections -> survivor masks), plus the NumPy pre- and post-processing ("mold": resize,
+pad, mean subtraction; "post": boxes to pixels and mask pasting). Each timing is the median
+of `repeats` runs after a warm-up run.
 """
 import argparse
 import json
@@ -19,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-PARTS = ["backbone", "fpn", "rpn", "proposals", "roi_align", "classifier", "detection", "mask_head", "post"]
+PARTS = ["mold", "backbone", "fpn", "rpn", "proposals", "roi_align", "classifier", "detection", "mask_head", "post"]
 
 
 def _median_seconds(fn, repeats, clock=time.perf_counter):
@@ -32,17 +33,24 @@ def _median_seconds(fn, repeats, clock=time.perf_counter):
     return float(np.median(times))
 
 
-def _prefix_outputs(km):
-    """Graph tensors ending each prefix, in PARTS order (up to 'detection')."""
+def _stages(km):
+    """[(part, input tensors, output tensors)] of the inference graph, in order."""
     layer = km.get_layer
+    image, meta, anchors = km.inputs
+    c = [layer(n).input for n in ("fpn_c2p2", "fpn_c3p3", "fpn_c4p4", "fpn_c5p5")]
+    p = [layer(n).output for n in ("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5", "fpn_p6")]
+    rpn = [layer("rpn_class").output, layer("rpn_bbox").output]
+    rois = layer("ROI").output
+    pooled = layer("roi_align_classifier").output
+    heads = [layer("mrcnn_class").output, layer("mrcnn_bbox").output]
     return [
-        [layer(n).input for n in ("fpn_c2p2", "fpn_c3p3", "fpn_c4p4", "fpn_c5p5")],
-        [layer(n).output for n in ("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5", "fpn_p6")],
-        [layer("rpn_class").output, layer("rpn_bbox").output],
-        [layer("ROI").output],
-        [layer("roi_align_classifier").output],
-        [layer("mrcnn_class").output, layer("mrcnn_bbox").output],
-        [layer("mrcnn_detection").output],
+        ("backbone", [image], c),
+        ("fpn", c, p),
+        ("rpn", p, rpn),
+        ("proposals", rpn + [anchors], [rois]),
+        ("roi_align", [rois, meta] + p[:4], [pooled]),
+        ("classifier", [pooled], heads),
+        ("detection", [rois] + heads + [meta], [layer("mrcnn_detection").output]),
     ]
 
 
@@ -50,42 +58,41 @@ def profile_parts(model, images, repeats=3, clock=time.perf_counter):
     """model: an inference `MaskRCNN`; images: up to BATCH_SIZE uint8 RGB images;
     clock: time.perf_counter (wall) or time.process_time (CPU seconds of all threads).
 
-    Returns {part: seconds per batch} for PARTS, plus "total" (one detect-equivalent run,
-    measured on its own) and "detections" (mean detections per image).
+    Returns {part: seconds per batch} for PARTS, plus "total" (mold + compiled inference +
+    unmold, measured on its own) and "detections" (mean detections per image).
     """
-    config = model.config
-    batch = config.BATCH_SIZE
+    batch = model.config.BATCH_SIZE
     images = list(images)[:batch]
     molded, metas, windows = model.mold_inputs(images)
     molded = np.concatenate([molded, np.repeat(molded[-1:], batch - len(images), 0)])
     metas = np.concatenate([metas, np.repeat(metas[-1:], batch - len(images), 0)])
     anchors = model.get_anchors(molded[0].shape)
-    inputs = [tf.constant(molded, tf.float32), tf.constant(metas, tf.float32),
-              tf.constant(np.broadcast_to(anchors, (batch,) + anchors.shape))]
-
     km = model.keras_model
-    cumulative = []
-    for outputs in _prefix_outputs(km):
-        prefix = tf.function(keras.Model(km.inputs, outputs))
-        cumulative.append(_median_seconds(lambda: [t.numpy() for t in tf.nest.flatten(prefix(inputs))],
-                                          repeats, clock))
-    infer = model.compiled_inference(batch, molded.shape[1], molded.shape[2])
-    cumulative.append(_median_seconds(lambda: [t.numpy() for t in infer(*inputs[:2])], repeats, clock))
+    values = {id(km.inputs[0]): tf.constant(molded, tf.float32), id(km.inputs[1]): tf.constant(metas, tf.float32),
+              id(km.inputs[2]): tf.constant(np.broadcast_to(anchors, (batch,) + anchors.shape))}
+
+    parts = {"mold": _median_seconds(lambda: model.mold_inputs(images), repeats, clock)}
+    for part, inputs, outputs in _stages(km):
+        stage = tf.function(keras.Model(inputs, outputs))
+        args = [values[id(t)] for t in inputs]
+        results = tf.nest.flatten(stage(args))
+        values.update({id(t): r for t, r in zip(outputs, results)})
+        parts[part] = _median_seconds(lambda: [r.numpy() for r in tf.nest.flatten(stage(args))], repeats, clock)
+
+    detections = values[id(km.get_layer("mrcnn_detection").output)]
+    feature_maps = [values[id(km.get_layer(n).output)] for n in ("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5")]
+    mask_head = tf.function(model.survivor_masks)
+    parts["mask_head"] = _median_seconds(
+        lambda: mask_head(detections, values[id(km.inputs[1])], feature_maps).numpy(), repeats, clock)
+
     raw = model.infer_molded(molded[:len(images)], metas[:len(images)])
 
     def post():
         for image, mold, window, (det, masks) in zip(images, molded, windows, raw):
             model.unmold_detections(det, masks, image.shape, mold.shape, window)
 
-    parts = dict(zip(PARTS, np.diff([0.0] + cumulative).clip(min=0).tolist()))
     parts["post"] = _median_seconds(post, repeats, clock)
-
-    def whole():
-        for image, mold, window, (det, masks) in zip(images, molded, windows,
-                                                       model.infer_molded(*model.mold_inputs(images)[:2])):
-            model.unmold_detections(det, masks, image.shape, mold.shape, window)
-
-    parts["total"] = _median_seconds(whole, repeats, clock)
+    parts["total"] = _median_seconds(lambda: model.detect(images), repeats, clock)
     parts["detections"] = float(np.mean([(det[:, 4] > 0).sum() for det, _ in raw]))
     return parts
 
