@@ -109,6 +109,9 @@ def main(argv=None):
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="scale every phase's length")
     parser.add_argument("--steps", type=int, default=ShippedConfig.STEPS_PER_EPOCH, help="steps per epoch")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--schedule", default=None, metavar="F:E,...",
+                        help="phases as lr-factor:cumulative-epoch pairs (default: %s)"
+                             % ",".join(f"{f:g}:{e}" for f, e in SCHEDULE))
     parser.add_argument("--export-dir", default=str(MODELS_DIR), help="where shapes.h5/.json are written")
     parser.add_argument("--measure-fps", metavar="WEIGHTS", nargs="?", const="shipped",
                         help="only measure model-only fps of WEIGHTS (default: the shipped model)")
@@ -133,8 +136,12 @@ def main(argv=None):
     aug = augmentation.Sequential([
         augmentation.Fliplr(0.5), augmentation.Flipud(0.5),
         augmentation.ScaleCrop((0.4, 1.3), p=0.7), augmentation.Color(p=0.8)])
+    schedule = SCHEDULE if args.schedule is None else [
+        (float(f), int(e)) for f, e in (phase.split(":") for phase in args.schedule.split(","))]
     start = time.time()
-    for factor, epochs in SCHEDULE:
+    for factor, epochs in schedule:
+        if round(epochs * args.epochs_scale) <= model.epoch:
+            continue  # phase already done (resumed run)
         model.train(train, val, config.LEARNING_RATE * factor, max(1, round(epochs * args.epochs_scale)),
                     "all", augmentation=aug)
     wall = time.time() - start
