@@ -7,6 +7,7 @@ stopped early still leaves a playable file.
 """
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from typing import Iterator, Optional
 
@@ -39,11 +40,10 @@ class Mp4Sink:
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
         self._video.width, self._video.height = self.width, self.height
         self._video.pix_fmt = "yuv420p"
-        # libx264 picks its thread count (libavcodec's default is one thread). Slice threads:
-        # with PyAV's libx264 they cost 20-30 % less CPU than frame threads at 1080p and 4K
-        # (docs/benchmarks/runtime.md) and add no frame delay, which live sinks want too.
-        self._video.codec_context.thread_count = 0
-        self._video.codec_context.thread_type = "SLICE"
+        # Frame threads, 1.5 per usable CPU: what libx264 picks for the ffmpeg CLI. (PyAV's
+        # defaults are one thread in slice mode; its "auto" count here uses 15 % more CPU.)
+        self._video.codec_context.thread_count = x264_threads()
+        self._video.codec_context.thread_type = "AUTO"
         self._video.time_base = self.time_base
         self._video.codec_context.time_base = self.time_base
         self.trim_audio = False  # set for a partial run: audio stops with the last frame
@@ -83,6 +83,11 @@ class Mp4Sink:
             if self._audio:
                 self._audio.close()
             self._out.close()
+
+
+def x264_threads() -> int:
+    """libx264's own rule for `threads=auto`, on the CPUs this process may use."""
+    return max(1, (3 * len(os.sched_getaffinity(0))) // 2)
 
 
 class _AudioCopy:
