@@ -201,3 +201,25 @@ def test_latest_policy_bounds_latency_under_a_slow_consumer():
     # latency is one consumer step plus at most one waiting frame, early and late alike
     assert max(lat) < 0.5
     assert np.mean(lat[-5:]) < 3 * np.mean(lat[:5]) + 0.05
+
+
+def test_stale_rings_of_dead_runs_are_reaped():
+    """A run whose every process was killed at once leaves its ring; the next run removes it
+    (the creator's pid is in the name), and never touches a live run's ring."""
+    from vidseg.ring import reap_stale_rings
+
+    child = CTX.Process(target=time.sleep, args=(0,))
+    child.start()
+    child.join()
+    dead = f"/dev/shm/vidseg-{child.pid}-deadbeef"
+    live = FrameRing.create(1, (2, 2, 3))  # named after this (live) process
+    try:
+        open(dead, "wb").close()
+        removed = reap_stale_rings()
+        assert os.path.basename(dead) in removed and not os.path.exists(dead)
+        assert os.path.exists(f"/dev/shm/{live.spec.name}")
+    finally:
+        live.close()
+        live.unlink()
+        if os.path.exists(dead):
+            os.unlink(dead)

@@ -110,6 +110,31 @@ class RingSpec:
         return self.slot_bytes * self.slots
 
 
+def reap_stale_rings() -> list[str]:
+    """Unlink rings left in /dev/shm by runs that cannot clean up any more (every process of
+    the run killed at once, e.g. SIGKILL to its process group): a ring is named after the pid
+    of the supervisor that created it, and is stale when that process no longer exists.
+    Returns the names removed."""
+    removed = []
+    for name in os.listdir(SHM_DIR):
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "vidseg" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # its supervisor is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
 def shm_free_bytes() -> int:
     """Free bytes in /dev/shm (where POSIX shared memory lives on Linux)."""
     return shutil.disk_usage(SHM_DIR).free

@@ -25,7 +25,7 @@ from typing import Optional
 from vidseg import stages
 from vidseg.errors import InputError
 from vidseg.metrics import Progress, build_stats
-from vidseg.ring import EndOfStream, FrameRing, SourceLink, shm_free_bytes
+from vidseg.ring import EndOfStream, FrameRing, SourceLink, reap_stale_rings, shm_free_bytes
 from vidseg.stages import Spec
 from vidseg.supervisor import Supervisor
 
@@ -84,6 +84,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
     ends only its own source, the others run on; the run then exits 1 naming it.
     Raises InputError (exit 2) when /dev/shm is too small.
     """
+    reap_stale_rings()
     slots = ring_slots(batch)
     need = sum(slots * p.frame_shape[0] * p.frame_shape[1] * 3 for p in sources)
     free = shm_free_bytes()
