@@ -5,6 +5,7 @@ print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -42,8 +43,19 @@ def main():
     """Mask R-CNN instance segmentation over live and recorded video."""
 
 
-def model_options(f):
-    """Options shared by every command that runs the model."""
+def model_options(command):
+    """Options shared by every command that runs the model. --classes, --max-dim and --backbone
+    reach the command bundled as `model_extra` (load_frame_model's class_names, max_dim, backbone)."""
+    @functools.wraps(command)
+    def bundled(*args, classes=None, max_dim=None, backbone=None, **kwargs):
+        return command(*args, model_extra=dict(class_names=classes, max_dim=max_dim, backbone=backbone), **kwargs)
+
+    f = click.option("--backbone", type=click.Choice(["resnet50", "resnet101", "resnet18"]), default=None,
+                     help="Backbone, for weights files that do not say (default: read from the file).")(bundled)
+    f = click.option("--max-dim", type=click.IntRange(64), default=None, metavar="PIXELS",
+                     help="Model input size IMAGE_MAX_DIM, a multiple of 64 (default: the model's).")(f)
+    f = click.option("--classes", type=click.Path(dir_okay=False), default=None,
+                     help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")(f)
     f = click.option("--model", default="mrcnn", show_default=True, metavar="mrcnn|none|pkg.module:factory",
                      help="Frame model: Mask R-CNN, no inference, or your own factory.")(f)
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -66,16 +78,15 @@ def model_options(f):
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
 @click.option("--detections", type=click.Path(dir_okay=False), default=None,
               help="Write detections as JSON lines (COCO RLE masks).")
-@click.option("--classes", type=click.Path(dir_okay=False), default=None,
-              help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")
-def file_cmd(input, output, model, weights, batch, min_confidence, preset, crf, overwrite, no_progress, stats,
-             detections, classes):
+def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, preset, crf, overwrite, no_progress,
+             stats, detections):
     """Segment every frame of a video file INPUT into an MP4."""
     from vidseg.pipelines.file import FileJob, run_file
 
     return run_file(FileJob(input=input, output=output, model=model, weights=weights, batch=batch,
                             min_confidence=min_confidence, preset=preset, crf=crf, overwrite=overwrite,
-                            progress=not no_progress, stats=stats, detections=detections, classes=classes))
+                            progress=not no_progress, stats=stats, detections=detections,
+                            model_extra=model_extra))
 
 
 @main.command("bench")
@@ -84,18 +95,20 @@ def file_cmd(input, output, model, weights, batch, min_confidence, preset, crf, 
 @click.option("--frames", type=click.IntRange(1), default=None, help="Frames to use (default: the whole clip).")
 @click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench_cmd(input, model, weights, batch, min_confidence, frames, preset, as_json):
+@click.option("--profile", is_flag=True, help="Also time each part of the model (backbone, FPN, RPN, heads, ...).")
+def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
     """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop.
     For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
     if input.startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live
 
         return bench_live(input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
-                          frames=frames, as_json=as_json)
+                          model_extra=model_extra, frames=frames, as_json=as_json)
     from vidseg.pipelines.bench import BenchJob, run_bench
 
     return run_bench(BenchJob(input=input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
-                              frames=frames, preset=preset, as_json=as_json))
+                              frames=frames, preset=preset, as_json=as_json, model_options=model_extra,
+                              profile=profile))
 
 
 @main.group("weights")
@@ -126,12 +139,12 @@ def weights_download_cmd(name, directory, url, no_progress):
               help="Write detections as JSON lines, one per picture (COCO RLE masks).")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def image_cmd(inputs, output, detections, overwrite, no_progress, model, weights, batch, **model_options):
+def image_cmd(inputs, output, detections, overwrite, no_progress, model, weights, batch, min_confidence, model_extra):
     """Segment pictures (files or folders of JPEG/PNG/...) and save them drawn."""
     from vidseg.pipelines.image import ImageJob, run_image
 
     return run_image(ImageJob(inputs=inputs, output=output, model=model, weights=weights, batch=batch,
-                              model_options=model_options, detections=detections, overwrite=overwrite,
+                              model_options=dict(model_extra, min_confidence=min_confidence), detections=detections, overwrite=overwrite,
                               progress=not no_progress))
 
 
@@ -158,13 +171,13 @@ def live_options(f):
 
 
 def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, overwrite, no_progress, stats,
-          model, weights, batch, min_confidence, **source_options):
+          model, weights, batch, min_confidence, model_extra, **source_options):
     from vidseg.pipelines.live import LiveJob, run_live
 
     return run_live(LiveJob(kind=kind, targets=list(targets), output=output, window=not no_window,
                             duration=duration, max_frames=max_frames, preset=preset, crf=crf, overwrite=overwrite,
                             progress=not no_progress, stats=stats, model=model, weights=weights, batch=batch,
-                            min_confidence=min_confidence, **source_options))
+                            min_confidence=min_confidence, model_extra=model_extra, **source_options))
 
 
 @main.command("camera")

@@ -26,8 +26,11 @@ from typing import Optional
 
 import multiprocessing as mp
 
+import cv2
+
 from vidseg.models import check_spec
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+from vidseg.ring import to_rgb
 from vidseg.sinks.mp4 import Mp4Sink
 from vidseg.sources.file import FileSource, probe
 
@@ -45,6 +48,7 @@ class BenchJob:
     preset: str = "veryfast"
     as_json: bool = False
     model_options: dict = field(default_factory=dict)
+    profile: bool = False  # also time each part of the model (Mask R-CNN: backbone, FPN, RPN, heads, ...)
 
 
 def run_bench(job: BenchJob) -> int:
@@ -54,7 +58,8 @@ def run_bench(job: BenchJob) -> int:
     n = job.frames or info["frame_count"] or 300
     options = dict(job.model_options, weights=job.weights, min_confidence=job.min_confidence)
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        stages = pool.submit(measure_stages, job.input, n, job.model, options, job.batch, job.preset).result()
+        stages = pool.submit(measure_stages, job.input, n, job.model, options, job.batch, job.preset,
+                             job.profile).result()
     n = stages.pop("frames")
     pipeline = measure_pipeline(job.input, info, n, job.model, options, job.batch, job.preset)
     slowest = min(("decode", "infer", "render", "encode"), key=lambda k: stages[k])
@@ -68,11 +73,26 @@ def run_bench(job: BenchJob) -> int:
         "efficiency": round(pipeline["fps"] / stages[slowest], 3),
         "sequential_fps": round(stages["sequential"], 2),
     }
+    if job.profile:
+        result["model_parts_s"] = stages.get("parts")
     if job.as_json:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
     return 0
+
+
+def _profile_parts(model, frames: list, max_dim: int) -> Optional[dict]:
+    """Seconds per batch in each part of the model (frames: uint8 RGB, shrunk as infer does)."""
+    if not hasattr(model, "profile_parts"):
+        return None
+    shrunk = []
+    for rgb in frames:
+        h, w = rgb.shape[:2]
+        scale = min(1.0, max_dim / max(h, w))
+        shrunk.append(rgb if scale == 1.0 else
+                      cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
+    return {k: round(float(v), 4) for k, v in model.profile_parts(shrunk).items()}
 
 
 def format_table(r: dict) -> str:
@@ -83,6 +103,13 @@ def format_table(r: dict) -> str:
         lines.append(f"{k + ' alone':<12}{v:>10.1f}" + ("   <- slowest" if k == r["slowest"] else ""))
     lines.append(f"{'pipeline':<12}{r['pipeline_fps']:>10.1f}   efficiency {r['efficiency']:.2f}")
     lines.append(f"{'sequential':<12}{r['sequential_fps']:>10.1f}   (one process, stage after stage)")
+    if "model_parts_s" in r:
+        parts = r["model_parts_s"]
+        if parts is None:
+            lines.append(f"model {r['model']} has no per-part profile")
+        else:
+            lines.append(f"{'model part':<12}{'s/batch':>10}")
+            lines.extend(f"{k:<12}{v:>10.4f}" for k, v in parts.items())
     return "\n".join(lines)
 
 
@@ -95,8 +122,11 @@ def _decoded(path: str, n: int) -> list:
         source.close()
 
 
-def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str) -> dict:
-    """fps of decode, infer, render and encode alone, and of the sequential loop (child process)."""
+def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str,
+                   profile: bool = False) -> dict:
+    """fps of decode, infer, render and encode alone, and of the sequential loop (child process);
+    with `profile`, also the model's seconds per batch in each of its parts (None when the
+    model has no `profile_parts`)."""
     from vidseg import stages as st
     from vidseg.models import load_frame_model
     from vidseg.quiet import native_stderr_filtered
@@ -131,6 +161,8 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
         return ms
 
     st._infer(model, names, metas(0, size), max_dim, pixels)  # warm-up (graph tracing)
+    if profile:
+        out["parts"] = _profile_parts(model, [to_rgb(*kept[i % len(kept)][:2]) for i in range(size)], max_dim)
     results, t_infer = [], 0.0
     for k0 in range(0, n, size):
         batch_metas = metas(k0, min(size, n - k0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vidseg.errors import InputError
@@ -39,7 +39,7 @@ class FileJob:
     progress: bool = True
     stats: Optional[str] = None
     detections: Optional[str] = None
-    classes: Optional[str] = None
+    model_extra: dict = field(default_factory=dict)  # class_names, max_dim, backbone (load_frame_model)
 
 
 def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
@@ -78,7 +78,7 @@ def _temp_beside(path: str) -> str:
 def run_file(job: FileJob) -> int:
     """Run the job; print the summary (stderr); returns the exit code."""
     check_spec(job.model)
-    for what, path in (("weights", job.weights), ("class names", job.classes)):
+    for what, path in (("weights", job.weights), ("class names", job.model_extra.get("class_names"))):
         if path is not None and not os.path.isfile(path):
             raise InputError(f"{what} file not found: {path}")
     info = probe(job.input)
@@ -100,7 +100,7 @@ def run_file(job: FileJob) -> int:
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
                           frame_count=info["frame_count"], detections_path=temps.get("detections"))
-        options = dict(weights=job.weights, min_confidence=job.min_confidence, class_names=job.classes)
+        options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
         result = run_pipeline([plan], model=job.model, model_options=options, batch=job.batch, progress=job.progress)
     except BaseException:
         _remove(temps.values())

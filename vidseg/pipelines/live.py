@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional
 from urllib.parse import urlsplit
@@ -58,6 +58,7 @@ class LiveJob:
     weights: Optional[str] = None
     batch: Optional[int] = None
     min_confidence: Optional[float] = None
+    model_extra: dict = field(default_factory=dict)  # class_names, max_dim, backbone (load_frame_model)
     preset: str = "veryfast"
     crf: int = 23
     overwrite: bool = False
@@ -187,7 +188,7 @@ def run_live(job: LiveJob) -> int:
                                   "max_frames": job.max_frames})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
                                 frame_shape=(height, width), policy="latest"))
-    options = dict(weights=job.weights, min_confidence=job.min_confidence)
+    options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
     try:
         result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch,
                               progress=job.progress, keep_going=len(plans) > 1)
@@ -243,20 +244,21 @@ def _has_video(path: str) -> bool:
 
 
 def bench_live(url: str, model: str = "none", weights: Optional[str] = None, batch: Optional[int] = None,
-               min_confidence: Optional[float] = None, frames: Optional[int] = None, duration: float = 20.0,
+               min_confidence: Optional[float] = None, model_extra: Optional[dict] = None,
+               frames: Optional[int] = None, duration: float = 20.0,
                as_json: bool = False) -> int:
     """`vidseg bench rtsp://...`: stream for `duration` s (or `frames` frames) through the model
     into no sink; print fps, capture→sink latency p50/p95/max and the drop rate by cause."""
     job = LiveJob(kind="rtsp", targets=[url], window=False, duration=None if frames else duration,
                   max_frames=frames, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
-                  progress=False)
+                  model_extra=dict(model_extra or {}), progress=False)
     check_spec(job.model)
     check_targets(job)
     (width, height, fps), = probe_all(job)
     source = Spec(open_live, {"kind": "rtsp", "target": url, "duration": job.duration, "max_frames": frames})
     plan = SourcePlan(name=mask(url), source=source, sinks=[Spec(NullSink)], frame_shape=(height, width),
                       policy="latest")
-    result = run_pipeline([plan], model=model, model_options=dict(weights=weights, min_confidence=min_confidence),
+    result = run_pipeline([plan], model=model, model_options=dict(job.model_extra, weights=weights, min_confidence=min_confidence),
                           batch=batch, progress=False)
     if result.status == "failed":
         print(f"vidseg: error: {mask(result.message)}", file=sys.stderr)

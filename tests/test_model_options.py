@@ -1,0 +1,64 @@
+"""--classes, --max-dim and --backbone reach the Mask R-CNN model from every model command.
+
+Runs the shipped model in-process through `vidseg image` (one TensorFlow import) and through
+`vidseg file` (the infer stage process), so the options are proven on both paths."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import run_vidseg
+from vidseg.samples.shapes import ShapesDataset
+
+
+@pytest.fixture(scope="module")
+def shapes_picture(tmp_path_factory):
+    """A 256x256 picture of generated shapes (RGB written as PNG)."""
+    ds = ShapesDataset.generate(1, 256, 256, seed=7)
+    path = tmp_path_factory.mktemp("pic") / "shapes.png"
+    cv2.imwrite(str(path), cv2.cvtColor(ds.load_image(ds.image_ids[0]), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def one_line_error(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_classes_file_renames_the_shipped_models_classes(shapes_picture, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("BG\nbox\nball\nwedge\n")
+    dets = tmp_path / "d.jsonl"
+    r = run_vidseg("image", shapes_picture, "-o", tmp_path / "out.png", "--classes", names, "--detections", dets)
+    assert r.returncode == 0, r.stderr
+    found = json.loads(dets.read_text())["detections"]
+    assert found and {d["class_name"] for d in found} <= {"box", "ball", "wedge"}
+
+
+@pytest.mark.slow
+def test_wrong_class_count_and_bad_max_dim_are_one_line_errors(shapes_picture, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("BG\nonly-one\n")
+    line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "a.png", "--classes", names))
+    assert "2 class names" in line and "4 classes" in line
+    line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "b.png", "--max-dim", "100"))
+    assert "multiple of 64" in line
+
+
+@pytest.mark.slow
+def test_max_dim_changes_the_model_input_in_the_file_pipeline(tmp_path):
+    """The shipped model at --max-dim 256 instead of its 128 still finds the clip's shapes."""
+    from vidseg.samples.shapes import write_moving_shapes_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_moving_shapes_clip(str(clip), seconds=0.4, width=640, height=360, fps=10, seed=3)
+    dets = tmp_path / "d.jsonl"
+    r = run_vidseg("file", clip, "--detections", dets, "--max-dim", "256", "--backbone", "resnet18")
+    assert r.returncode == 0, r.stderr
+    frames = [json.loads(line) for line in dets.read_text().splitlines()]
+    assert len(frames) == 4 and all(f["detections"] for f in frames)
