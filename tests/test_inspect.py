@@ -31,7 +31,6 @@ TINY_DEFAULT_LAYERS = ["res2b_out", "res3b_out", "res4b_out", "res5b_out",
 TINY_NAMES = ["BG", "square", "circle", "triangle"]
 TINY_OVERRIDES = dict(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, RPN_ANCHOR_SCALES=[8, 16, 32, 64, 128],
                       POST_NMS_ROIS_INFERENCE=100, DETECTION_MAX_INSTANCES=10)
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "vidseg", "models", "shapes.h5")
 
 
 def assert_one_line_error(r, *words):
@@ -168,7 +167,6 @@ def test_matterport_coco_layout_file_with_zero_weights(tmp_path, astronaut):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="the shipped model vidseg/models/shapes.h5 is not built yet")
 def test_shipped_model(tmp_path, astronaut):
     out = tmp_path / "report"
     r = run_vidseg("inspect", astronaut, "--out", out, timeout=600)
@@ -275,7 +273,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, astronaut, ca
 
 
 def test_committed_notebook_is_the_generated_one():
-    nbformat = pytest.importorskip("nbformat", reason="the notebook tests need vidseg[test] (nbformat)")
+    import nbformat
     from vidseg.samples import inspect_notebook
 
     with open(inspect_notebook.NOTEBOOK, encoding="utf8") as f:
@@ -286,8 +284,9 @@ def test_committed_notebook_is_the_generated_one():
 
 @pytest.mark.slow
 def test_notebook_runs_headless_and_shows_every_stage(tmp_path, tiny_weights):
-    nbformat = pytest.importorskip("nbformat", reason="the notebook tests need vidseg[test] (nbformat)")
-    nbclient = pytest.importorskip("nbclient", reason="the notebook tests need vidseg[test] (nbclient, ipykernel)")
+    import nbclient
+    import nbformat
+
     from vidseg.samples import inspect_notebook
 
     nb = inspect_notebook.build(weights=tiny_weights[0], min_confidence=0.0)

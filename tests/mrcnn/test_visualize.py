@@ -133,7 +133,8 @@ def test_display_table_escapes_nothing_but_builds_rows():
 
 @pytest.mark.slow
 def test_weight_stats_flag_dead_and_overflowing_weights():
-    keras = pytest.importorskip("keras")
+    import keras
+
     inputs = keras.Input((4,))
     x = keras.layers.Dense(3, name="fine")(inputs)
     x = keras.layers.Dense(3, name="dead", kernel_initializer="zeros")(x)

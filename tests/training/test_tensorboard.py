@@ -9,17 +9,15 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-import keras  # noqa: E402
+import keras
 
-from mrcnn import model as modellib  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from vidseg.samples.shapes import ShapesDataset  # noqa: E402
+from mrcnn import model as modellib
+from mrcnn.config import Config
+from vidseg.samples.shapes import ShapesDataset
 
 pytestmark = pytest.mark.slow
-accumulator = pytest.importorskip("tensorboard.backend.event_processing.plugin_event_accumulator",
-                                  reason="needs the tensorboard package (vidseg[test])")
-from tensorboard.util import tensor_util  # noqa: E402
+from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+from tensorboard.util import tensor_util
 
 LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
 EPOCHS, STEPS = 2, 3
