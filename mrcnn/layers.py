@@ -28,6 +28,12 @@ def denorm_boxes_graph(boxes, shape):
     return tf.cast(tf.round(tf.multiply(boxes, scale) + shift), tf.int32)
 
 
+# log(dh), log(dw) above this (a box growing more than 62x) are clamped before exp(), as
+# torchvision does: a barely trained model's huge deltas would overflow to inf and make the
+# boxes NaN (inf - inf); any box that large is clipped to the whole image anyway.
+MAX_LOG_SCALE = float(np.log(1000.0 / 16))
+
+
 def apply_box_deltas_graph(boxes, deltas):
     """Refine boxes [..., 4] by deltas [..., 4] = (dy, dx, log(dh), log(dw)), float32."""
     height = boxes[..., 2] - boxes[..., 0]
@@ -36,8 +42,8 @@ def apply_box_deltas_graph(boxes, deltas):
     center_x = boxes[..., 1] + 0.5 * width
     center_y += deltas[..., 0] * height
     center_x += deltas[..., 1] * width
-    height *= tf.exp(deltas[..., 2])
-    width *= tf.exp(deltas[..., 3])
+    height *= tf.exp(tf.minimum(deltas[..., 2], MAX_LOG_SCALE))
+    width *= tf.exp(tf.minimum(deltas[..., 3], MAX_LOG_SCALE))
     y1 = center_y - 0.5 * height
     x1 = center_x - 0.5 * width
     return tf.stack([y1, x1, y1 + height, x1 + width], axis=-1, name="apply_box_deltas_out")

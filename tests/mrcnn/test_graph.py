@@ -225,3 +225,16 @@ def test_pyramid_shapes_and_rpn_rows_follow_the_anchors(tiny):
     anchors = tiny.get_anchors((128, 128, 3))
     assert out["rpn_class"].shape == (2, len(anchors), 2) and out["rpn_bbox"].shape == (2, len(anchors), 4)
     assert np.allclose(out["rpn_class"].sum(-1), 1, atol=1e-5)  # softmax over (bg, fg)
+
+
+def test_huge_size_deltas_give_finite_boxes():
+    """An untrained model's log-scale deltas can overflow exp(); the boxes must stay finite
+    (they cover the image once clipped) instead of turning into NaN."""
+    from mrcnn.layers import clip_boxes_graph
+
+    boxes = tf.constant([[0.4, 0.4, 0.5, 0.5], [0.1, 0.1, 0.2, 0.3]], tf.float32)
+    deltas = tf.constant([[0.0, 0.0, 200.0, 200.0], [0.1, -0.1, 0.2, -0.3]], tf.float32)
+    refined = clip_boxes_graph(apply_box_deltas_graph(boxes, deltas), [0.0, 0.0, 1.0, 1.0]).numpy()
+    assert np.isfinite(refined).all()
+    np.testing.assert_allclose(refined[0], [0, 0, 1, 1])
+    np.testing.assert_allclose(refined[1], utils.apply_box_deltas(boxes.numpy()[1:], deltas.numpy()[1:])[0], rtol=1e-5)
