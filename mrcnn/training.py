@@ -7,7 +7,6 @@ Boxes in graph code are normalised (y1, x1, y2, x2) unless said otherwise.
 """
 from __future__ import annotations
 
-import datetime
 import os
 import re
 

@@ -114,7 +114,7 @@ def test_sigint_drains_and_keeps_a_playable_partial_mp4(long_clip, tmp_path):
 def test_supervisor_killed_leaves_no_orphans(long_clip, tmp_path):
     shm = shm_entries()
     run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
-    procs = wait_for_stages(run.pid)
+    wait_for_stages(run.pid)
     helpers = psutil.Process(run.pid).children()
     run.kill()
     run.communicate(timeout=10)

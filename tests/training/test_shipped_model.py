@@ -26,7 +26,6 @@ def test_shipped_files_are_small_and_named():
 
 @pytest.fixture(scope="module")
 def shipped():
-    pytest.importorskip("tensorflow")
     from mrcnn.frame_model import MaskRCNNFrameModel
 
     return MaskRCNNFrameModel(batch_size=4)  # weights=None: the shipped model

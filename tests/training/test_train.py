@@ -6,12 +6,11 @@ import re
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-import keras  # noqa: E402
+import keras
 
-from mrcnn import model as modellib  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from vidseg.samples.shapes import ShapesDataset  # noqa: E402
+from mrcnn import model as modellib
+from mrcnn.config import Config
+from vidseg.samples.shapes import ShapesDataset
 
 pytestmark = pytest.mark.slow
 

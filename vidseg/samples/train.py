@@ -72,7 +72,6 @@ class EvaluateJob:
 def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", subsets=("train", "val")):
     """Prepared datasets for `subsets` of a kind (shapes: generated, seeded). Raises InputError."""
     if kind == "shapes":
-        from vidseg.samples.shapes import ShapesDataset
         from vidseg.samples.train_shipped import training_sets
 
         if dataset is not None:
