@@ -10,40 +10,23 @@ import numpy as np
 import pytest
 
 import keras
+from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+from tensorboard.util import tensor_util
 
 from mrcnn import model as modellib
-from mrcnn.config import Config
+from tests.training.tiny import TinyTrainConfig
 from vidseg.samples.shapes import ShapesDataset
 
 pytestmark = pytest.mark.slow
-from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
-from tensorboard.util import tensor_util
 
 LOSSES = ["loss", "rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
 EPOCHS, STEPS = 2, 3
 
 
-class TinyConfig(Config):
+class TinyConfig(TinyTrainConfig):
     NAME = "tb"
-    NUM_CLASSES = 4
-    IMAGES_PER_GPU = 2
-    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 64
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    BACKBONE = "resnet18"
-    BACKBONE_WIDTH = 0.25
-    TOP_DOWN_PYRAMID_SIZE = 32
-    RPN_CONV_SIZE = 32
-    MASK_HEAD_CONV_SIZE = 16
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
-    PRE_NMS_LIMIT = 500
-    POST_NMS_ROIS_TRAINING = 64
-    TRAIN_ROIS_PER_IMAGE = 16
-    MAX_GT_INSTANCES = 5
-    MINI_MASK_SHAPE = (16, 16)
     STEPS_PER_EPOCH = STEPS
     VALIDATION_STEPS = 1
-    LEARNING_RATE = 0.01
 
 
 class Record(keras.callbacks.Callback):
