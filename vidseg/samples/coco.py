@@ -25,6 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from mrcnn import utils
 from mrcnn.config import Config
 from vidseg.errors import InputError
+from vidseg.samples.file_dataset import FileDataset
 
 DEFAULT_DATASET_YEAR = "2014"
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -54,7 +55,7 @@ def read_coco(annotation_file, verbose=False):
         raise InputError(f"{annotation_file}: not a COCO instances file ({e!r})") from None
 
 
-class CocoDataset(utils.Dataset):
+class CocoDataset(FileDataset):
     """COCO instances; class ids follow the sorted COCO category ids (1 = person for COCO)."""
 
     def load_coco(self, dataset_dir, subset, year=DEFAULT_DATASET_YEAR, class_ids=None,
@@ -126,13 +127,6 @@ class CocoDataset(utils.Dataset):
         if not class_ids:
             return np.zeros((image_info["height"], image_info["width"], 0), bool), np.zeros(0, np.int32)
         return np.stack(instance_masks, axis=2).astype(bool), np.array(class_ids, dtype=np.int32)
-
-    def load_image(self, image_id):
-        """uint8 RGB [H, W, 3]; a missing or unreadable file raises InputError naming it."""
-        try:
-            return super().load_image(image_id)
-        except (FileNotFoundError, ValueError) as e:
-            raise InputError(str(e)) from None
 
     def image_reference(self, image_id):
         """The image's page on cocodataset.org."""

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mrcnn import utils
 from mrcnn.config import Config
 from vidseg.errors import InputError
+from vidseg.samples.file_dataset import FileDataset
 
 SOURCE = "via"
 REGION_SHAPES = ("polygon", "polyline", "rect", "circle", "ellipse")
@@ -143,7 +143,7 @@ def image_size(path):
     return height, width
 
 
-class ViaDataset(utils.Dataset):
+class ViaDataset(FileDataset):
     """A VIA-annotated subset. Call `load_via(dataset_dir, subset, ...)`, then `prepare()`."""
 
     def load_via(self, dataset_dir, subset, class_name=None, attribute=None, class_names=None):
@@ -187,13 +187,6 @@ class ViaDataset(utils.Dataset):
         for k, shape in enumerate(info["regions"]):
             masks[:, :, k] = region_mask(shape, height, width, f"{Path(info['path']).name} region {k}")
         return masks, np.array(info["class_ids"], np.int32)
-
-    def load_image(self, image_id):
-        """uint8 RGB [H, W, 3]; an unreadable file raises InputError naming it."""
-        try:
-            return super().load_image(image_id)
-        except (FileNotFoundError, ValueError) as e:
-            raise InputError(str(e)) from None
 
     def image_reference(self, image_id):
         """The image's path."""
