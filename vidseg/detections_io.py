@@ -1,4 +1,4 @@
-"""`--detections FILE`: one JSON line per frame with COCO RLE masks.
+"""`--detections FILE`: one JSON line per frame (or picture, `vidseg image`) with COCO RLE masks.
 
     {"frame": i, "pts": s, "detections": [{"class_id": int, "class_name": str, "score": float,
       "box": [x1, y1, x2, y2] (pixels, x2/y2 exclusive), "mask": {"size": [h, w], "counts": str}}]}
@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from vidseg.detections import Detections
+from vidseg.render import clip_boxes
 
 
 def encode_mask(box_mask: np.ndarray, box: Sequence[int], height: int, width: int) -> dict:
@@ -23,25 +24,34 @@ def encode_mask(box_mask: np.ndarray, box: Sequence[int], height: int, width: in
     return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 
 
+def detection_items(det: Detections, labels: Sequence[str], masks: Sequence[np.ndarray],
+                    height: int, width: int) -> list[dict]:
+    """The JSON objects of one frame's detections. masks: the renderer's pasted box masks, bool
+    [y2-y1, x2-x1] inside each box clipped to the frame (`render.clip_boxes`)."""
+    boxes = clip_boxes(det.boxes, height, width)
+    items = []
+    for k in range(len(det)):
+        y1, x1, y2, x2 = (int(v) for v in boxes[k])
+        items.append({
+            "class_id": int(det.class_ids[k]),
+            "class_name": labels[k] if k < len(labels) else str(int(det.class_ids[k])),
+            "score": round(float(det.scores[k]), 4),
+            "box": [x1, y1, x2, y2],
+            "mask": encode_mask(masks[k], (y1, x1, y2, x2), height, width),
+        })
+    return items
+
+
 class DetectionsWriter:
     """Appends one line per frame to a JSON-lines file."""
 
     def __init__(self, path: str):
         self._f = open(path, "w")
 
-    def write(self, frame: int, pts: float, det: Detections, labels: Sequence[str], boxes: np.ndarray,
+    def write(self, frame: int, pts: float, det: Detections, labels: Sequence[str],
               masks: Sequence[np.ndarray], height: int, width: int) -> None:
-        """boxes: int [N, 4] (y1, x1, y2, x2) clipped to the frame; masks: the pasted box masks."""
-        items = []
-        for k in range(len(det)):
-            y1, x1, y2, x2 = (int(v) for v in boxes[k])
-            items.append({
-                "class_id": int(det.class_ids[k]),
-                "class_name": labels[k] if k < len(labels) else str(int(det.class_ids[k])),
-                "score": round(float(det.scores[k]), 4),
-                "box": [x1, y1, x2, y2],
-                "mask": encode_mask(masks[k], (y1, x1, y2, x2), height, width),
-            })
+        """masks: the renderer's pasted box masks (see detection_items)."""
+        items = detection_items(det, labels, masks, height, width)
         self._f.write(json.dumps({"frame": frame, "pts": round(pts, 6), "detections": items}) + "\n")
 
     def close(self) -> None:

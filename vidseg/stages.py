@@ -197,7 +197,7 @@ def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: boo
 
 def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], seed: int, meter: StageMeter) -> None:
     """Draw each frame's detections in place (and write the detections file); send it on."""
-    from vidseg.render import Renderer, clip_boxes
+    from vidseg.render import Renderer
 
     renderer = Renderer(seed)
     writer = None
@@ -216,8 +216,7 @@ def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], s
             masks = renderer.draw(item.image, item.detections, item.labels, item.format)
             if writer:
                 h, w = item.size
-                writer.write(item.index, item.pts, item.detections, item.labels,
-                             clip_boxes(item.detections.boxes, h, w), masks, h, w)
+                writer.write(item.index, item.pts, item.detections, item.labels, masks, h, w)
             item.image = None
             meter.stop()
             out_q.put(item)

@@ -65,7 +65,7 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
     return path
 
 
-def _temp_beside(path: str) -> str:
+def temp_beside(path: str) -> str:
     """An empty temp file next to `path`, with the permissions a new file would get."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
     umask = os.umask(0)
@@ -91,7 +91,7 @@ def run_file(job: FileJob) -> int:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:
         check_output(job.stats, job.input, True, "stats file")
-    temps = {k: _temp_beside(v) for k, v in outputs.items()}
+    temps = {k: temp_beside(v) for k, v in outputs.items()}
     try:
         sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
                                   time_base=info["time_base"], preset=job.preset, crf=job.crf,

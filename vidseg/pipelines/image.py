@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -26,13 +25,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vidseg.detections import Detections
-from vidseg.detections_io import encode_mask
+from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.file import check_output
+from vidseg.pipelines.file import check_output, temp_beside
 from vidseg.quiet import native_stderr_filtered
-from vidseg.render import Renderer, clip_boxes
+from vidseg.render import Renderer
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -125,19 +123,6 @@ def check_weights_file(path: str, hdf5: bool) -> None:
                          "(e.g. from `vidseg weights download coco`)")
 
 
-def detection_items(det: Detections, labels: Sequence[str], masks: Sequence[np.ndarray],
-                    height: int, width: int) -> list[dict]:
-    """The JSON objects of one picture's detections; masks: the renderer's pasted box masks."""
-    boxes = clip_boxes(det.boxes, height, width)
-    items = []
-    for k in range(len(det)):
-        y1, x1, y2, x2 = (int(v) for v in boxes[k])
-        items.append({"class_id": int(det.class_ids[k]), "class_name": labels[k],
-                      "score": round(float(det.scores[k]), 4), "box": [x1, y1, x2, y2],
-                      "mask": encode_mask(masks[k], (y1, x1, y2, x2), height, width)})
-    return items
-
-
 def read_rgb(path: str) -> np.ndarray:
     """uint8 RGB [H, W, 3] (EXIF orientation applied; gray and alpha made RGB)."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -146,18 +131,12 @@ def read_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _temp_beside(path: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
-    os.close(fd)
-    return tmp
-
-
 def _save(rgb: np.ndarray, target: str) -> str:
     """Encode as `target`'s format into a temporary file beside it; returns that file."""
     ok, data = cv2.imencode(os.path.splitext(target)[1], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise InputError(f"OpenCV cannot encode {target}; name the output .jpg or .png")
-    tmp = _temp_beside(target)
+    tmp = temp_beside(target)
     try:
         with open(tmp, "wb") as f:
             f.write(data.tobytes())
@@ -206,7 +185,7 @@ def run_image(job: ImageJob) -> int:
                     found += len(det)
                 bar.update(len(paths))
         if det_path:
-            temps.append((_temp_beside(det_path), det_path))
+            temps.append((temp_beside(det_path), det_path))
             with open(temps[-1][0], "w") as f:
                 f.write("".join(line + "\n" for line in lines))
     except BaseException:
