@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
-import urllib.request
 import warnings
 
 import cv2
@@ -670,19 +668,16 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
 def download_trained_weights(coco_model_path, verbose=1, url=COCO_MODEL_URL):
     """Download matterport's COCO weights to `coco_model_path` (the only network use here).
 
-    Writes to `<path>.part` and renames when complete, so an interrupted download never
-    leaves a truncated weights file.
+    Goes through `vidseg weights download`'s fetcher: bytes land in `<path>.part`, a later
+    call resumes them, and the file gets its name only once complete (release size checked
+    when `url` is the release's), so a truncated weights file is never left behind.
     """
+    from vidseg.weights_download import RELEASES, fetch
+
     if verbose > 0:
         print(f"Downloading pretrained model to {coco_model_path} ...")
-    partial = f"{coco_model_path}.part"
-    try:
-        with urllib.request.urlopen(url) as resp, open(partial, "wb") as out:
-            shutil.copyfileobj(resp, out)
-        os.replace(partial, coco_model_path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    release = RELEASES["coco"]
+    fetch(url, os.fspath(coco_model_path), release.size if url == release.url else None, progress=verbose > 0)
     if verbose > 0:
         print("... done downloading pretrained model!")
 

@@ -237,3 +237,16 @@ def test_release_size_is_enforced_for_the_release_url(server, tmp_path, monkeypa
     with pytest.raises(InputError, match="expected"):
         weights_download.download("coco", str(tmp_path), progress=False)
     assert not (tmp_path / NAME).exists()
+
+
+def test_matterport_download_trained_weights_resumes_through_the_same_fetcher(server, tmp_path):
+    """mrcnn.utils.download_trained_weights (matterport's API) resumes a partial file too."""
+    from mrcnn import utils
+
+    dest = tmp_path / "mask_rcnn_coco.h5"
+    have = len(DATA) // 2
+    (tmp_path / "mask_rcnn_coco.h5.part").write_bytes(DATA[:have])
+    utils.download_trained_weights(str(dest), verbose=0, url=server.url)
+    assert dest.read_bytes() == DATA
+    assert server.ranges == [f"bytes={have}-"]
+    assert os.listdir(tmp_path) == ["mask_rcnn_coco.h5"]

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from mrcnn.utils import COCO_MODEL_URL
 from vidseg.errors import InputError
 from vidseg.secrets import mask
 
@@ -38,9 +39,7 @@ class Release:
 # matterport/Mask_RCNN v2.0 (ResNet-101, 81 COCO classes). The release publishes no checksum;
 # the size is what GitHub serves (Content-Length 257557808, the HDF5 superblock's end-of-file).
 RELEASES = {
-    "coco": Release("mask_rcnn_coco.h5",
-                    "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5",
-                    257_557_808),
+    "coco": Release("mask_rcnn_coco.h5", COCO_MODEL_URL, 257_557_808),
 }
 
 
