@@ -334,23 +334,6 @@ class RingPort:
             item.image = self._rings[item.source].view(item.slot, item.shape)
             return item
 
-    def get_nowait(self):
-        """Like get() but returns None at once when nothing is ready."""
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                return None
-            if isinstance(item, EndOfStream):
-                return item
-            link = self._links[item.source]
-            if link.mailbox is not None and item.detections is None:
-                item = link.mailbox.claim(item.source)
-                if item is None:
-                    continue
-            item.image = self._rings[item.source].view(item.slot, item.shape)
-            return item
-
     def put(self, item) -> None:
         self._q.put(item)
 
