@@ -140,13 +140,36 @@ def test_rotation_is_applied_like_ffmpeg(clips, tmp_path):
     assert np.abs(ours.astype(int) - theirs).mean() < 4
 
 
-def test_model_none_keeps_pixels(clip_480, tmp_path):
+def test_model_none_keeps_pixels(clips, tmp_path):
+    """No model: frames go capture → sink (no infer/render processes) and come out as they went
+    in; 650x366 has padded decoder rows and odd chroma planes, copied straight into the ring."""
+    clip = clips("odd.mp4", width=650, height=366, frames=30, fps=25)
     out = tmp_path / "out.mp4"
-    r = run_vidseg("file", clip_480, "-o", out, "--model", "none", "--no-progress", "--crf", "12")
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress", "--crf", "12",
+                   "--stats", tmp_path / "s.json")
     assert r.returncode == 0, r.stderr
-    got, src = decode_rgb(out), decode_rgb(clip_480)
-    assert len(got) == len(src) == 50
+    got, src = decode_rgb(out), decode_rgb(clip)
+    assert len(got) == len(src) == 30
     assert max(np.abs(g.astype(int) - s).mean() for g, s in zip(got, src)) < 2
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert set(stats["stages"]) == {"capture[0]", "sink[0]"}
+    assert stats["frames_in"] == stats["frames_out"] == 30
+
+
+def test_decoded_planes_are_the_decoders_picture(clips):
+    """FileSource's I420 frames copy themselves into a slot exactly as PyAV's to_ndarray()."""
+    from vidseg.sources.file import FileSource
+
+    clip = clips("odd.mp4", width=650, height=366, frames=30, fps=25)
+    source = FileSource(clip)
+    with av.open(clip) as container:
+        for ours, theirs in zip(source.frames(), container.decode(video=0)):
+            assert ours.format == "yuv420p" and ours.image.shape == (549, 650)
+            slot = np.full((549, 650), 7, np.uint8)
+            ours.image.copy_to(slot)
+            np.testing.assert_array_equal(slot, theirs.to_ndarray())
+            np.testing.assert_array_equal(np.asarray(ours.image), slot)
+    source.close()
 
 
 def test_two_sources_share_one_infer(clip_480, clips, tmp_path):
@@ -265,9 +288,11 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(clip_480, tmp_path):
     assert piped.returncode == 0 and "frame/s" not in piped.stderr
 
 
-def test_keep_going_rides_out_a_dead_source(clip_480, clips, tmp_path):
+@pytest.mark.parametrize("model", [BLOB_MODEL, "none"])
+def test_keep_going_rides_out_a_dead_source(model, clip_480, clips, tmp_path):
     """keep_going (several cameras): one source failing ends only that source; the other's
-    output is complete; the run reports the failed source and exits 1."""
+    output is complete; the run reports the failed source and exits 1. With no model the
+    captures feed their sinks directly; the same holds."""
     from tests.fake_models import BrokenFileSource
     from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
     from vidseg.sinks.mp4 import Mp4Sink
@@ -278,7 +303,7 @@ def test_keep_going_rides_out_a_dead_source(clip_480, clips, tmp_path):
                       sinks=[Spec(Mp4Sink, dict(path=str(tmp_path / "good.mp4"), width=640, height=480, fps=25))])
     bad = SourcePlan(name="bad", source=Spec(BrokenFileSource, {"path": clip_480, "fail_after": 5}),
                      frame_shape=(480, 640), sinks=[Spec(NullSink)])
-    result = run_pipeline([good, bad], model=BLOB_MODEL, batch=2, progress=False, keep_going=True)
+    result = run_pipeline([good, bad], model=model, batch=2, progress=False, keep_going=True)
     assert result.exit_code == 1 and result.status == "complete"
     assert "bad" in result.message and "camera unplugged" in result.message
     src = result.stats["sources"]
@@ -286,6 +311,6 @@ def test_keep_going_rides_out_a_dead_source(clip_480, clips, tmp_path):
     assert "camera unplugged" in src["bad"]["error"]
     assert probe(tmp_path / "good.mp4")["video"]["nb_read_frames"] == "50"
     # without keep_going the same failure stops everything, naming the source
-    result = run_pipeline([good, bad], model=BLOB_MODEL, batch=2, progress=False)
+    result = run_pipeline([good, bad], model=model, batch=2, progress=False)
     assert result.status == "failed" and result.exit_code == 1
     assert result.message.startswith("capture stage (bad) failed: OSError: camera unplugged")

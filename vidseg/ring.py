@@ -257,7 +257,8 @@ def _wait_get(q, timeout: Optional[float], stop=None):
 class CaptureOut:
     """Capture's output port for one source: slot acquisition by policy, copy in, send on.
 
-    put(image, pts, capture_time, fmt) returns the cause string when the frame (or the one it
+    put(image, pts, capture_time, fmt) copies the image (an array, or see SourceFrame.image)
+    into a free slot and returns the cause string when the frame (or the one it
     displaced) was dropped, else None. `stop` aborts a `block` wait for a free slot.
     """
 
@@ -288,7 +289,11 @@ class CaptureOut:
                     return "downstream_busy"
                 slot, dropped = waiting.slot, "infer_busy"
         meta = FrameMeta(self.link.source, index, pts, capture_time, slot, image.shape, fmt)
-        np.copyto(self._ring.view(slot, image.shape), image)
+        view = self._ring.view(slot, image.shape)
+        if isinstance(image, np.ndarray):
+            np.copyto(view, image)
+        else:  # decoded planes that copy themselves (see SourceFrame.image)
+            image.copy_to(view)
         if self.link.policy == "latest":
             displaced = self.link.mailbox.swap(meta)
             if displaced is not None:

@@ -20,7 +20,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 
 from vidseg.errors import InputError
@@ -175,6 +174,8 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
 
 def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: bool = True) -> None:
     """Run the model on frames (FrameMeta with .image), set their detections and labels."""
+    import cv2  # here, not at the top: a run with no model never loads OpenCV
+
     images, scales = [], []
     for m in frames if pixels else ():
         h, w = m.size

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import queue
 import signal
 import time
@@ -21,6 +23,7 @@ from typing import Callable, Optional
 from vidseg.ring import FrameRing
 
 TERM_GRACE_S = 2.0
+TICK_S = 0.1  # progress bar and control messages are looked at this often
 
 
 @dataclass
@@ -60,14 +63,22 @@ class Supervisor:
         self._rings.append(ring)
         return ring
 
-    def start(self, name: str, target: Callable, args: tuple) -> None:
-        """Start `target(*args)` in a spawned process called `name` (SIGINT ignored there)."""
+    def start(self, name: str, target: Callable, args: tuple, env: Optional[dict] = None) -> None:
+        """Start `target(*args)` in a spawned process called `name` (SIGINT ignored there).
+        env: environment variables for that process only (a spawned child copies ours at start)."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
         try:
             proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
             proc.start()
         finally:
             signal.signal(signal.SIGINT, previous)
+            for k, v in saved.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
         self._procs[name] = proc
 
     def pids(self) -> dict[str, int]:
@@ -87,7 +98,9 @@ class Supervisor:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             while failure is None and self._interrupts < 2:
-                failures, quit = self._drain_ctrl(reports, timeout=0.1)
+                # wake at once when a stage ends (its last report is in the pipe by then)
+                mp.connection.wait([p.sentinel for p in self._procs.values() if p.exitcode is None], TICK_S)
+                failures, quit = self._drain_ctrl(reports, timeout=0.0)
                 quit_requested |= quit
                 on_tick()
                 ended = [n for n, p in self._procs.items() if p.exitcode is not None]

@@ -5,7 +5,7 @@ All on the same first N frames of one clip:
     infer       the model alone on decoded frames (the infer stage's own code, batches of B)
     render      the renderer alone on those frames and detections
     encode      the MP4 sink alone (libx264, --preset) into a temporary file
-    pipeline    `run_pipeline` (four processes, shared-memory ring) decode → MP4; fps counted
+    pipeline    `run_pipeline` (stage processes, shared-memory ring) decode → MP4; fps counted
                 at the sink from its first frame to its last (process start-up and model
                 loading excluded, as they are for the stages)
     sequential  one process doing decode → infer → draw → encode per frame, as the seeds' scripts do
@@ -27,6 +27,7 @@ from typing import Optional
 import multiprocessing as mp
 
 import cv2
+import numpy as np
 
 from vidseg.models import check_spec
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
@@ -117,7 +118,7 @@ def _decoded(path: str, n: int) -> list:
     """The first n frames as (image, format, pts), at most KEEP_FRAMES distinct ones kept."""
     source = FileSource(path, max_frames=min(n, KEEP_FRAMES))
     try:
-        return [(f.image, f.format, f.pts) for f in source.frames()]
+        return [(np.asarray(f.image), f.format, f.pts) for f in source.frames()]
     finally:
         source.close()
 
@@ -136,7 +137,10 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     out = {}
     source = FileSource(path, max_frames=n)
     t0 = time.perf_counter()
-    count = sum(1 for _ in source.frames())
+    count = 0
+    for frame in source.frames():
+        np.asarray(frame.image)  # the one copy capture makes, into its ring slot
+        count += 1
     out["decode"] = count / (time.perf_counter() - t0)
     source.close()
     n = out["frames"] = count
@@ -213,9 +217,10 @@ def _sequential(path, n, model, names, size, pixels, max_dim, info, preset, out_
     while True:
         f = next(frames, None)
         if f is not None:
-            m = FrameMeta(0, done + len(pending), f.pts, 0.0, 0, f.image.shape, f.format)
-            m.image = f.image
-            pending.append((m, f.image))
+            image = np.asarray(f.image)
+            m = FrameMeta(0, done + len(pending), f.pts, 0.0, 0, image.shape, f.format)
+            m.image = image
+            pending.append((m, image))
         if pending and (len(pending) == size or f is None):
             st._infer(model, names, [m for m, _ in pending], max_dim, pixels)
             for m, image in pending:

@@ -12,7 +12,6 @@ from fractions import Fraction
 from typing import Iterator, Optional
 
 import av
-import cv2
 import numpy as np
 
 from vidseg.sources.file import resilient_demux
@@ -55,6 +54,8 @@ class Mp4Sink:
             self._audio = _AudioCopy.open(audio_from, self._out)
 
     def write(self, image: np.ndarray, pts: float) -> bool:
+        import cv2  # only for RGB input: the file → MP4 path gives I420 and never loads OpenCV
+
         image = image[: self.height, : self.width]
         return self.write_yuv420p(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), pts)
 

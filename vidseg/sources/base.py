@@ -15,7 +15,10 @@ class SourceFrame:
     image: uint8 RGB [H, W, 3], C-contiguous (format "rgb24", the default); or, when the
         decoder gives planar 4:2:0 and the size is even, I420 [H*3/2, W] (format "yuv420p":
         Y plane, then U, then V, the layout of cv2's COLOR_*_I420). The I420 form lets the
-        file → MP4 path skip two colour conversions; every stage accepts both.
+        file → MP4 path skip two colour conversions; every stage accepts both. A source may
+        give, instead of the array, an object with the same `shape` and `copy_to(dst)` (and
+        `__array__`) that fills the ring slot straight from the decoder's buffers
+        (`vidseg.sources.file.DecodedI420`); `np.asarray(frame.image)` is the array either way.
     pts: presentation time in seconds from the start of the source (files: the stream's
         pts × time_base; live sources: seconds on the capture clock since the first frame).
     capture_time: time.monotonic() when the frame was read, for capture→sink latency.

@@ -2,9 +2,8 @@
 
 Anything FFmpeg decodes works (H.264, HEVC, MPEG-4 Part 2 in AVI, ...). Frames come out
 upright (the stream's display rotation applied, as players do): as the decoder's I420 planes
-[H*3/2, W] when it gives yuv420p at an even size (no conversion at all), else as uint8 RGB
-[H, W, 3]. Packets
-the decoder rejects are counted in `skipped` and decoding goes on, so a truncated or partly
+[H*3/2, W] when it gives yuv420p at an even size (no conversion at all; a `DecodedI420`,
+copied once, straight into the ring slot), else as uint8 RGB [H, W, 3]. Packets the decoder rejects are counted in `skipped` and decoding goes on, so a truncated or partly
 corrupt file yields every frame that can be decoded.
 """
 from __future__ import annotations
@@ -15,14 +14,12 @@ from fractions import Fraction
 from typing import Iterator, Optional
 
 import av
-import cv2
 import numpy as np
 
 from vidseg.errors import InputError
 from vidseg.sources.base import SourceFrame
 
 MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the rest of a file
-_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
 
 
 def probe(path: str) -> dict:
@@ -94,13 +91,24 @@ def resilient_demux(container, stream, counter=None) -> Iterator[av.Packet]:
         yield packet
 
 
+def decode_threads() -> int:
+    """Decoder threads for a file: half the CPUs this process may use, at least one.
+
+    The encoder runs alongside (sink process, 1.5 threads per CPU); FFmpeg's automatic count
+    (CPUs + 1) on top oversubscribes the machine, and frame-threaded decoding itself costs CPU:
+    on 2 vCPUs one thread decoded with 28 % less CPU at 4K (still 31 fps) and 10 % less at
+    1080p (docs/benchmarks/runtime.md)."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 class FileSource:
     """Frames of a video file (see module doc); the first `max_frames` only, if given.
+    threads: decoder threads (None: `decode_threads()`, 0: FFmpeg's automatic count).
     `skipped` counts undecodable packets."""
 
     live = False
 
-    def __init__(self, path: str, threads: int = 0, max_frames: Optional[int] = None):
+    def __init__(self, path: str, threads: Optional[int] = None, max_frames: Optional[int] = None):
         info = probe(path)
         self.path = path
         self.name = os.path.basename(path)
@@ -114,7 +122,7 @@ class FileSource:
         self._container = av.open(path, metadata_errors="ignore")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
-        self._stream.codec_context.thread_count = threads
+        self._stream.codec_context.thread_count = decode_threads() if threads is None else threads
 
     def frames(self) -> Iterator[SourceFrame]:
         index = 0
@@ -132,17 +140,57 @@ class FileSource:
 
     def _to_source_frame(self, frame: av.VideoFrame, index: int) -> SourceFrame:
         if self.rotation == 0 and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-            # The decoder's own planes, no colour conversion: I420 [H*3/2, W].
-            image, fmt = frame.to_ndarray(), "yuv420p"
+            # The decoder's own planes, no colour conversion: I420 [H*3/2, W], copied once, where it is needed.
+            image, fmt = DecodedI420(frame), "yuv420p"
         else:
             image, fmt = frame.to_ndarray(format="rgb24"), "rgb24"
             if self.rotation:
-                image = cv2.rotate(image, _ROTATE[self.rotation])
+                image = _rotate(image, self.rotation)
+            image = np.ascontiguousarray(image)
         if frame.pts is not None:
             pts = float(frame.pts * self.time_base)
         else:
             pts = index / (self.fps or 25.0)
-        return SourceFrame(image=np.ascontiguousarray(image), pts=pts, capture_time=time.monotonic(), format=fmt)
+        return SourceFrame(image=image, pts=pts, capture_time=time.monotonic(), format=fmt)
 
     def close(self) -> None:
         self._container.close()
+
+
+def _rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """image turned `degrees` (90/180/270) clockwise. OpenCV is imported only here: a plain
+    file → MP4 run never needs it (0.1 s of start-up per process)."""
+    import cv2
+
+    codes = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    return cv2.rotate(image, codes[degrees])
+
+
+class DecodedI420:
+    """A yuv420p picture still in the decoder's buffers, standing in for its I420 array.
+
+    shape: (H*3/2, W), the array's. copy_to(dst) writes the three planes straight into dst
+    (the capture stage's ring slot): one copy, where PyAV's to_ndarray and then a copy into
+    the slot make two (4K: 2.7 ms instead of 6.8 ms per frame). np.asarray(it) gives the array.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, frame: av.VideoFrame):
+        self._frame = frame
+        self.shape = (frame.height * 3 // 2, frame.width)
+
+    def copy_to(self, dst: np.ndarray) -> None:
+        """dst: uint8 [H*3/2, W], C-contiguous: Y rows, then U, then V (cv2's I420 layout)."""
+        flat = dst.reshape(-1)
+        start = 0
+        for plane in self._frame.planes:
+            h, w = plane.height, plane.width
+            rows = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
+            np.copyto(flat[start:start + h * w].reshape(h, w), rows)
+            start += h * w
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        self.copy_to(out)
+        return out if dtype is None else out.astype(dtype, copy=False)
