@@ -20,6 +20,7 @@ put). Another transport (e.g. Ray object refs) only needs the same three methods
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import secrets
@@ -103,7 +104,7 @@ class RingSpec:
 
     @property
     def slot_bytes(self) -> int:
-        return int(np.prod(self.max_shape))
+        return math.prod(self.max_shape)
 
     @property
     def nbytes(self) -> int:
@@ -163,7 +164,7 @@ class FrameRing:
 
     def view(self, slot: int, shape: Sequence[int]) -> np.ndarray:
         """uint8 view of `slot` with `shape` (its bytes must fit the slot)."""
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         if n > self.spec.slot_bytes:
             raise ValueError(f"frame {tuple(shape)} is larger than the ring's slots {self.spec.max_shape}")
         return self._slots[slot, :n].reshape(shape)
