@@ -3,8 +3,9 @@
 Anything FFmpeg decodes works (H.264, HEVC, MPEG-4 Part 2 in AVI, ...). Frames come out
 upright (the stream's display rotation applied, as players do): as the decoder's I420 planes
 [H*3/2, W] when it gives yuv420p at an even size (no conversion at all; a `DecodedI420`,
-copied once, straight into the ring slot), else as uint8 RGB [H, W, 3]. Packets the decoder rejects are counted in `skipped` and decoding goes on, so a truncated or partly
-corrupt file yields every frame that can be decoded.
+copied once, straight into the ring slot), else as uint8 RGB [H, W, 3]. Packets the decoder
+rejects are counted in `skipped` and decoding goes on, so a truncated or partly corrupt file
+yields every frame that can be decoded.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ class FileSource:
 
     def _to_source_frame(self, frame: av.VideoFrame, index: int) -> SourceFrame:
         if self.rotation == 0 and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-            # The decoder's own planes, no colour conversion: I420 [H*3/2, W], copied once, where it is needed.
+            # The decoder's own planes, no colour conversion: I420 [H*3/2, W], copied once where needed.
             image, fmt = DecodedI420(frame), "yuv420p"
         else:
             image, fmt = frame.to_ndarray(format="rgb24"), "rgb24"
