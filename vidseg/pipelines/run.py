@@ -116,7 +116,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         ready = ctx.Event()  # set by infer once the model is built; captures start reading then
         sink_qs = [ctx.Queue() for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
-        if passthrough(sources, model):
+        direct = passthrough(sources, model)
+        if direct:
             capture_qs = sink_qs
             ready.set()
         else:
@@ -129,7 +130,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
                       (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl), NO_BLAS_THREADS)
-            if capture_qs is not sink_qs:
+            if not direct:
                 sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
                           (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl),
                           NO_BLAS_THREADS)
