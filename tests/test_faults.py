@@ -39,7 +39,7 @@ def wait_for_stages(pid: int, frames_file=None, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         procs = {}
-        for child in parent.children():
+        for child in parent.children(recursive=True):
             try:
                 procs[child.name()] = child
             except psutil.NoSuchProcess:
@@ -65,7 +65,7 @@ def test_sigkill_a_stage_stops_the_run(stage, long_clip, tmp_path):
     shm = shm_entries()
     run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
     procs = wait_for_stages(run.pid)
-    helpers = [p for p in psutil.Process(run.pid).children()]  # stages and the resource tracker
+    helpers = psutil.Process(run.pid).children(recursive=True)  # stages, their server, the resource tracker
     procs[stage].kill()
     t0 = time.monotonic()
     _, err = run.communicate(timeout=30)
@@ -115,7 +115,7 @@ def test_supervisor_killed_leaves_no_orphans(long_clip, tmp_path):
     shm = shm_entries()
     run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
     wait_for_stages(run.pid)
-    helpers = psutil.Process(run.pid).children()
+    helpers = psutil.Process(run.pid).children(recursive=True)
     run.kill()
     run.communicate(timeout=10)
     assert all_gone(helpers, timeout=10), [p.name() for p in helpers if p.is_running()]

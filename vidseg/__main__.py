@@ -1,6 +1,6 @@
 """The `vidseg` command's entry point (also `python -m vidseg`).
 
-It imports the CLI only when called: every spawned stage process re-imports the entry script
+It imports the CLI only when called: every stage process re-imports the entry script
 as `__mp_main__`, and should not pay for click and the command modules each time.
 """
 

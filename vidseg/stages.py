@@ -174,7 +174,7 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
 
 def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: bool = True) -> None:
     """Run the model on frames (FrameMeta with .image), set their detections and labels."""
-    import cv2  # here, not at the top: capture and sink import this module and never need OpenCV
+    import cv2  # here, not at the top: the main process imports this module and never needs OpenCV
 
     images, scales = [], []
     for m in frames if pixels else ():

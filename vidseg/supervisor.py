@@ -1,4 +1,5 @@
-"""The supervisor: starts stage processes (spawn), watches them, stops them, cleans up.
+"""The supervisor: starts stage processes (forked from `vidseg.stage_server`), watches them,
+stops them, cleans up.
 
 - A stage that raises reports ("error", stage, message, code) and exits; a stage that dies
   (SIGKILL, segfault, OOM) is seen through its exit code. Either way the others are
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import queue
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from vidseg import stage_server
 from vidseg.ring import FrameRing
 
 TERM_GRACE_S = 2.0
@@ -51,7 +52,7 @@ class Supervisor:
     """Owns the stage processes and the shared-memory rings of one run."""
 
     def __init__(self):
-        self.ctx = mp.get_context("spawn")
+        self.ctx = stage_server.start()
         self.ctrl = self.ctx.Queue()
         self.stop = self.ctx.Event()
         self._procs: dict[str, mp.Process] = {}
@@ -63,22 +64,10 @@ class Supervisor:
         self._rings.append(ring)
         return ring
 
-    def start(self, name: str, target: Callable, args: tuple, env: Optional[dict] = None) -> None:
-        """Start `target(*args)` in a spawned process called `name` (SIGINT ignored there).
-        env: environment variables for that process only (a spawned child copies ours at start)."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})
-        try:
-            proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
-            proc.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            for k, v in saved.items():
-                if v is None:
-                    del os.environ[k]
-                else:
-                    os.environ[k] = v
+    def start(self, name: str, target: Callable, args: tuple) -> None:
+        """Start `target(*args)` in a new stage process called `name` (SIGINT ignored there)."""
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
+        proc.start()
         self._procs[name] = proc
 
     def pids(self) -> dict[str, int]:

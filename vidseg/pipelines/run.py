@@ -33,9 +33,6 @@ from vidseg.supervisor import Supervisor
 __all__ = ["SourcePlan", "RunResult", "Spec", "run_pipeline"]
 
 MiB = 1 << 20
-# Capture, render and sink do no linear algebra: one OpenBLAS thread spares each of them
-# ~0.1 CPU-s of thread pool start-up. The infer stage keeps the machine's defaults.
-NO_BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -129,13 +126,12 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                       sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
-                      (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl), NO_BLAS_THREADS)
+                      (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl))
             if not direct:
                 sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
-                          (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl),
-                          NO_BLAS_THREADS)
+                          (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))
             sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
-                      (plan.source, links[i], capture_qs[i], sup.stop, ready), sup.ctrl), NO_BLAS_THREADS)
+                      (plan.source, links[i], capture_qs[i], sup.stop, ready), sup.ctrl))
         pids = sup.pids()
 
         def tolerate(stage: str, died: bool) -> bool:

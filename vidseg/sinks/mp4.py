@@ -54,7 +54,7 @@ class Mp4Sink:
             self._audio = _AudioCopy.open(audio_from, self._out)
 
     def write(self, image: np.ndarray, pts: float) -> bool:
-        import cv2  # only for RGB input: the file → MP4 path gives I420 and never loads OpenCV
+        import cv2  # here, not at the top: the main process imports this module and never needs OpenCV
 
         image = image[: self.height, : self.width]
         return self.write_yuv420p(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), pts)
