@@ -241,7 +241,8 @@ def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, b
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
         sink = Spec(Mp4Sink, dict(path=os.path.join(tmp, "pipe.mp4"), width=info["width"], height=info["height"],
                                   fps=info["fps"], time_base=info["time_base"], preset=preset))
-        plan = SourcePlan(name=os.path.basename(path), source=Spec(FileSource, {"path": path, "max_frames": n}),
+        source = Spec(FileSource, {"path": path, "max_frames": n, "info": info})
+        plan = SourcePlan(name=os.path.basename(path), source=source,
                           sinks=[sink], frame_shape=(info["height"], info["width"]))
         result = run_pipeline([plan], model=model, model_options=options, batch=batch, progress=False)
     if result.exit_code != 0:

@@ -97,7 +97,7 @@ def run_file(job: FileJob) -> int:
                                   time_base=info["time_base"], preset=job.preset, crf=job.crf,
                                   audio_from=job.input if info["has_audio"] else None)) \
             if job.output else Spec(NullSink)
-        plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input}),
+        plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input, "info": info}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
                           frame_count=info["frame_count"], detections_path=temps.get("detections"))
         options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)

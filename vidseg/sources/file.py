@@ -60,8 +60,9 @@ def _reason(e: Exception) -> str:
 
 def _stream_rotation(container, stream) -> int:
     """Clockwise display rotation in degrees (0/90/180/270) from the first decoded frame's
-    display matrix; FFmpeg's `rotation` is counter-clockwise."""
-    stream.thread_type = "AUTO"
+    display matrix; FFmpeg's `rotation` is counter-clockwise. One decoder thread: frame
+    threads would only start threads and hold the first frame back."""
+    stream.codec_context.thread_count = 1
     try:
         for frame in container.decode(stream):
             return int(round(-frame.rotation)) % 360 if frame.rotation else 0
@@ -105,12 +106,14 @@ def decode_threads() -> int:
 class FileSource:
     """Frames of a video file (see module doc); the first `max_frames` only, if given.
     threads: decoder threads (None: `decode_threads()`, 0: FFmpeg's automatic count).
-    `skipped` counts undecodable packets."""
+    info: `probe(path)`, when the caller has it already (saves opening and decoding the first
+    frame again at the start of the capture stage). `skipped` counts undecodable packets."""
 
     live = False
 
-    def __init__(self, path: str, threads: Optional[int] = None, max_frames: Optional[int] = None):
-        info = probe(path)
+    def __init__(self, path: str, threads: Optional[int] = None, max_frames: Optional[int] = None,
+                 info: Optional[dict] = None):
+        info = info or probe(path)
         self.path = path
         self.name = os.path.basename(path)
         self.width, self.height = info["width"], info["height"]
@@ -159,8 +162,8 @@ class FileSource:
 
 
 def _rotate(image: np.ndarray, degrees: int) -> np.ndarray:
-    """image turned `degrees` (90/180/270) clockwise. OpenCV is imported only here: a plain
-    file → MP4 run never needs it (0.1 s of start-up per process)."""
+    """image turned `degrees` (90/180/270) clockwise. OpenCV is imported only here: the main
+    process probes files through this module and never needs it (0.2 s of its start-up)."""
     import cv2
 
     codes = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
