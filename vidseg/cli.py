@@ -53,7 +53,6 @@ def start_stage_server() -> None:
     from vidseg import stage_server
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
     stage_server.start()
 
 

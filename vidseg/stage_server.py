@@ -3,8 +3,9 @@
 Started with `spawn`, each stage was a new interpreter importing NumPy and PyAV: ~0.3 CPU-s
 and ~0.4 s of wall per run before the first frame, after the main process had paid the same.
 Instead, one server process — a fresh interpreter, started as soon as a command knows it will
-run a pipeline — imports the stage modules once while the main process imports and probes,
-and every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the
+run a pipeline — imports the stage modules (and OpenCV, for the window and render stages)
+once while the main process imports and probes, and every stage is then a fork of it
+(milliseconds). It keeps what `spawn` was for: the
 server never imports TensorFlow (only the infer stage does, after the fork), runs no thread
 (OpenBLAS is limited to one, which also spares the stages its thread pool: they do no linear
 algebra), and ignores SIGINT (Ctrl-C is the supervisor's). Stages inherit the server's
