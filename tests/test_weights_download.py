@@ -74,11 +74,11 @@ class Server:
                 self.end_headers()
                 if server.mode in ("truncate", "stall"):
                     body = body[:len(body) // 2]
+                server.sent += len(body)  # counted before the write, so a client that has it all sees it
                 self.wfile.write(body)
                 if server.mode == "stall":
                     self.wfile.flush()
                     time.sleep(2)
-                server.sent += len(body)
                 self.close_connection = True
 
             def log_message(self, *args):
