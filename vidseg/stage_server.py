@@ -5,11 +5,11 @@ and ~0.4 s of wall per run before the first frame, after the main process had pa
 Instead, one server process — a fresh interpreter, started as soon as a command knows it will
 run a pipeline — imports the stage modules (and OpenCV, for the window and render stages)
 once while the main process imports and probes, and every stage is then a fork of it
-(milliseconds). It keeps what `spawn` was for: the
-server never imports TensorFlow (only the infer stage does, after the fork), runs no thread
-(OpenBLAS is limited to one, which also spares the stages its thread pool: they do no linear
-algebra), and ignores SIGINT (Ctrl-C is the supervisor's). Stages inherit the server's
-environment, that of the command when it started.
+(milliseconds). It keeps what `spawn` was for: the server never imports TensorFlow (only the
+infer stage does, after the fork), runs no thread (OpenBLAS is limited to one, which also
+spares the stages its thread pool: they do no linear algebra), and ignores SIGINT (Ctrl-C is
+the supervisor's). Stages inherit the server's environment, that of the command when it
+started.
 
 This module imports nothing heavy itself, so a command can start the server first thing.
 """
