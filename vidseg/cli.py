@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from vidseg import stage_server
 from vidseg.errors import InputError
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -41,19 +42,6 @@ class VidsegGroup(click.Group):
 @click.version_option(package_name="vidseg")
 def main():
     """Mask R-CNN instance segmentation over live and recorded video."""
-
-
-def start_stage_server() -> None:
-    """For commands that run a pipeline: start the process stages are forked from now, so its
-    imports run beside this process's (see vidseg.stage_server). This process does no linear
-    algebra either: one OpenBLAS thread, set before NumPy loads, spares it the thread pool
-    (~0.1 CPU-s of spinning at start-up)."""
-    import os
-
-    from vidseg import stage_server
-
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    stage_server.start()
 
 
 def model_options(command):
@@ -94,7 +82,7 @@ def model_options(command):
 def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, preset, crf, overwrite, no_progress,
              stats, detections):
     """Segment every frame of a video file INPUT into an MP4."""
-    start_stage_server()
+    stage_server.start_for_command(window=False)
     from vidseg.pipelines.file import FileJob, run_file
 
     return run_file(FileJob(input=input, output=output, model=model, weights=weights, batch=batch,
@@ -113,7 +101,7 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
     """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop.
     For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
-    start_stage_server()
+    stage_server.start_for_command(window=False)
     if input.startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live
 
@@ -187,7 +175,7 @@ def live_options(f):
 
 def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, overwrite, no_progress, stats,
           model, weights, batch, min_confidence, model_extra, **source_options):
-    start_stage_server()
+    stage_server.start_for_command(window=not no_window)
     from vidseg.pipelines.live import LiveJob, run_live
 
     return run_live(LiveJob(kind=kind, targets=list(targets), output=output, window=not no_window,
@@ -321,7 +309,7 @@ def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights,
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
 def demo_cmd(output, seconds, weights, overwrite, no_progress, stats):
     """Segment a generated 1280x720 moving-shapes clip with the shipped model (no download)."""
-    start_stage_server()
+    stage_server.start_for_command(window=False)
     from vidseg.pipelines.demo import DemoJob, run_demo
 
     return run_demo(DemoJob(output=output, seconds=seconds, weights=weights, overwrite=overwrite,

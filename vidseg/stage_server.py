@@ -3,15 +3,21 @@
 Started with `spawn`, each stage was a new interpreter importing NumPy and PyAV: ~0.3 CPU-s
 and ~0.4 s of wall per run before the first frame, after the main process had paid the same.
 Instead, one server process — a fresh interpreter, started as soon as a command knows it will
-run a pipeline — imports the stage modules (and OpenCV, for the window and render stages)
-once while the main process imports and probes, and every stage is then a fork of it
-(milliseconds). It keeps what `spawn` was for: the server never imports TensorFlow (only the
+run a pipeline — imports the stage modules once while the main process imports and probes,
+and every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the server never imports TensorFlow (only the
 infer stage does, after the fork), runs no thread (OpenBLAS is limited to one, which also
 spares the stages its thread pool: they do no linear algebra), and ignores SIGINT (Ctrl-C is
 the supervisor's). Stages inherit the server's environment, that of the command when it
 started.
 
-This module imports nothing heavy itself, so a command can start the server first thing.
+OpenCV is preloaded only for commands that may open a window (`window=True`): it is a fifth
+of the server's start-up, and the file pipeline without a model never uses it (a render or
+sink stage that needs it imports it after the fork). When the server ends it skips the
+interpreter's teardown (~0.1 s of freeing what the process's exit frees anyway): it holds
+no file or buffer to flush, its stages are processes of their own.
+
+This module imports nothing heavy itself, so a command can start the server first thing
+(`vidseg/__main__.py` does, before the CLI loads, for the commands that never open a window).
 """
 from __future__ import annotations
 
@@ -19,19 +25,32 @@ import atexit
 import multiprocessing as mp
 import os
 import signal
+import sys
 from multiprocessing import forkserver
 
+PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
 # loaded first OpenCV's Qt window hangs connecting to the X server (xcb_wait_for_reply).
-PRELOAD = ["cv2", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
-SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+WINDOW_PRELOAD = ["cv2"] + PRELOAD
+IN_SERVER = "VIDSEG_STAGE_SERVER"  # set in the server's environment, taken out by its preload
+SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", IN_SERVER: "1"}
 
 
-def start():
+def start_for_command(window: bool) -> None:
+    """For commands that run a pipeline: start the server now, so its imports run beside this
+    process's. This process does no linear algebra either: one OpenBLAS thread, set before
+    NumPy loads, spares it the thread pool (~0.1 CPU-s of spinning at start-up)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    start(window)
+
+
+def start(window: bool = True):
     """Start the server now if it is not running (it ends with this process); returns the
-    multiprocessing context that forks stages from it. Call from the main thread."""
+    multiprocessing context that forks stages from it. Call from the main thread.
+    window: preload OpenCV, before PyAV, so that a stage can open an OpenCV window (the call
+    that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
     saved = {k: os.environ.get(k) for k in SERVER_ENV}
     os.environ.update(SERVER_ENV)
@@ -54,3 +73,14 @@ def _stop() -> None:
     stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own tests use it (3.8+)
     if stop is not None:
         stop()
+
+
+def _exit_now() -> None:
+    """Registered last, so run first, at the server's exit: end without the teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if os.environ.pop(IN_SERVER, None):  # this is the server (its stages do not inherit the mark)
+    atexit.register(_exit_now)

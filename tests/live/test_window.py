@@ -141,3 +141,13 @@ def test_closing_the_window_ends_the_run_with_exit_0(xvfb, rtsp_server, tmp_path
         stop_group(proc)
         log.seek(0)
     assert proc.returncode == 0, log.read()
+
+
+@pytest.mark.parametrize("order, hangs", [("cv2, av", False), ("av, cv2", True)])
+def test_window_refuses_to_open_after_pyav(order, hangs):
+    """With PyAV's bundled libxcb loaded before OpenCV's, OpenCV's window hangs on the X server;
+    the window sink says so at once instead (a stage server started with window=False)."""
+    code = (f"import {order}\nfrom vidseg.sinks.window import check_library_order\n"
+            "try:\n    check_library_order()\nexcept RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert ("window would hang" in out) == hangs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections import deque
 from typing import Optional
@@ -35,6 +36,7 @@ class WindowSink:
 
     def __init__(self, title: str, slot: int = 0, max_size: tuple = (960, 720)):
         check_display()
+        check_library_order()
         if os.path.isdir(FONT_DIR):
             os.environ.setdefault("QT_QPA_FONTDIR", FONT_DIR)
         self.title = mask(title)
@@ -84,6 +86,16 @@ class WindowSink:
             cv2.waitKey(1)
         except cv2.error:  # the user closed it already: OpenCV has nothing left to destroy
             pass
+
+
+def check_library_order() -> None:
+    """RuntimeError if PyAV was loaded before OpenCV in this process: both wheels bundle libxcb
+    under the same file name, and with PyAV's loaded first OpenCV's window hangs connecting to
+    the X server. Stages that show a window come from a server started with window=True."""
+    loaded = list(sys.modules)  # in import order
+    if "av" in loaded and loaded.index("av") < loaded.index("cv2"):
+        raise RuntimeError("PyAV was loaded before OpenCV: an OpenCV window would hang "
+                           "(start the stage server with window=True)")
 
 
 def check_display() -> None:
