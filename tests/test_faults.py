@@ -19,12 +19,26 @@ import pytest
 from tests.conftest import REPO, probe, run_vidseg, shm_entries, shm_leaked
 
 SLOW = "tests.fake_models:SlowBlobModel"
-STAGES = ("vidseg-capture0", "vidseg-infer", "vidseg-render0", "vidseg-sink0")
+# The two process graphs: with a model (stages forked from the stage server), and the
+# transcode path (--model none: capture and sink forked from the main process), slowed down
+# by a slow preset so that it is still running when the test strikes.
+PATHS = {
+    "model": (("--model", SLOW), ("vidseg-capture0", "vidseg-infer", "vidseg-render0", "vidseg-sink0")),
+    "transcode": (("--model", "none", "--preset", "veryslow"), ("vidseg-capture0", "vidseg-sink0")),
+}
+FRAMES = 250
 
 
 @pytest.fixture(scope="module")
 def long_clip(clips):
-    return clips("long.mp4", width=320, height=240, frames=250, fps=25)
+    return clips("long.mp4", width=320, height=240, frames=FRAMES, fps=25)
+
+
+@pytest.fixture(scope="module")
+def clip_for(clips, long_clip):
+    """The clip each path runs on: the transcode path needs a larger one to last seconds."""
+    big = clips("long480.mp4", width=640, height=480, frames=FRAMES, fps=25)
+    return {"model": long_clip, "transcode": big}
 
 
 def start(*args) -> subprocess.Popen:
@@ -33,7 +47,7 @@ def start(*args) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_stages(pid: int, frames_file=None, timeout: float = 60.0) -> dict:
+def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0) -> dict:
     """The stage processes of run `pid` by name, once all are up and the run is under way."""
     parent = psutil.Process(pid)
     deadline = time.monotonic() + timeout
@@ -44,7 +58,7 @@ def wait_for_stages(pid: int, frames_file=None, timeout: float = 60.0) -> dict:
                 procs[child.name()] = child
             except psutil.NoSuchProcess:
                 pass
-        if all(s in procs for s in STAGES):
+        if all(s in procs for s in stages):
             time.sleep(1.5)  # model built, frames flowing
             return procs
         time.sleep(0.1)
@@ -60,11 +74,12 @@ def all_gone(procs, timeout: float = 5.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_sigkill_a_stage_stops_the_run(stage, long_clip, tmp_path):
+@pytest.mark.parametrize("path, stage", [(path, stage) for path, (_, stages) in PATHS.items() for stage in stages])
+def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
     shm = shm_entries()
-    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
-    procs = wait_for_stages(run.pid)
+    options, stages = PATHS[path]
+    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    procs = wait_for_stages(run.pid, stages)
     helpers = psutil.Process(run.pid).children(recursive=True)  # stages, their server, the resource tracker
     procs[stage].kill()
     t0 = time.monotonic()
@@ -89,11 +104,13 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_sigint_drains_and_keeps_a_playable_partial_mp4(long_clip, tmp_path):
+@pytest.mark.parametrize("path", PATHS)
+def test_sigint_drains_and_keeps_a_playable_partial_mp4(path, clip_for, tmp_path):
     shm = shm_entries()
-    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress",
+    options, stages = PATHS[path]
+    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress",
                 "--stats", tmp_path / "stats.json")
-    procs = wait_for_stages(run.pid)
+    procs = wait_for_stages(run.pid, stages)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=30)
     assert run.returncode == 130, err
@@ -102,7 +119,7 @@ def test_sigint_drains_and_keeps_a_playable_partial_mp4(long_clip, tmp_path):
     assert stats["partial"] is True
     assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
     out = probe(tmp_path / "out.mp4")
-    assert 0 < int(out["video"]["nb_read_frames"]) == stats["frames_out"] < 250
+    assert 0 < int(out["video"]["nb_read_frames"]) == stats["frames_out"] < FRAMES
     assert out["audio"] is not None
     # audio ends with the video (within a frame or one audio packet)
     assert abs(float(out["audio"]["duration"]) - float(out["video"]["duration"])) < 0.1
@@ -111,10 +128,12 @@ def test_sigint_drains_and_keeps_a_playable_partial_mp4(long_clip, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
 
 
-def test_supervisor_killed_leaves_no_orphans(long_clip, tmp_path):
+@pytest.mark.parametrize("path", PATHS)
+def test_supervisor_killed_leaves_no_orphans(path, clip_for, tmp_path):
     shm = shm_entries()
-    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--model", SLOW, "--no-progress")
-    wait_for_stages(run.pid)
+    options, stages = PATHS[path]
+    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    wait_for_stages(run.pid, stages)
     helpers = psutil.Process(run.pid).children(recursive=True)
     run.kill()
     run.communicate(timeout=10)

@@ -6,6 +6,7 @@ print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -42,6 +43,17 @@ class VidsegGroup(click.Group):
 @click.version_option(package_name="vidseg")
 def main():
     """Mask R-CNN instance segmentation over live and recorded video."""
+
+
+def prepare_pipeline(model: str, window: bool = False) -> None:
+    """For commands that run a pipeline. This process and its stages do no linear algebra: one
+    OpenBLAS thread, set before NumPy loads, spares them its thread pool (~0.1 CPU-s of
+    spinning at start-up). With a model, the stage server starts now so that its imports run
+    beside this process's (vidseg.stage_server); without one, file stages fork from this
+    process (vidseg.supervisor). window: a stage may open an OpenCV window."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if model != "none":
+        stage_server.start(window)
 
 
 def model_options(command):
@@ -82,7 +94,7 @@ def model_options(command):
 def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, preset, crf, overwrite, no_progress,
              stats, detections):
     """Segment every frame of a video file INPUT into an MP4."""
-    stage_server.start_for_command(window=False)
+    prepare_pipeline(model)
     from vidseg.pipelines.file import FileJob, run_file
 
     return run_file(FileJob(input=input, output=output, model=model, weights=weights, batch=batch,
@@ -101,7 +113,7 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
     """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop.
     For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
-    stage_server.start_for_command(window=False)
+    prepare_pipeline(model)
     if input.startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live
 
@@ -175,7 +187,7 @@ def live_options(f):
 
 def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, overwrite, no_progress, stats,
           model, weights, batch, min_confidence, model_extra, **source_options):
-    stage_server.start_for_command(window=not no_window)
+    prepare_pipeline(model, window=not no_window)
     from vidseg.pipelines.live import LiveJob, run_live
 
     return run_live(LiveJob(kind=kind, targets=list(targets), output=output, window=not no_window,
@@ -309,7 +321,7 @@ def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights,
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
 def demo_cmd(output, seconds, weights, overwrite, no_progress, stats):
     """Segment a generated 1280x720 moving-shapes clip with the shipped model (no download)."""
-    stage_server.start_for_command(window=False)
+    prepare_pipeline("mrcnn")
     from vidseg.pipelines.demo import DemoJob, run_demo
 
     return run_demo(DemoJob(output=output, seconds=seconds, weights=weights, overwrite=overwrite,

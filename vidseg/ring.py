@@ -225,7 +225,7 @@ class Mailbox:
 class SourceLink:
     """The shared objects of one source: its ring, free-slot queue, policy and mailbox.
 
-    Built by the supervisor, passed (pickled) to every stage process of that source.
+    Built by the supervisor, given to every stage process of that source.
     """
 
     def __init__(self, ctx, source: int, ring: RingSpec, policy: str):
@@ -234,9 +234,7 @@ class SourceLink:
         self.source = source
         self.ring = ring
         self.policy = policy
-        self.free = ctx.Queue()
-        for slot in range(ring.slots):
-            self.free.put(slot)
+        self.free = ctx.Queue()  # slots given back by the last stage (capture starts with all)
         self.mailbox = Mailbox(ctx) if policy == "latest" else None
 
 
@@ -268,6 +266,9 @@ class CaptureOut:
         self._out = out_q
         self._stop = stop
         self._ring = FrameRing(link.ring)
+        # Every slot is free at the start: capture takes these before waiting on link.free, so
+        # the supervisor puts nothing in a queue (no feeder thread) before forking stages.
+        self._unused = list(range(link.ring.slots))
         self._index = 0
         self.wait_s = 0.0  # time spent waiting for a free slot (block policy)
 
@@ -275,7 +276,9 @@ class CaptureOut:
         index = self._index
         self._index += 1
         dropped = None
-        if self.link.policy == "block":
+        if self._unused:
+            slot = self._unused.pop(0)
+        elif self.link.policy == "block":
             t0 = time.perf_counter()
             slot = _wait_get(self.link.free, None, self._stop)
             self.wait_s += time.perf_counter() - t0

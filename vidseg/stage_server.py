@@ -3,21 +3,22 @@
 Started with `spawn`, each stage was a new interpreter importing NumPy and PyAV: ~0.3 CPU-s
 and ~0.4 s of wall per run before the first frame, after the main process had paid the same.
 Instead, one server process — a fresh interpreter, started as soon as a command knows it will
-run a pipeline — imports the stage modules once while the main process imports and probes,
-and every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the server never imports TensorFlow (only the
-infer stage does, after the fork), runs no thread (OpenBLAS is limited to one, which also
-spares the stages its thread pool: they do no linear algebra), and ignores SIGINT (Ctrl-C is
-the supervisor's). Stages inherit the server's environment, that of the command when it
-started.
+run a model — imports the stage modules once while the main process imports and probes, and
+every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the server
+never imports TensorFlow (only the infer stage does, after the fork), runs no thread
+(OpenBLAS is limited to one, which also spares the stages its thread pool: they do no linear
+algebra), and ignores SIGINT (Ctrl-C is the supervisor's). Stages inherit the server's
+environment, that of the command when it started.
 
-OpenCV is preloaded only for commands that may open a window (`window=True`): it is a fifth
-of the server's start-up, and the file pipeline without a model never uses it (a render or
-sink stage that needs it imports it after the fork). When the server ends it skips the
-interpreter's teardown (~0.1 s of freeing what the process's exit frees anyway): it holds
-no file or buffer to flush, its stages are processes of their own.
+A run with no model and only files does without the server: capture and sink, which only
+decode and encode with PyAV, fork from the main process itself (vidseg.supervisor), which has
+loaded all they need already. OpenCV is preloaded only when a stage may open a window
+(`window=True`); a render or sink stage that needs it otherwise imports it after the fork.
+When the server ends it skips the interpreter's teardown (~0.1 s of freeing what the
+process's exit frees anyway): it holds no file or buffer to flush, its stages are processes
+of their own.
 
-This module imports nothing heavy itself, so a command can start the server first thing
-(`vidseg/__main__.py` does, before the CLI loads, for the commands that never open a window).
+This module imports nothing heavy itself, so a command can start the server first thing.
 """
 from __future__ import annotations
 
@@ -34,14 +35,6 @@ PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidse
 WINDOW_PRELOAD = ["cv2"] + PRELOAD
 IN_SERVER = "VIDSEG_STAGE_SERVER"  # set in the server's environment, taken out by its preload
 SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", IN_SERVER: "1"}
-
-
-def start_for_command(window: bool) -> None:
-    """For commands that run a pipeline: start the server now, so its imports run beside this
-    process's. This process does no linear algebra either: one OpenBLAS thread, set before
-    NumPy loads, spares it the thread pool (~0.1 CPU-s of spinning at start-up)."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    start(window)
 
 
 def start(window: bool = True):

@@ -50,6 +50,7 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     ("error", name, message, exit_code) on `ctrl`, then exit 0/1/2."""
     _set_process_name(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains the stages
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked across the fork
     _exit_with_parent()
     meter = StageMeter(name)
     try:

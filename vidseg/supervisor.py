@@ -1,5 +1,9 @@
-"""The supervisor: starts stage processes (forked from `vidseg.stage_server`), watches them,
-stops them, cleans up.
+"""The supervisor: starts stage processes, watches them, stops them, cleans up.
+
+Stages are forked from `vidseg.stage_server`, or, when they only decode and encode with PyAV
+(`fork_here`: the transcode path of `vidseg file --model none`), from this process itself:
+it has loaded PyAV and NumPy already and runs no thread yet, so the stages start with nothing
+left to load and no server has to load it all a second time.
 
 - A stage that raises reports ("error", stage, message, code) and exits; a stage that dies
   (SIGKILL, segfault, OOM) is seen through its exit code. Either way the others are
@@ -51,8 +55,10 @@ def _describe_exit(code: int) -> str:
 class Supervisor:
     """Owns the stage processes and the shared-memory rings of one run."""
 
-    def __init__(self):
-        self.ctx = stage_server.start()
+    def __init__(self, fork_here: bool = False):
+        """fork_here: fork stages from this process (it must run no thread until they are
+        started: a lock held by a thread would stay locked in the child forever)."""
+        self.ctx = mp.get_context("fork") if fork_here else stage_server.start()
         self.ctrl = self.ctx.Queue()
         self.stop = self.ctx.Event()
         self._procs: dict[str, mp.Process] = {}
@@ -67,7 +73,13 @@ class Supervisor:
     def start(self, name: str, target: Callable, args: tuple) -> None:
         """Start `target(*args)` in a new stage process called `name` (SIGINT ignored there)."""
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
-        proc.start()
+        # A forked stage would inherit this process's Ctrl-C handler until it ignores SIGINT:
+        # held back here, a Ctrl-C in between reaches the supervisor just after the fork.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         self._procs[name] = proc
 
     def pids(self) -> dict[str, int]:

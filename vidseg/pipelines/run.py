@@ -76,8 +76,8 @@ def ring_slots(batch: Optional[int]) -> int:
 def passthrough(sources: list[SourcePlan], model: str) -> bool:
     """True when infer and render would have nothing to do: no model, file sources only, no
     detections file. Capture then feeds the sink directly (two process start-ups fewer and
-    two queue hops less per frame). Live sources keep the infer stage: its mailbox is what
-    holds their queue policy."""
+    two queue hops less per frame), and both fork from this process (vidseg.supervisor). Live
+    sources keep the infer stage: its mailbox is what holds their queue policy."""
     return model == "none" and all(p.policy == "block" and not p.detections_path for p in sources)
 
 
@@ -101,10 +101,11 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         raise InputError(f"not enough shared memory: the frame rings need {need / MiB:.0f} MiB in /dev/shm "
                          f"but {free / MiB:.0f} MiB are free; free space there or enlarge it "
                          f"(docker: --shm-size={need // MiB + 64}m)")
-    sup = Supervisor()
+    direct = passthrough(sources, model)
+    sup = Supervisor(fork_here=direct)
     ctx = sup.ctx
     t0 = time.monotonic()
-    bar = Progress(sum(p.frame_count or 0 for p in sources) or None, progress)
+    bar = None
     try:
         links = []
         for i, plan in enumerate(sources):
@@ -113,7 +114,6 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         ready = ctx.Event()  # set by infer once the model is built; captures start reading then
         sink_qs = [ctx.Queue() for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
-        direct = passthrough(sources, model)
         if direct:
             capture_qs = sink_qs
             ready.set()
@@ -133,6 +133,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
                       (plan.source, links[i], capture_qs[i], sup.stop, ready), sup.ctrl))
         pids = sup.pids()
+        bar = Progress(sum(p.frame_count or 0 for p in sources) or None, progress)  # a thread: after the forks
 
         def tolerate(stage: str, died: bool) -> bool:
             if not (keep_going and stage.startswith("capture[")):
@@ -144,7 +145,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
 
         outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)), tolerate)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         sup.close()
     names = [p.name for p in sources]
     stats = build_stats(outcome.reports, names, time.monotonic() - t0, partial=outcome.status == "interrupted")
