@@ -37,7 +37,6 @@ class Rig:
         self.stop = CTX.Event()
         self.out = CaptureOut(self.link, self.q, self.stop)
         self.port = RingPort(self.q, [self.link])
-        time.sleep(0.05)  # let the free-slot queue's feeder thread deliver the slot ids
 
     def close(self):
         self.out.close()
