@@ -16,10 +16,12 @@ left to load and no server has to load it all a second time.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import multiprocessing.connection
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -56,9 +58,11 @@ class Supervisor:
     """Owns the stage processes and the shared-memory rings of one run."""
 
     def __init__(self, fork_here: bool = False):
-        """fork_here: fork stages from this process (it must run no thread until they are
-        started: a lock held by a thread would stay locked in the child forever)."""
-        self.ctx = mp.get_context("fork") if fork_here else stage_server.start()
+        """fork_here: fork stages from this process, if it runs no thread (a lock held by a
+        thread would stay locked in the child forever; else they come from the stage server).
+        The caller starts no thread until the stages are started."""
+        self._fork_here = fork_here and threading.active_count() == 1
+        self.ctx = mp.get_context("fork") if self._fork_here else stage_server.start()
         self.ctrl = self.ctx.Queue()
         self.stop = self.ctx.Event()
         self._procs: dict[str, mp.Process] = {}
@@ -73,6 +77,10 @@ class Supervisor:
     def start(self, name: str, target: Callable, args: tuple) -> None:
         """Start `target(*args)` in a new stage process called `name` (SIGINT ignored there)."""
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
+        if self._fork_here:
+            # What this process has loaded is the stage's too: out of the collector's sight,
+            # a collection in the stage neither walks it nor copies its pages (Python's gc docs).
+            gc.freeze()
         # A forked stage would inherit this process's Ctrl-C handler until it ignores SIGINT:
         # held back here, a Ctrl-C in between reaches the supervisor just after the fork.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
