@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# vidseg file --model none vs ffmpeg's own libx264 encode, side by side, alternating runs.
+# vidseg file --model none vs ffmpeg's own libx264 encode, side by side, alternating runs
+# (ABBA: odd rounds run ffmpeg first, even rounds vidseg first, so a machine that speeds up
+# or slows down during the batch favours neither).
 # usage: vs_ffmpeg.sh IN.mp4 [RUNS]   (prints one line per run: tool, wall s, fps, CPU s)
 set -euo pipefail
 in=$1; runs=${2:-3}
@@ -7,7 +9,8 @@ frames=$(ffprobe -v error -select_streams v:0 -count_packets -show_entries strea
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for i in $(seq "$runs"); do
-  for tool in ffmpeg vidseg; do
+  order="ffmpeg vidseg"; [ $((i % 2)) = 0 ] && order="vidseg ffmpeg"
+  for tool in $order; do
     if [ $tool = ffmpeg ]; then
       cmd=(ffmpeg -loglevel error -y -i "$in" -c:v libx264 -preset veryfast -crf 23 -c:a copy "$out/ff.mp4")
     else
