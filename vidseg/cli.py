@@ -282,14 +282,18 @@ def dataset_options(f):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Learning rate (default: the kind's config).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Steps per epoch (default: the config's).")
+@click.option("--val-steps", type=click.IntRange(1), default=None,
+              help="Validation steps at the end of each epoch (default: the config's).")
 @click.option("--tensorboard", is_flag=True,
               help="Also log weight histograms per epoch; print where the TensorBoard logs are and how to open them.")
-def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, layers, epochs, lr, steps, tensorboard):
+def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, layers, epochs, lr, steps, val_steps,
+              tensorboard):
     """Train Mask R-CNN on a dataset; a checkpoint per epoch under --model-dir."""
     from vidseg.samples.train import TrainJob, run_train
 
     return run_train(TrainJob(kind=kind, dataset=dataset, weights=weights, layers=layers, epochs=epochs,
-                              model_dir=model_dir, learning_rate=lr, steps=steps, class_name=class_name,
+                              model_dir=model_dir, learning_rate=lr, steps=steps, val_steps=val_steps,
+                              class_name=class_name,
                               attribute=attribute, year=year, tensorboard=tensorboard))
 
 

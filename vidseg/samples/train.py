@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidseg.errors import InputError
+from vidseg.quiet import native_stderr_filtered
 
 KINDS = ("shapes", "via", "coco")
 LAYERS = ("heads", "3+", "4+", "5+", "all")
@@ -43,6 +44,7 @@ class TrainJob:
     model_dir: str = "logs"
     learning_rate: float | None = None
     steps: int | None = None
+    val_steps: int | None = None
     class_name: str | None = None
     attribute: str | None = None
     year: str = "2014"
@@ -154,15 +156,23 @@ def run_train(job: TrainJob):
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
     if not len(train_ds.image_ids):
         raise InputError(f"the training set of {job.dataset} has no images")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
+        return _train(job, train_ds, val_ds)
+
+
+def _train(job: TrainJob, train_ds, val_ds):
+    """run_train once the datasets are loaded: TensorFlow loads here."""
     path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
     overrides = dict(arch)
     if job.steps:
         overrides["STEPS_PER_EPOCH"] = job.steps
+    if job.val_steps:
+        overrides["VALIDATION_STEPS"] = job.val_steps
     if path is None and job.kind != "shapes":
         overrides["BACKBONE"] = "resnet101"
     config = type("TrainConfig", (base_config(job.kind, train_ds.num_classes),), overrides)()
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mrcnn import augmentation
     from mrcnn import model as modellib
     from mrcnn.weights import CLASS_SPECIFIC_LAYERS, WeightsError
@@ -242,7 +252,8 @@ def run_evaluate(job: EvaluateJob):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vidseg.samples import coco
 
-    model = inference_model(job.kind, job.weights, dataset.num_classes, job.min_confidence, job.model_dir)
-    report = coco.evaluate_dataset(model, dataset, limit=job.limit)
+    with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
+        model = inference_model(job.kind, job.weights, dataset.num_classes, job.min_confidence, job.model_dir)
+        report = coco.evaluate_dataset(model, dataset, limit=job.limit)
     print(json.dumps(report) if job.as_json else coco.format_ap_table(report))
     return 0

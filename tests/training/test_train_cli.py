@@ -1,0 +1,96 @@
+"""`vidseg train` then `vidseg evaluate --weights last` on a VGG Image Annotator folder and
+on a COCO-layout folder, as a user fine-tunes on their own data: starting from a weights
+file with other classes (the shipped model: its class-specific heads are left out), one
+step, a checkpoint per epoch that holds the trained weights, and the evaluation of it, with
+none of TensorFlow's native log lines on the terminal."""
+import glob
+import json
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from mrcnn.frame_model import SHIPPED_WEIGHTS
+from tests.conftest import run_vidseg
+from vidseg.quiet import NOISE
+
+pytestmark = pytest.mark.slow
+
+H, W = 96, 128
+SQUARES = {"a.jpg": [(10, 10, 40), (70, 40, 30)], "b.jpg": [(50, 20, 36)], "c.jpg": [(20, 50, 28)]}
+
+
+def _draw(folder, name):
+    """A grey image with a white square per SQUARES[name] entry (x, y, side)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.full((H, W, 3), 90, np.uint8)
+    for x, y, s in SQUARES[name]:
+        image[y:y + s, x:x + s] = 230
+    cv2.imwrite(str(folder / name), image)
+
+
+def _via_polygon(x, y, s):
+    return {"shape_attributes": {"name": "polygon", "all_points_x": [x, x + s, x + s, x],
+                                 "all_points_y": [y, y, y + s, y + s]}, "region_attributes": {}}
+
+
+@pytest.fixture(scope="module")
+def via_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("via")
+    for subset, names in (("train", ["a.jpg", "b.jpg"]), ("val", ["c.jpg"])):
+        export = {}
+        for name in names:
+            _draw(root / subset, name)
+            regions = [_via_polygon(*square) for square in SQUARES[name]]
+            export[name] = {"filename": name, "size": 1, "regions": regions, "file_attributes": {}}
+        (root / subset / "via_region_data.json").write_text(json.dumps(export))
+    return root
+
+
+@pytest.fixture(scope="module")
+def coco_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    (root / "annotations").mkdir()
+    for subset, names in (("train", ["a.jpg", "b.jpg"]), ("val", ["c.jpg"])):
+        images, annotations = [], []
+        for image_id, name in enumerate(names, 1):
+            _draw(root / f"{subset}2014", name)
+            images.append({"id": image_id, "file_name": name, "height": H, "width": W})
+            for x, y, s in SQUARES[name]:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 5,
+                                    "segmentation": [[x, y, x + s, y, x + s, y + s, x, y + s]],
+                                    "area": s * s, "bbox": [x, y, s, s], "iscrowd": 0})
+        data = {"images": images, "annotations": annotations, "categories": [{"id": 5, "name": "square"}]}
+        (root / "annotations" / f"instances_{subset}2014.json").write_text(json.dumps(data))
+    return root
+
+
+def _kernel(path, layer):
+    """The kernel of `layer` in a weights file in matterport's h5 layout."""
+    with h5py.File(path, "r") as f:
+        return np.array(f[layer][f"{layer}/kernel:0"])
+
+
+@pytest.mark.parametrize("kind, options", [("via", ["--class-name", "square"]), ("coco", [])])
+def test_train_then_evaluate_the_last_checkpoint(kind, options, via_dataset, coco_dataset, tmp_path):
+    dataset = via_dataset if kind == "via" else coco_dataset
+    common = ["--kind", kind, "--dataset", dataset, *options, "--model-dir", tmp_path / "logs"]
+    r = run_vidseg("train", *common, "--weights", SHIPPED_WEIGHTS, "--epochs", "1", "--steps", "1",
+                   "--val-steps", "1", timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(NOISE.match(line) for line in r.stderr.splitlines()), r.stderr[-3000:]
+    checkpoints = glob.glob(str(tmp_path / "logs" / f"{kind}*" / f"mask_rcnn_{kind}_0001.h5"))
+    assert len(checkpoints) == 1, r.stdout[-2000:]
+    assert f"checkpoints in {checkpoints[0].rsplit('/', 1)[0]}" in r.stdout
+    # --layers heads: the FPN trained from the shipped model's values; the backbone stayed.
+    assert not np.array_equal(_kernel(checkpoints[0], "fpn_c5p5"), _kernel(SHIPPED_WEIGHTS, "fpn_c5p5"))
+    assert np.array_equal(_kernel(checkpoints[0], "conv1"), _kernel(SHIPPED_WEIGHTS, "conv1"))
+
+    r = run_vidseg("evaluate", *common, "--weights", "last", "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(NOISE.match(line) for line in r.stderr.splitlines()), r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["images"] == 1
+    for eval_type in ("bbox", "segm"):
+        assert all(-1 <= value <= 1 for value in report[eval_type].values())
