@@ -293,8 +293,7 @@ def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, la
 
     return run_train(TrainJob(kind=kind, dataset=dataset, weights=weights, layers=layers, epochs=epochs,
                               model_dir=model_dir, learning_rate=lr, steps=steps, val_steps=val_steps,
-                              class_name=class_name,
-                              attribute=attribute, year=year, tensorboard=tensorboard))
+                              class_name=class_name, attribute=attribute, year=year, tensorboard=tensorboard))
 
 
 @main.command("evaluate")

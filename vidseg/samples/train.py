@@ -23,6 +23,7 @@ shipped model's small ResNet-18 and the other kinds matterport's ResNet-101.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,12 +158,16 @@ def run_train(job: TrainJob):
     if not len(train_ds.image_ids):
         raise InputError(f"the training set of {job.dataset} has no images")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
-        return _train(job, train_ds, val_ds)
+    with contextlib.ExitStack() as quiet:
+        # TensorFlow's native log lines (its start-up, tracing and first step) stay off the
+        # terminal; from the second step on stderr is live again, so nothing later is held back.
+        quiet.enter_context(native_stderr_filtered())
+        return _train(job, train_ds, val_ds, first_step_done=quiet.close)
 
 
-def _train(job: TrainJob, train_ds, val_ds):
-    """run_train once the datasets are loaded: TensorFlow loads here."""
+def _train(job: TrainJob, train_ds, val_ds, first_step_done):
+    """run_train once the datasets are loaded: TensorFlow loads here. first_step_done() is
+    called after every training step (it must be idempotent)."""
     path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
     overrides = dict(arch)
     if job.steps:
@@ -195,8 +200,11 @@ def _train(job: TrainJob, train_ds, val_ds):
         print(f"TensorBoard logs (losses per step and epoch, learning rate, weight histograms per epoch) go to "
               f"{model.log_dir}\nwatch them live with: tensorboard --logdir {job.model_dir}  "
               "(then open http://localhost:6006)", flush=True)
+    import keras
+
+    step_done = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: first_step_done())
     model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
-                augmentation=aug, histograms=job.tensorboard)
+                augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
     print(f"checkpoints in {model.log_dir}")
     return 0
 
