@@ -3,8 +3,9 @@
 TF_CPP_MIN_LOG_LEVEL does not silence what TensorFlow's C++ code logs through Abseil before
 Abseil's logging is initialised ("WARNING: All log messages before absl::InitializeLog() ...",
 oneDNN and CUDA-probe lines), so a one-line error would arrive under half a dozen lines of
-noise. `native_stderr_filtered()` sends file descriptor 2 to a temporary file while a model
-is built and writes back only the lines that are not such log lines.
+noise. `native_stderr_filtered()` sets TF_CPP_MIN_LOG_LEVEL=2 (unless the user set it) and
+sends file descriptor 2 to a temporary file while a model is built, then writes back only the
+lines that are not such log lines.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ NOISE = re.compile(r"(WARNING: All log messages before absl::InitializeLog\(\)"
 @contextmanager
 def native_stderr_filtered():
     """Within the block fd 2 (Python's and C++'s stderr) goes to a temporary file; on exit the
-    lines not matching NOISE are written to the real stderr, in order."""
+    lines not matching NOISE are written to the real stderr, in order. TensorFlow loaded inside
+    the block logs only its errors (TF_CPP_MIN_LOG_LEVEL=2 unless already set)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:

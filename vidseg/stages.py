@@ -140,7 +140,6 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     from vidseg.models import load_frame_model
     from vidseg.quiet import native_stderr_filtered
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_stderr_filtered():  # TensorFlow's start-up chatter stays off the terminal
         model = load_frame_model(model_spec, batch_size=batch, **model_options)
     ready.set()

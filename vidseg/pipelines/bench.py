@@ -146,7 +146,6 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     n = out["frames"] = count
     kept = _decoded(path, n)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with native_stderr_filtered():
         model = load_frame_model(model_spec, batch_size=batch, **options)
     size = max(1, int(batch or getattr(model, "batch_size", 1) or 1))

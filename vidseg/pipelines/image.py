@@ -197,7 +197,7 @@ def run_image(job: ImageJob) -> int:
     for tmp, final in temps:
         os.replace(tmp, final)
     seconds = time.perf_counter() - t0 - t_model
-    print(f"{len(images)} picture{'s' * (len(images) > 1)}, {found} detections, "
+    print(f"{len(images)} picture{'s' * (len(images) > 1)}, {found} detection{'s' * (found != 1)}, "
           f"{seconds / len(images):.3f} s per picture (model loaded in {t_model:.1f} s), written to "
           f"{os.path.abspath(job.output)}", file=sys.stderr)
     return 0

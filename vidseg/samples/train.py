@@ -157,7 +157,6 @@ def run_train(job: TrainJob):
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
     if not len(train_ds.image_ids):
         raise InputError(f"the training set of {job.dataset} has no images")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with contextlib.ExitStack() as quiet:
         # TensorFlow's native log lines (its start-up, tracing and first step) stay off the
         # terminal; from the second step on stderr is live again, so nothing later is held back.
@@ -257,7 +256,6 @@ def run_evaluate(job: EvaluateJob):
                                    subsets=(job.subset,))
     if not len(dataset.image_ids):
         raise InputError("the evaluation set has no images")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vidseg.samples import coco
 
     with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
