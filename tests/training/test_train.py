@@ -57,9 +57,9 @@ def test_frozen_batchnorm_keeps_its_statistics(trained):
     statistics while the rest of the network trains."""
     model, _, _ = trained
     bn = model.keras_model.get_layer("bn_conv1")
-    np.testing.assert_array_equal(np.array(bn.moving_mean), 0)
-    np.testing.assert_array_equal(np.array(bn.moving_variance), 1)
-    assert not np.array_equal(np.array(bn.gamma), 1)  # gamma/beta do train
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), 0)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), 1)
+    assert not np.array_equal(bn.gamma.numpy(), 1)  # gamma/beta do train
 
 
 def test_checkpoints_and_logs_are_written(trained, data):
@@ -86,7 +86,7 @@ def test_resume_from_last_continues_at_next_epoch(trained, data):
     # the checkpoint holds the weights the first run ended with
     for name in ("conv1", "fpn_p2", "mrcnn_class_logits", "mrcnn_mask", "rpn_model"):
         for a, b in zip(first.keras_model.get_layer(name).weights, model.keras_model.get_layer(name).weights):
-            np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=name)
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
     record = BatchLosses()
     model.train(data[0], None, TinyConfig.LEARNING_RATE, 3, "heads", custom_callbacks=[record])
     assert model.epoch == 3 and len(record.losses) == TinyConfig.STEPS_PER_EPOCH
@@ -100,13 +100,13 @@ def test_heads_training_leaves_backbone_unchanged(tmp_path, data):
     backbone = [l for l in km.layers if re.match(r"(res|bn)\d|conv1$|bn_conv1$", l.name) and l.weights]
     heads = [km.get_layer(n) for n in ("mrcnn_class_logits", "mrcnn_mask", "fpn_c5p5")]
     assert backbone
-    before = {l.name: [np.array(w) for w in l.weights] for l in backbone + heads}
+    before = {l.name: [w.numpy() for w in l.weights] for l in backbone + heads}
     model.train(data[0], None, TinyConfig.LEARNING_RATE, 1, "heads")
     for layer in backbone:
         for old, new in zip(before[layer.name], layer.weights):
-            np.testing.assert_array_equal(old, np.array(new), err_msg=layer.name)
+            np.testing.assert_array_equal(old, new.numpy(), err_msg=layer.name)
     for layer in heads:
-        assert any(not np.array_equal(old, np.array(new)) for old, new in zip(before[layer.name], layer.weights))
+        assert any(not np.array_equal(old, new.numpy()) for old, new in zip(before[layer.name], layer.weights))
     rpn = km.get_layer("rpn_model")
     assert all(l.trainable for l in rpn.layers if l.weights)
 
