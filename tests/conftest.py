@@ -31,11 +31,11 @@ def blob_frame(i: int, width: int, height: int) -> np.ndarray:
 
 
 def make_clip(path, width=640, height=480, frames=50, fps=25, audio=True, codec="libx264",
-              container_format=None, rotation=0) -> str:
+              container_format=None, rotation=0, pix_fmt="yuv420p") -> str:
     """Encode the test scene (and a stereo AAC/MP3 tone when audio) into `path`; returns it."""
     with av.open(str(path), "w", format=container_format) as c:
         v = c.add_stream(codec, rate=Fraction(fps))
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.width, v.height, v.pix_fmt = width, height, pix_fmt
         if codec == "libx264":
             v.options = {"preset": "ultrafast"}
         if rotation:

@@ -25,6 +25,12 @@ def decode_rgb(path) -> list:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
+def decode_luma(path) -> list:
+    """int [H, W] luma planes of every frame."""
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="gray").astype(int) for f in c.decode(video=0)]
+
+
 def check_same_timing(src, out):
     a, b = probe(src), probe(out)
     assert b["video"]["codec_name"] == "h264"
@@ -37,13 +43,15 @@ def check_same_timing(src, out):
     return b
 
 
-def check_overlays(src_clip, out_path, width, height, frames):
+def check_overlays(src_clip, out_path, width, height, frames, decoded_scene=False):
     """The output is the scene with the model's detections drawn (same renderer, same colours,
     up to coding noise); each box region carries its label; pixels away from every detection
-    are the scene's."""
+    are the scene's. decoded_scene: the scene is the input as decoded (codecs that shift the
+    colours, 10-bit to RGB), not the picture that was encoded."""
     model, renderer = BlobModel(), Renderer()
+    scenes = decode_rgb(src_clip) if decoded_scene else None
     for i, got in enumerate(decode_rgb(out_path)):
-        scene = blob_frame(i, width, height)
+        scene = scenes[i] if decoded_scene else blob_frame(i, width, height)
         det = model([scene])[0]
         assert len(det) == 3
         expected = scene.copy()
@@ -124,6 +132,35 @@ def test_mpeg4_avi_with_mp3(clips, tmp_path):
     assert r.returncode == 0, r.stderr
     b = probe(out)
     assert b["video"]["nb_read_frames"] == "20" and b["audio"]["codec_name"] == "mp3"
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("hevc10.mp4", dict(codec="libx265", pix_fmt="yuv420p10le")),  # HEVC Main 10, as phones record
+    ("vp9.webm", dict(codec="libvpx-vp9", container_format="webm", audio=False)),
+])
+def test_hevc_10bit_and_vp9(clips, tmp_path, name, kwargs):
+    clip = clips(name, width=640, height=360, frames=20, fps=25, **kwargs)
+    out = tmp_path / "out.mp4"
+    r = run_vidseg("file", clip, "-o", out, "--model", BLOB_MODEL, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    a, b = probe(clip), probe(out)
+    assert (b["video"]["codec_name"], b["video"]["nb_read_frames"]) == ("h264", "20")
+    assert (b["audio"] or {}).get("codec_name") == (a["audio"] or {}).get("codec_name")
+    check_overlays(clip, out, 640, 360, 20, decoded_scene=True)
+
+
+def test_odd_size_is_cropped_to_even(clips, tmp_path):
+    """4:4:4 H.264 at 321x241 (legal there; yuv420p output needs even sizes): one column and
+    one row fewer, every frame, the picture otherwise the input's (compared on luma, which the
+    4:2:0 output keeps at full resolution; a one-pixel shift differs by ~100 at the edges)."""
+    clip = clips("odd444.mp4", width=321, height=241, frames=10, fps=25, pix_fmt="yuv444p")
+    out = tmp_path / "out.mp4"
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    b = probe(out)["video"]
+    assert (b["width"], b["height"], b["nb_read_frames"]) == (320, 240, "10")
+    for src, got in zip(decode_luma(clip), decode_luma(out)):
+        assert np.abs(got - src[:240, :320]).max() < 40
 
 
 def test_rotation_is_applied_like_ffmpeg(clips, tmp_path):
