@@ -286,6 +286,12 @@ def test_bench_pipeline_runs_at_the_slowest_stage(clip_480, capsys):
     assert r["stages"]["decode"] > r["stages"]["infer"]
     assert r["efficiency"] >= 0.9, r
     assert r["pipeline_fps"] > r["sequential_fps"], r
+    # CPU time, not wall time: the model's sleep costs none; the limit bounds the pipeline
+    cpu = r["stages_cpu_ms"]
+    assert set(cpu) == set(r["stages"]) and all(v > 0 for v in cpu.values()), cpu
+    assert cpu["infer"] < 0.5 * 1000 / r["stages"]["infer"], r
+    assert r["cpu_limit_fps"] == pytest.approx(1000 * r["cpus"] / sum(cpu.values()), rel=0.01)
+    assert r["cpu_limit_fps"] > r["pipeline_fps"], r
 
 
 def _run_on_a_terminal(*args) -> str:

@@ -116,7 +116,8 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--profile", is_flag=True, help="Also time each part of the model (backbone, FPN, RPN, heads, ...).")
 def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
-    """Measure each stage alone, the whole pipeline, its efficiency, and a sequential loop.
+    """Measure each stage alone (fps, CPU per frame), the pipeline, its efficiency, the CPU limit
+    and a sequential loop.
     For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
     prepare_pipeline(model)
     if input.startswith(("rtsp://", "rtsps://")):

@@ -10,8 +10,11 @@ All on the same first N frames of one clip:
                 loading excluded, as they are for the stages)
     sequential  one process doing decode → infer → draw → encode per frame, as the seeds' scripts do
 efficiency = pipeline fps / the slowest stage's fps (1.0 = the pipeline runs at the speed of
-its slowest stage). Stage measurements run in a spawned process, so TensorFlow stays out of
-this one.
+its slowest stage). Each stage's CPU time per frame (all its threads) is measured too; CPU limit
+= usable CPUs / those times summed, the most any arrangement of the stages can do on this
+machine: a pipeline below its slowest stage but near this limit is short of CPU, not of overlap
+(on a GPU the model's share leaves the sum). Stage measurements run in a spawned process, so
+TensorFlow stays out of this one.
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ def run_bench(job: BenchJob) -> int:
     n = stages.pop("frames")
     pipeline = measure_pipeline(job.input, info, n, job.model, options, job.batch, job.preset)
     slowest = min(("decode", "infer", "render", "encode"), key=lambda k: stages[k])
+    cpu_ms = stages.pop("cpu_ms")
+    cpus = len(os.sched_getaffinity(0))
     result = {
         "input": os.path.basename(job.input), "width": info["width"], "height": info["height"], "frames": n,
         "model": job.model, "batch": stages.pop("batch"), "preset": job.preset,
@@ -72,6 +77,9 @@ def run_bench(job: BenchJob) -> int:
         "pipeline_fps": round(pipeline["fps"], 2),
         "pipeline_wall_s": round(pipeline["wall_s"], 2),
         "efficiency": round(pipeline["fps"] / stages[slowest], 3),
+        "stages_cpu_ms": {k: round(v, 2) for k, v in cpu_ms.items()},
+        "cpus": cpus,
+        "cpu_limit_fps": round(1000.0 * cpus / sum(cpu_ms.values()), 2),
         "sequential_fps": round(stages["sequential"], 2),
     }
     if job.profile:
@@ -99,10 +107,13 @@ def _profile_parts(model, frames: list, max_dim: int) -> Optional[dict]:
 def format_table(r: dict) -> str:
     lines = [f"vidseg bench {r['input']}: {r['width']}x{r['height']}, {r['frames']} frames, model {r['model']}, "
              f"batch {r['batch']}, preset {r['preset']}",
-             f"{'measure':<12}{'fps':>10}"]
+             f"{'measure':<12}{'fps':>10}{'CPU ms/frame':>15}"]
     for k, v in r["stages"].items():
-        lines.append(f"{k + ' alone':<12}{v:>10.1f}" + ("   <- slowest" if k == r["slowest"] else ""))
+        lines.append(f"{k + ' alone':<12}{v:>10.1f}{r['stages_cpu_ms'][k]:>15.1f}"
+                     + ("   <- slowest" if k == r["slowest"] else ""))
     lines.append(f"{'pipeline':<12}{r['pipeline_fps']:>10.1f}   efficiency {r['efficiency']:.2f}")
+    lines.append(f"{'CPU limit':<12}{r['cpu_limit_fps']:>10.1f}   ({r['cpus']} CPUs / "
+                 f"{sum(r['stages_cpu_ms'].values()):.1f} CPU ms per frame, all stages)")
     lines.append(f"{'sequential':<12}{r['sequential_fps']:>10.1f}   (one process, stage after stage)")
     if "model_parts_s" in r:
         parts = r["model_parts_s"]
@@ -126,22 +137,23 @@ def _decoded(path: str, n: int) -> list:
 def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str,
                    profile: bool = False) -> dict:
     """fps of decode, infer, render and encode alone, and of the sequential loop (child process);
-    with `profile`, also the model's seconds per batch in each of its parts (None when the
-    model has no `profile_parts`)."""
+    cpu_ms: each stage's CPU milliseconds per frame (process_time: all its threads); with
+    `profile`, also the model's seconds per batch in each of its parts (None when the model has
+    no `profile_parts`)."""
     from vidseg import stages as st
     from vidseg.models import load_frame_model
     from vidseg.quiet import native_stderr_filtered
     from vidseg.render import Renderer
     from vidseg.ring import FrameMeta
 
-    out = {}
+    out, cpu = {}, {}
     source = FileSource(path, max_frames=n)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     count = 0
     for frame in source.frames():
         np.asarray(frame.image)  # the one copy capture makes, into its ring slot
         count += 1
-    out["decode"] = count / (time.perf_counter() - t0)
+    out["decode"], cpu["decode"] = count / (time.perf_counter() - t0), time.process_time() - c0
     source.close()
     n = out["frames"] = count
     kept = _decoded(path, n)
@@ -166,36 +178,39 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     st._infer(model, names, metas(0, size), max_dim, pixels)  # warm-up (graph tracing)
     if profile:
         out["parts"] = _profile_parts(model, [to_rgb(*kept[i % len(kept)][:2]) for i in range(size)], max_dim)
-    results, t_infer = [], 0.0
+    results, t_infer, cpu["infer"] = [], 0.0, 0.0
     for k0 in range(0, n, size):
         batch_metas = metas(k0, min(size, n - k0))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         st._infer(model, names, batch_metas, max_dim, pixels)
         t_infer += time.perf_counter() - t0
+        cpu["infer"] += time.process_time() - c0
         if len(results) < len(kept):
             results.extend((m.detections, m.labels) for m in batch_metas)
     out["infer"] = n / t_infer
 
-    renderer, t_render = Renderer(), 0.0
+    renderer, t_render, cpu["render"] = Renderer(), 0.0, 0.0
     for i in range(n):
         image, fmt, _ = kept[i % len(kept)]
         canvas = image.copy()
         det, labels = results[i % len(results)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         renderer.draw(canvas, det, labels, fmt)
         t_render += time.perf_counter() - t0
+        cpu["render"] += time.process_time() - c0
     out["render"] = n / t_render
 
     info = probe(path)
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
         sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
                        preset=preset)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             image, fmt, _ = kept[i % len(kept)]
             (sink.write_yuv420p if fmt == "yuv420p" else sink.write)(image, i / (info["fps"] or 30))
         sink.close()
-        out["encode"] = n / (time.perf_counter() - t0)
+        out["encode"], cpu["encode"] = n / (time.perf_counter() - t0), time.process_time() - c0
+        out["cpu_ms"] = {k: 1000.0 * v / n for k, v in cpu.items()}
         out["sequential"] = _sequential(path, n, model, names, size, pixels, max_dim, info, preset,
                                         os.path.join(tmp, "seq.mp4"))
     return out
