@@ -41,6 +41,20 @@ from vidseg.sources.file import FileSource, probe
 KEEP_FRAMES = 16  # distinct decoded frames kept for the infer/render/encode measurements
 
 
+class _Clock:
+    """Wall and CPU seconds (process_time: all threads) summed over the `with` blocks it times."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self):
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._t0
+        self.cpu += time.process_time() - self._c0
+
+
 @dataclass
 class BenchJob:
     input: str
@@ -146,14 +160,13 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     from vidseg.render import Renderer
     from vidseg.ring import FrameMeta
 
-    out, cpu = {}, {}
+    out, clocks = {}, {k: _Clock() for k in ("decode", "infer", "render", "encode")}
     source = FileSource(path, max_frames=n)
-    t0, c0 = time.perf_counter(), time.process_time()
     count = 0
-    for frame in source.frames():
-        np.asarray(frame.image)  # the one copy capture makes, into its ring slot
-        count += 1
-    out["decode"], cpu["decode"] = count / (time.perf_counter() - t0), time.process_time() - c0
+    with clocks["decode"]:
+        for frame in source.frames():
+            np.asarray(frame.image)  # the one copy capture makes, into its ring slot
+            count += 1
     source.close()
     n = out["frames"] = count
     kept = _decoded(path, n)
@@ -178,41 +191,35 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
     st._infer(model, names, metas(0, size), max_dim, pixels)  # warm-up (graph tracing)
     if profile:
         out["parts"] = _profile_parts(model, [to_rgb(*kept[i % len(kept)][:2]) for i in range(size)], max_dim)
-    results, t_infer, cpu["infer"] = [], 0.0, 0.0
+    results = []
     for k0 in range(0, n, size):
         batch_metas = metas(k0, min(size, n - k0))
-        t0, c0 = time.perf_counter(), time.process_time()
-        st._infer(model, names, batch_metas, max_dim, pixels)
-        t_infer += time.perf_counter() - t0
-        cpu["infer"] += time.process_time() - c0
+        with clocks["infer"]:
+            st._infer(model, names, batch_metas, max_dim, pixels)
         if len(results) < len(kept):
             results.extend((m.detections, m.labels) for m in batch_metas)
-    out["infer"] = n / t_infer
 
-    renderer, t_render, cpu["render"] = Renderer(), 0.0, 0.0
+    renderer = Renderer()
     for i in range(n):
         image, fmt, _ = kept[i % len(kept)]
         canvas = image.copy()
         det, labels = results[i % len(results)]
-        t0, c0 = time.perf_counter(), time.process_time()
-        renderer.draw(canvas, det, labels, fmt)
-        t_render += time.perf_counter() - t0
-        cpu["render"] += time.process_time() - c0
-    out["render"] = n / t_render
+        with clocks["render"]:
+            renderer.draw(canvas, det, labels, fmt)
 
     info = probe(path)
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
         sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
                        preset=preset)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(n):
-            image, fmt, _ = kept[i % len(kept)]
-            (sink.write_yuv420p if fmt == "yuv420p" else sink.write)(image, i / (info["fps"] or 30))
-        sink.close()
-        out["encode"], cpu["encode"] = n / (time.perf_counter() - t0), time.process_time() - c0
-        out["cpu_ms"] = {k: 1000.0 * v / n for k, v in cpu.items()}
+        with clocks["encode"]:
+            for i in range(n):
+                image, fmt, _ = kept[i % len(kept)]
+                (sink.write_yuv420p if fmt == "yuv420p" else sink.write)(image, i / (info["fps"] or 30))
+            sink.close()
         out["sequential"] = _sequential(path, n, model, names, size, pixels, max_dim, info, preset,
                                         os.path.join(tmp, "seq.mp4"))
+    out.update({k: n / clock.wall for k, clock in clocks.items()})
+    out["cpu_ms"] = {k: 1000.0 * clock.cpu / n for k, clock in clocks.items()}
     return out
 
 
