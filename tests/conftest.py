@@ -31,8 +31,10 @@ def blob_frame(i: int, width: int, height: int) -> np.ndarray:
 
 
 def make_clip(path, width=640, height=480, frames=50, fps=25, audio=True, codec="libx264",
-              container_format=None, rotation=0, pix_fmt="yuv420p") -> str:
-    """Encode the test scene (and a stereo AAC/MP3 tone when audio) into `path`; returns it."""
+              container_format=None, rotation=0, pix_fmt="yuv420p", noise=0) -> str:
+    """Encode the test scene (and a stereo AAC/MP3 tone when audio) into `path`; returns it.
+    noise: grey noise of up to ±noise levels on every pixel (seeded), which makes the clip
+    costly to encode at slow presets whatever the machine's speed."""
     with av.open(str(path), "w", format=container_format) as c:
         v = c.add_stream(codec, rate=Fraction(fps))
         v.width, v.height, v.pix_fmt = width, height, pix_fmt
@@ -44,8 +46,13 @@ def make_clip(path, width=640, height=480, frames=50, fps=25, audio=True, codec=
         if audio:
             a = c.add_stream("aac" if codec == "libx264" else "mp3", rate=48000)
             a.layout = "stereo"
+        rng = np.random.default_rng(0)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(blob_frame(i, width, height), format="rgb24")
+            image = blob_frame(i, width, height)
+            if noise:
+                grain = rng.integers(-noise, noise + 1, (height, width, 1), dtype=np.int16)
+                image = np.clip(image + grain, 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             c.mux(v.encode(frame))

@@ -21,7 +21,7 @@ from tests.conftest import REPO, probe, run_vidseg, shm_entries, shm_leaked
 SLOW = "tests.fake_models:SlowBlobModel"
 # The two process graphs: with a model (stages forked from the stage server), and the
 # transcode path (--model none: capture and sink forked from the main process), slowed down
-# by a slow preset so that it is still running when the test strikes.
+# by a slow preset on a noisy clip so that it is still running when the test strikes.
 PATHS = {
     "model": (("--model", SLOW), ("vidseg-capture0", "vidseg-infer", "vidseg-render0", "vidseg-sink0")),
     "transcode": (("--model", "none", "--preset", "veryslow"), ("vidseg-capture0", "vidseg-sink0")),
@@ -36,8 +36,10 @@ def long_clip(clips):
 
 @pytest.fixture(scope="module")
 def clip_for(clips, long_clip):
-    """The clip each path runs on: the transcode path needs a larger one to last seconds."""
-    big = clips("long480.mp4", width=640, height=480, frames=FRAMES, fps=25)
+    """The clip each path runs on. The transcode path's is grainy: x264 veryslow encodes the
+    flat test scene at ~180 fps on a fast machine, over before the test strikes; with grain
+    ~9 fps here (27 s), and a Ctrl-C still drains in ~8 s."""
+    big = clips("noisy360.mp4", width=480, height=360, frames=FRAMES, fps=25, noise=20)
     return {"model": long_clip, "transcode": big}
 
 
