@@ -133,6 +133,8 @@ class MaskRCNNFrameModel:
                              "classes (count 'BG' as the first)")
         self.class_names = names
         self.batch_size = self.config.BATCH_SIZE
+        # "square" mode shrinks every larger frame to this long side (vidseg.detections.FrameModel)
+        self.input_max_dim = int(self.config.IMAGE_MAX_DIM) if self.config.IMAGE_RESIZE_MODE == "square" else None
 
         self.model = modellib.MaskRCNN("inference", self.config, model_dir=os.devnull)
         try:

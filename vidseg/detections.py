@@ -53,6 +53,9 @@ class FrameModel(Protocol):
     class_names: list[str], index = class id, entry 0 is background ("BG").
     batch_size: the batch the model is compiled for; the runtime sends at most this many
         frames per call (fewer at the end of a file or on a live source).
+    input_max_dim (optional attribute): the long side the model itself shrinks frames to.
+        When given, the runtime sends larger frames already shrunk to it (by averaging, from
+        the decoder's planes, boxes mapped back), so frames are resized once, not twice.
     """
 
     class_names: Sequence[str]

@@ -24,7 +24,7 @@ import numpy as np
 
 from vidseg.errors import InputError
 from vidseg.metrics import StageMeter
-from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, to_rgb
+from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,9 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
 
     For `block` sources a batch is filled before running (throughput); with any `latest`
     source it runs on what is there after a short window (latency). batch: frames per model
-    call (None: the model's batch_size), never above max_batch. Frames larger than
-    max_dim on their long side are shrunk (INTER_AREA) before the model and the boxes scaled
-    back, so the model never sees 4K pixels.
+    call (None: the model's batch_size), never above max_batch. Frames larger than max_dim
+    (or the model's own input size) on their long side are shrunk once, by averaging, before
+    the model and the boxes scaled back, so the model never sees 4K pixels.
     """
     from vidseg.models import load_frame_model
     from vidseg.quiet import native_stderr_filtered
@@ -172,25 +172,29 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
         port.close()
 
 
-def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: bool = True) -> None:
-    """Run the model on frames (FrameMeta with .image), set their detections and labels."""
-    import cv2  # here, not at the top: the main process imports this module and never needs OpenCV
+def input_side(model, max_dim: Optional[int]) -> Optional[int]:
+    """The long side frames are shrunk to before the model (once, by `model_input`): the
+    smaller of max_dim and the model's own `input_max_dim`; None: frames go as they are."""
+    sides = [d for d in (max_dim, getattr(model, "input_max_dim", None)) if d]
+    return min(sides) if sides else None
 
+
+def _infer(model, names: list, frames: list, max_dim: Optional[int], pixels: bool = True) -> None:
+    """Run the model on frames (FrameMeta with .image), set their detections and labels.
+
+    Frames with a longer side than `input_side(model, max_dim)` are shrunk to it first."""
+    longest = input_side(model, max_dim)
     images, scales = [], []
     for m in frames if pixels else ():
-        h, w = m.size
-        scale = max_dim / max(h, w) if max_dim and max(h, w) > max_dim else 1.0
-        rgb = to_rgb(m.image, m.format)
-        if scale != 1.0:
-            rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        rgb, scale = model_input(m.image, m.format, longest)
         images.append(rgb)
         scales.append(scale)
     results = model(images if pixels else [m.image for m in frames])
     if len(results) != len(frames):
         raise RuntimeError(f"model returned {len(results)} results for {len(frames)} frames")
-    for m, det, scale in zip(frames, results, scales or [1.0] * len(frames)):
-        if scale != 1.0 and len(det):
-            det.boxes = (det.boxes / scale).astype(np.float32)
+    for m, det, (sy, sx) in zip(frames, results, scales or [(1.0, 1.0)] * len(frames)):
+        if (sy, sx) != (1.0, 1.0) and len(det):
+            det.boxes = (det.boxes / np.array([sy, sx, sy, sx], np.float32)).astype(np.float32)
         m.detections = det
         m.labels = tuple(names[int(c)] if 0 <= int(c) < len(names) else str(int(c)) for c in det.class_ids)
         m.image = None

@@ -29,14 +29,14 @@ from typing import Optional
 
 import multiprocessing as mp
 
-import cv2
 import numpy as np
 
 from vidseg.models import check_spec
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
-from vidseg.ring import to_rgb
+from vidseg.ring import model_input
 from vidseg.sinks.mp4 import Mp4Sink
 from vidseg.sources.file import FileSource, probe
+from vidseg.stages import input_side
 
 KEEP_FRAMES = 16  # distinct decoded frames kept for the infer/render/encode measurements
 
@@ -106,16 +106,13 @@ def run_bench(job: BenchJob) -> int:
 
 
 def _profile_parts(model, frames: list, max_dim: int) -> Optional[dict]:
-    """Seconds per batch in each part of the model (frames: uint8 RGB, shrunk as infer does)."""
+    """Seconds per batch in each part of the model (frames: (image, format) as decoded,
+    shrunk as infer does)."""
     if not hasattr(model, "profile_parts"):
         return None
-    shrunk = []
-    for rgb in frames:
-        h, w = rgb.shape[:2]
-        scale = min(1.0, max_dim / max(h, w))
-        shrunk.append(rgb if scale == 1.0 else
-                      cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
-    return {k: round(float(v), 4) for k, v in model.profile_parts(shrunk).items()}
+    side = input_side(model, max_dim)
+    return {k: round(float(v), 4) for k, v in model.profile_parts([model_input(image, fmt, side)[0]
+                                                                   for image, fmt in frames]).items()}
 
 
 def format_table(r: dict) -> str:
@@ -190,7 +187,7 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
 
     st._infer(model, names, metas(0, size), max_dim, pixels)  # warm-up (graph tracing)
     if profile:
-        out["parts"] = _profile_parts(model, [to_rgb(*kept[i % len(kept)][:2]) for i in range(size)], max_dim)
+        out["parts"] = _profile_parts(model, [kept[i % len(kept)][:2] for i in range(size)], max_dim)
     results = []
     for k0 in range(0, n, size):
         batch_metas = metas(k0, min(size, n - k0))
