@@ -67,34 +67,16 @@ def test_shipped_model_in_the_file_pipeline_finds_the_clip_shapes(tmp_path):
     """`vidseg file --detections` on a generated 1280x720 clip: frames shrunk to the model's
     input on the way in, boxes and masks mapped back to frame pixels on the way out, scored
     with pycocotools against the clip's own ground truth (moving, overlapping shapes)."""
-    from pycocotools import mask as mask_util
-    from pycocotools.coco import COCO
-
     from tests.conftest import run_vidseg
-    from vidseg.samples.coco import coco_ap_table
+    from vidseg.samples.coco import coco_ap_table, dataset_to_coco, detections_file_results
     from vidseg.samples.shapes import write_moving_shapes_clip
 
     clip, found = tmp_path / "clip.mp4", tmp_path / "d.jsonl"
     truths = write_moving_shapes_clip(str(clip), seconds=2, width=1280, height=720, seed=7)
     r = run_vidseg("file", clip, "--detections", found, "--no-progress", timeout=600)
     assert r.returncode == 0, r.stderr
-    images, annotations = [], []
-    for i, truth in enumerate(truths):
-        images.append({"id": i, "height": 720, "width": 1280})
-        masks, boxes, class_ids = truth.instances()
-        for k, class_id in enumerate(class_ids):
-            rle = mask_util.encode(np.asfortranarray(masks[:, :, k].astype(np.uint8)))
-            y1, x1, y2, x2 = map(float, boxes[k])
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(class_id),
-                                "segmentation": rle, "area": float(masks[:, :, k].sum()),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0})
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations,
-                    "categories": [{"id": i, "name": n} for i, n in enumerate(CLASS_NAMES) if i]}
-    coco.createIndex()
-    results = [{"image_id": f["frame"], "category_id": d["class_id"], "segmentation": d["mask"], "score": d["score"]}
-               for f in map(json.loads, found.read_text().splitlines()) for d in f["detections"]]
-    ap = coco_ap_table(coco, results, eval_type="segm")
+    truth = dataset_to_coco(ShapesDataset.from_clip(truths))
+    ap = coco_ap_table(truth, detections_file_results(found), eval_type="segm")
     print(ap)
     assert ap["AP50"] >= 0.75  # 0.85 measured; still images score higher (fewer, smaller overlaps)
 

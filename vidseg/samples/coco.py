@@ -8,12 +8,14 @@
 - `build_coco_results`, `predict_coco_results`, `coco_ap_table` and `evaluate_coco` run a model
   and pycocotools' COCOeval and return the AP table as a dict.
 - `dataset_to_coco(dataset)` turns any `utils.Dataset` (shapes, VIA, …) into in-memory COCO
-  ground truth, so every dataset is evaluated the same way.
+  ground truth, so every dataset is evaluated the same way; `detections_file_results` reads
+  a `vidseg file --detections` file as COCO results, to score a video against its truth.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import time
 
@@ -212,6 +214,19 @@ def predict_coco_results(model, dataset, image_ids=None, limit=0, progress=None)
         if progress:
             progress(len(ids))
     return results, [coco_image_id(dataset, i) for i in image_ids], t_prediction
+
+
+def detections_file_results(path):
+    """COCO result records (segmentation and box) of a `--detections` JSON-lines file; the
+    image id is the frame number."""
+    results = []
+    with open(path, encoding="utf8") as f:
+        for frame in map(json.loads, f):
+            for d in frame["detections"]:
+                x1, y1, x2, y2 = d["box"]
+                results.append({"image_id": frame["frame"], "category_id": d["class_id"], "score": d["score"],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": d["mask"]})
+    return results
 
 
 def coco_ap_table(coco, results, image_ids=None, eval_type="segm", verbose=False):

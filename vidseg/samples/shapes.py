@@ -209,6 +209,19 @@ class ShapesDataset(utils.Dataset):
         """A prepared dataset whose shapes differ in size, colour and position from training."""
         return cls.generate(count, height, width, seed=seed, style=SHIFTED_STYLE)
 
+    @classmethod
+    def from_clip(cls, truths):
+        """A prepared dataset of a clip's frames: image i is frame i (truths: the FrameTruth list
+        `write_moving_shapes_clip` returns), e.g. to score a `--detections` file against it."""
+        dataset = cls()
+        for name in SHAPES:
+            dataset.add_class("shapes", CLASS_NAMES.index(name), name)
+        for i, truth in enumerate(truths):
+            dataset.add_image("shapes", image_id=i, path=None, width=truth.width, height=truth.height,
+                              bg_color=truth.bg_color, shapes=truth.shapes)
+        dataset.prepare()
+        return dataset
+
     def load_shapes(self, count, height, width, seed=None, style=TRAIN_STYLE):
         """Register `count` random images (matterport's name; seed None uses the global RNG).
         May be called again to add images of another size; image ids keep counting."""
