@@ -197,7 +197,7 @@ def run_inspect(job: InspectJob) -> int:
             def warm_up(self):  # inspect runs the graph once on its own: no compiled function needed
                 pass
 
-        model = _Model(weights=job.weights, min_confidence=job.min_confidence, class_names=job.classes)
+        model = _Model(weights=job.weights, batch_size=1, min_confidence=job.min_confidence, class_names=job.classes)
     keras_model = model.model.keras_model
     layers = list(job.layers) if job.layers else steps.default_layers(keras_model)
     unknown = steps.unknown_layers(keras_model, layers)

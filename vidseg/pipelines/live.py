@@ -190,7 +190,8 @@ def run_live(job: LiveJob) -> int:
                                 frame_shape=(height, width), policy="latest"))
     options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
     try:
-        result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch,
+        # one frame per source per call: a live source never has more than one frame waiting
+        result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch or len(plans),
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         _keep_outputs(temps, paths)
@@ -259,7 +260,7 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
     plan = SourcePlan(name=mask(url), source=source, sinks=[Spec(NullSink)], frame_shape=(height, width),
                       policy="latest")
     result = run_pipeline([plan], model=model, model_options=dict(job.model_extra, weights=weights, min_confidence=min_confidence),
-                          batch=batch, progress=False)
+                          batch=batch or 1, progress=False)
     if result.status == "failed":
         print(f"vidseg: error: {mask(result.message)}", file=sys.stderr)
         return result.exit_code

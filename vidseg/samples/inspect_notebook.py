@@ -40,7 +40,7 @@ from mrcnn.frame_model import MaskRCNNFrameModel
 from mrcnn.utils import read_rgb
 from vidseg.pipelines import inspect_steps as steps
 
-model = MaskRCNNFrameModel(WEIGHTS, min_confidence=MIN_CONFIDENCE)
+model = MaskRCNNFrameModel(WEIGHTS, batch_size=1, min_confidence=MIN_CONFIDENCE)
 config, class_names = model.config, model.class_names
 print(config.BACKBONE, "backbone,", config.NUM_CLASSES, "classes:", ", ".join(class_names))"""),
     ("markdown", """## One pass through the network

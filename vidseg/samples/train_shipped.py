@@ -57,6 +57,9 @@ class ShippedConfig(ShapesConfig):
 
 
 # Settings the inference model needs beyond what the weight shapes say (see mrcnn.frame_model).
+# Frames per model call in `vidseg file`: 4 costs 15-17 CPU ms a frame against 21-25 for 1
+# (1080p, docs/benchmarks/runtime.md); live sources still run one frame per source per call.
+VIDEO_BATCH = 4
 EXPORTED_FIELDS = ["IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "RPN_ANCHOR_SCALES", "PRE_NMS_LIMIT",
                    "POST_NMS_ROIS_INFERENCE", "DETECTION_MAX_INSTANCES", "DETECTION_MIN_CONFIDENCE",
                    "DETECTION_NMS_THRESHOLD"]
@@ -87,7 +90,8 @@ def export(checkpoint, config, out_dir=MODELS_DIR):
     fields = {k: getattr(config, k) for k in EXPORTED_FIELDS}
     fields = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v)
               for k, v in fields.items()}
-    meta = {"config": fields, "class_names": CLASS_NAMES, "source": os.path.basename(checkpoint)}
+    meta = {"config": fields, "class_names": CLASS_NAMES, "batch_size": VIDEO_BATCH,
+            "source": os.path.basename(checkpoint)}
     (out_dir / "shapes.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
