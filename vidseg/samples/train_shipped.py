@@ -57,12 +57,12 @@ class ShippedConfig(ShapesConfig):
 
 
 # Settings the inference model needs beyond what the weight shapes say (see mrcnn.frame_model).
-# Frames per model call in `vidseg file`: 4 costs 15-17 CPU ms a frame against 21-25 for 1
-# (1080p, docs/benchmarks/runtime.md); live sources still run one frame per source per call.
-VIDEO_BATCH = 4
 EXPORTED_FIELDS = ["IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "RPN_ANCHOR_SCALES", "PRE_NMS_LIMIT",
                    "POST_NMS_ROIS_INFERENCE", "DETECTION_MAX_INSTANCES", "DETECTION_MIN_CONFIDENCE",
                    "DETECTION_NMS_THRESHOLD"]
+# Frames per model call in `vidseg file`: 4 costs 15-17 CPU ms a frame against 21-25 for 1
+# (1080p, docs/benchmarks/runtime.md); live sources still run one frame per source per call.
+VIDEO_BATCH = 4
 
 # (learning-rate factor, cumulative epochs) of each phase, for --epochs-scale 1.0: warm-up,
 # a first cycle, and a second one (the shipped file was trained as the first four phases,
