@@ -103,7 +103,7 @@ def shrunk_rgb(image: np.ndarray, fmt: str, height: int, width: int) -> np.ndarr
     """uint8 RGB [height, width, 3] of a larger frame, shrunk by averaging (INTER_AREA, no
     aliasing). An I420 frame (height, width even) is shrunk plane by plane and only then
     converted to RGB, so the colour conversion runs at the small size: 1080p to 128x72 takes
-    0.8 ms instead of 17 ms converting first (docs/benchmarks/runtime.md)."""
+    0.8 ms instead of 14-17 ms converting first (docs/benchmarks/model_input_cost.py)."""
     import cv2
 
     if fmt != "yuv420p":
