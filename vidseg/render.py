@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from vidseg.detections import Detections
+from vidseg.ring import i420_planes
 
 ALPHA = 0.5          # matterport's apply_mask alpha
 IOU_MATCH = 0.5      # same object if same class and IoU above this
@@ -198,20 +199,13 @@ def _even_region(box, label_box, pad: int, h: int, w: int) -> tuple:
     return (y1, x1, y2, x2)
 
 
-def _i420_planes(image: np.ndarray, h: int, w: int):
-    flat = image.reshape(-1)
-    n = h * w
-    return (flat[:n].reshape(h, w), flat[n:n + n // 4].reshape(h // 2, w // 2),
-            flat[n + n // 4:n + n // 2].reshape(h // 2, w // 2))
-
-
 def _i420_crop_to_rgb(image: np.ndarray, h: int, w: int, region) -> np.ndarray:
     """RGB [y2-y1, x2-x1, 3] of an even-aligned region of an I420 frame [h*3/2, w]."""
     y1, x1, y2, x2 = region
     ph, pw = y2 - y1, x2 - x1
     patch = np.empty((ph * 3 // 2, pw), np.uint8)
-    dst = _i420_planes(patch, ph, pw)
-    for src, d, s in zip(_i420_planes(image, h, w), dst, (1, 2, 2)):
+    dst = i420_planes(patch, ph, pw)
+    for src, d, s in zip(i420_planes(image, h, w), dst, (1, 2, 2)):
         d[:] = src[y1 // s:y2 // s, x1 // s:x2 // s]
     return cv2.cvtColor(patch, cv2.COLOR_YUV2RGB_I420)
 
@@ -221,7 +215,7 @@ def _rgb_to_i420_paste(rgb: np.ndarray, image: np.ndarray, h: int, w: int, regio
     y1, x1, y2, x2 = region
     ph, pw = y2 - y1, x2 - x1
     yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
-    for dst, src, s in zip(_i420_planes(image, h, w), _i420_planes(yuv, ph, pw), (1, 2, 2)):
+    for dst, src, s in zip(i420_planes(image, h, w), i420_planes(yuv, ph, pw), (1, 2, 2)):
         dst[y1 // s:y2 // s, x1 // s:x2 // s] = src
 
 

@@ -108,16 +108,18 @@ def shrunk_rgb(image: np.ndarray, fmt: str, height: int, width: int) -> np.ndarr
 
     if fmt != "yuv420p":
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    H, W = frame_size(image.shape, fmt)
-    src, out = image.reshape(-1), np.empty((height * 3 // 2, width), np.uint8)
-    dst = out.reshape(-1)
-    dst[: height * width] = cv2.resize(image[:H], (width, height), interpolation=cv2.INTER_AREA).reshape(-1)
-    src_c, dst_c = H * W // 4, height * width // 4  # one chroma plane, in bytes
-    for k in range(2):  # U, then V
-        plane = src[H * W + k * src_c: H * W + (k + 1) * src_c].reshape(H // 2, W // 2)
-        small = cv2.resize(plane, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-        dst[height * width + k * dst_c: height * width + (k + 1) * dst_c] = small.reshape(-1)
+    out = np.empty((height * 3 // 2, width), np.uint8)
+    for src, dst in zip(i420_planes(image, *frame_size(image.shape, fmt)), i420_planes(out, height, width)):
+        dst[:] = cv2.resize(src, (dst.shape[1], dst.shape[0]), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(out, cv2.COLOR_YUV2RGB_I420)
+
+
+def i420_planes(image: np.ndarray, h: int, w: int) -> tuple:
+    """Views (Y [h, w], U [h/2, w/2], V [h/2, w/2]) of a C-contiguous I420 frame [h*3/2, w]."""
+    flat = image.reshape(-1)
+    n = h * w
+    return (flat[:n].reshape(h, w), flat[n:n + n // 4].reshape(h // 2, w // 2),
+            flat[n + n // 4:n + n // 2].reshape(h // 2, w // 2))
 
 
 @dataclass(frozen=True)
