@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import threading
 import time
 
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vidseg.ring import CaptureOut, EndOfStream, FrameRing, RingPort, SourceLink
+from vidseg.ring import CaptureOut, EndOfStream, FrameRing, PipeQueue, RingPort, SourceLink
 
 CTX = mp.get_context("spawn")
 SHAPE = (4, 6, 3)
@@ -43,6 +44,45 @@ class Rig:
         self.port.close()
         self.ring.close()
         self.ring.unlink()
+
+
+def _write_messages(q: PipeQueue, writer: int, count: int) -> None:
+    for i in range(count):
+        q.put((writer, i, bytes([i % 256]) * (i * 37 % 3000)))
+
+
+def test_pipe_queue_keeps_every_writers_messages_whole_and_in_order():
+    """Writers in other processes (the queue pickled to them) write at once, with messages of
+    up to 3 KB through a 64 KiB pipe, which fills while the reader waits and then drains as it
+    reads, so writers block and resume mid-stream: the reader gets each message whole, each
+    writer's in order."""
+    q = PipeQueue(CTX)
+    writers = [CTX.Process(target=_write_messages, args=(q, w, 1500)) for w in range(3)]
+    for p in writers:
+        p.start()
+    time.sleep(1.0)
+    seen = {w: 0 for w in range(3)}
+    for _ in range(3 * 1500):
+        writer, i, payload = q.get(timeout=30)
+        assert i == seen[writer] and payload == bytes([i % 256]) * (i * 37 % 3000)
+        seen[writer] += 1
+    for p in writers:
+        p.join(10)
+        assert p.exitcode == 0
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+
+
+def test_pipe_queue_times_out_and_refuses_messages_it_cannot_write_whole():
+    q = PipeQueue(CTX)
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.1)
+    assert 0.09 <= time.monotonic() - t0 < 2
+    with pytest.raises(ValueError, match="atomic"):
+        q.put(b"x" * 5000)
+    q.put(EndOfStream(2, interrupted=True))
+    assert q.get() == EndOfStream(2, interrupted=True)
 
 
 def test_ring_create_attach_unlink():

@@ -26,7 +26,7 @@ from typing import Optional
 from vidseg import stages
 from vidseg.errors import InputError
 from vidseg.metrics import Progress, build_stats
-from vidseg.ring import EndOfStream, FrameRing, SourceLink, reap_stale_rings, shm_free_bytes
+from vidseg.ring import EndOfStream, FrameRing, PipeQueue, SourceLink, reap_stale_rings, shm_free_bytes
 from vidseg.stages import Spec
 from vidseg.supervisor import Supervisor
 
@@ -112,7 +112,9 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             ring = sup.add_ring(FrameRing.create(slots, (plan.frame_shape[0], plan.frame_shape[1], 3)))
             links.append(SourceLink(ctx, i, ring.spec, plan.policy))
         ready = ctx.Event()  # set by infer once the model is built; captures start reading then
-        sink_qs = [ctx.Queue() for _ in sources]
+        # Straight from capture, only headers travel (at most a ring's slots of them); from
+        # render, detections too, which need a Queue's buffering.
+        sink_qs = [PipeQueue(ctx) if direct else ctx.Queue() for _ in sources]
         done_counts = [ctx.Value("q", 0, lock=False) for _ in sources]
         if direct:
             capture_qs = sink_qs
