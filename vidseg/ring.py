@@ -267,9 +267,9 @@ class PipeQueue:
 
     put() pickles the message and writes it with one write() of at most PIPE_BUF bytes, which
     the OS makes atomic: any number of writers need no lock, and no feeder thread runs (a
-    multiprocessing.Queue hands every put to one and takes locks and a selector on get: for
-    the transcode path's two queues, 0.3 ms of CPU per 1080p frame alone and 0.6 ms beside a
-    busy encoder, docs/benchmarks/runtime.md). One reader only.
+    multiprocessing.Queue hands every put to one and takes locks and a selector on get: on
+    the transcode path's two queues, 0.3 ms of CPU per 1080p frame with nothing else running
+    and 0.3-0.9 ms beside the encoder, docs/benchmarks/runtime.md). One reader only.
     put() would block on a full pipe (64 KiB), so use it where the messages waiting are
     bounded, as slots are by the ring. get() and get_nowait() are multiprocessing.Queue's
     (queue.Empty on timeout). Picklable while a process is being started, like a Queue.
