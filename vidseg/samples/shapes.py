@@ -214,8 +214,7 @@ class ShapesDataset(utils.Dataset):
         """A prepared dataset of a clip's frames: image i is frame i (truths: the FrameTruth list
         `write_moving_shapes_clip` returns), e.g. to score a `--detections` file against it."""
         dataset = cls()
-        for name in SHAPES:
-            dataset.add_class("shapes", CLASS_NAMES.index(name), name)
+        dataset.add_shape_classes()
         for i, truth in enumerate(truths):
             dataset.add_image("shapes", image_id=i, path=None, width=truth.width, height=truth.height,
                               bg_color=truth.bg_color, shapes=truth.shapes)
@@ -226,12 +225,16 @@ class ShapesDataset(utils.Dataset):
         """Register `count` random images (matterport's name; seed None uses the global RNG).
         May be called again to add images of another size; image ids keep counting."""
         rng = random if seed is None else random.Random(seed)
-        for name in SHAPES:
-            self.add_class("shapes", CLASS_NAMES.index(name), name)
+        self.add_shape_classes()
         for _ in range(count):
             bg_color, shapes = random_image(rng, height, width, style)
             self.add_image("shapes", image_id=len(self.image_info), path=None, width=width, height=height,
                            bg_color=bg_color, shapes=shapes)
+
+    def add_shape_classes(self):
+        """Register the three shape classes under their CLASS_NAMES ids (again is harmless)."""
+        for name in SHAPES:
+            self.add_class("shapes", CLASS_NAMES.index(name), name)
 
     def load_image(self, image_id):
         """uint8 RGB [H, W, 3]."""
