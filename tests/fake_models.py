@@ -66,11 +66,12 @@ class SlowBlobModel(BlobModel):
         return super().__call__(frames)
 
 
-class FailingModel(BlobModel):
-    """Raises on the `fail_at`-th batch (tests the supervisor's error path)."""
+class FailingModel(SlowBlobModel):
+    """SlowBlobModel (no delay by default) that raises on the `fail_at`-th batch (tests the
+    supervisor's error path); by default on the first, so no frame gets past it."""
 
-    def __init__(self, batch_size: int = 1, fail_at: int = 3, **_ignored):
-        super().__init__(batch_size)
+    def __init__(self, batch_size: int = 1, fail_at: int = 1, delay: float = 0.0, **_ignored):
+        super().__init__(batch_size, delay)
         self.fail_at = fail_at
         self.calls = 0
 
@@ -79,6 +80,11 @@ class FailingModel(BlobModel):
         if self.calls >= self.fail_at:
             raise RuntimeError("test model failed on purpose")
         return super().__call__(frames)
+
+
+def failing_midway(batch_size: int = 1, **_ignored) -> FailingModel:
+    """One frame per batch, 0.2 s each, raises on the 10th: nine frames go through first."""
+    return FailingModel(batch_size=1, fail_at=10, delay=0.2)
 
 
 class BrokenFileSource:

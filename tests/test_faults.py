@@ -1,8 +1,8 @@
 """Faults: a stage killed, a stage raising, Ctrl-C, the supervisor killed.
 
 Every run must end promptly with a message naming the stage, leave /dev/shm as it was, leave
-no process behind, and leave no half-written output (except the finalised partial MP4 of
-a Ctrl-C).
+no process behind, and leave no half-written output: only an MP4 its sink finalised (after
+a Ctrl-C, or when another stage failed), which then plays and is announced as partial.
 """
 from __future__ import annotations
 
@@ -93,7 +93,15 @@ def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
     assert len(err.strip().splitlines()) == 1, err
     assert all_gone(helpers)
     assert not shm_leaked(shm)
-    assert os.listdir(tmp_path) == []  # no output, no temp file
+    left = os.listdir(tmp_path)  # never a temp file
+    if stage == "vidseg-sink0":
+        assert left == []
+    elif path == "model":  # frames reached the sink before the kill: it finalised them
+        assert left == ["out.mp4"]
+        assert f"{tmp_path / 'out.mp4'} keeps the" in err and "(partial)" in err
+        assert int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) >= 1
+    else:  # veryslow's lookahead can outlast the 2 s the sink gets to finalise: then nothing
+        assert left in ([], ["out.mp4"])
 
 
 def test_stage_exception_names_the_stage(long_clip, tmp_path):
@@ -104,6 +112,21 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
     assert r.stderr.strip() == "vidseg: error: infer stage failed: RuntimeError: test model failed on purpose"
     assert not shm_leaked(shm)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tmp_path):
+    shm = shm_entries()
+    out = tmp_path / "out.mp4"
+    r = run_vidseg("file", long_clip, "-o", out, "--model", "tests.fake_models:failing_midway", "--no-progress")
+    assert r.returncode == 1
+    video, audio = probe(out)["video"], probe(out)["audio"]
+    frames = int(video["nb_read_frames"])
+    assert 1 <= frames <= 9  # one frame per batch; the 10th batch raised
+    assert r.stderr.strip() == ("vidseg: error: infer stage failed: RuntimeError: test model failed on purpose; "
+                                f"{out} keeps the {frames} frames encoded before it (partial)")
+    assert abs(float(audio["duration"]) - float(video["duration"])) < 0.1  # audio stops with the video
+    assert not shm_leaked(shm)
+    assert os.listdir(tmp_path) == ["out.mp4"]
 
 
 @pytest.mark.parametrize("path", PATHS)

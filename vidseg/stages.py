@@ -233,7 +233,8 @@ def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], s
 
 def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_count, meter: StageMeter) -> None:
     """Write each frame to every sink, free its slot, record capture→sink latency.
-    A sink returning False (window closed, q pressed) asks the supervisor to stop the run."""
+    A sink returning False (window closed, q pressed) asks the supervisor to stop the run.
+    Sinks are closed however the loop ends; cut short, those with audio stop it at the last frame."""
     sinks = [spec.build() for spec in sink_specs]
     port = RingPort(in_q, [link])
     quit_sent = False
@@ -268,6 +269,11 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
             if not keep_going and not quit_sent:
                 ctrl.put(("quit", meter.name))
                 quit_sent = True
+    except BaseException:  # the run failed elsewhere (SIGTERM, see finalising_mp4) or here
+        for sink in sinks:
+            if hasattr(sink, "trim_audio"):
+                sink.trim_audio = True  # what is finalised ends with the last frame written
+        raise
     finally:
         try:
             for sink in sinks:

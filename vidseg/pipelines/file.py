@@ -3,7 +3,9 @@
 Checks the input and output up front (one-line errors, exit 2), then runs `run_pipeline`
 with one `block` source. The MP4 (and the detections file) is written under a temporary
 name beside the output and renamed only when the run completes or was interrupted (then it
-is finalised and marked partial in the summary); on failure nothing is left behind.
+is finalised and marked partial in the summary). When a stage fails, the sink still
+finalises the MP4 with the frames it has, which is kept if it holds any and the error says
+so; nothing else is left behind.
 """
 from __future__ import annotations
 
@@ -17,10 +19,9 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
-from vidseg.sinks.mp4 import Mp4Sink
+from vidseg.sinks.mp4 import finalising_mp4, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sources.file import FileSource, probe
-
 
 
 @dataclass
@@ -93,9 +94,9 @@ def run_file(job: FileJob) -> int:
         check_output(job.stats, job.input, True, "stats file")
     temps = {k: temp_beside(v) for k, v in outputs.items()}
     try:
-        sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
-                                  time_base=info["time_base"], preset=job.preset, crf=job.crf,
-                                  audio_from=job.input if info["has_audio"] else None)) \
+        sink = Spec(finalising_mp4, dict(path=temps["output"], width=info["width"], height=info["height"],
+                                         fps=info["fps"], time_base=info["time_base"], preset=job.preset,
+                                         crf=job.crf, audio_from=job.input if info["has_audio"] else None)) \
             if job.output else Spec(NullSink)
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input, "info": info}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
@@ -109,11 +110,10 @@ def run_file(job: FileJob) -> int:
 
 
 def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], expected: Optional[int]) -> int:
-    """Rename temp outputs into place (complete/interrupted) or remove them (failed); report."""
+    """Rename temp outputs into place (complete/interrupted) or remove them (failed, see
+    `fail`); report."""
     if result.status == "failed":
-        _remove(temps.values())
-        print(f"vidseg: error: {result.message}", file=sys.stderr)
-        return result.exit_code
+        return fail(result, temps, outputs)
     for key, tmp in temps.items():
         os.replace(tmp, outputs[key])
     stats = result.stats
@@ -125,6 +125,19 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
               + f", skipped {stats.get('skipped', 0)} undecodable packets", file=sys.stderr)
     if stats_path:
         write_stats(stats_path, stats)
+    return result.exit_code
+
+
+def fail(result: RunResult, temps: dict, outputs: dict) -> int:
+    """Remove the temp outputs of a failed run, except an MP4 that its sink finalised with
+    frames in it: that one goes into place and the one-line error says how many it holds."""
+    message = result.message
+    frames = video_frames(temps["output"]) if "output" in temps else 0
+    if frames:
+        os.replace(temps.pop("output"), outputs["output"])
+        message += f"; {outputs['output']} keeps the {frames} frame{'s' * (frames != 1)} encoded before it (partial)"
+    _remove(temps.values())
+    print(f"vidseg: error: {message}", file=sys.stderr)
     return result.exit_code
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
-from vidseg.sinks.mp4 import Mp4Sink
+from vidseg.sinks.mp4 import finalising_mp4, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sinks.window import WindowSink, check_display
 from vidseg.sources.camera import CameraSource, device_path
@@ -76,18 +75,6 @@ def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: floa
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
                         end_on_give_up=True)
-
-
-def finalising_mp4(**mp4_options) -> Mp4Sink:
-    """An Mp4Sink (built in the sink process) that is finalised even when the run fails: the
-    supervisor stops the stages with SIGTERM, which here unwinds the sink stage (SystemExit)
-    so that it closes its sinks, and the recording up to the failure plays."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Mp4Sink(**mp4_options)
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def probe_all(job: LiveJob) -> list:
@@ -228,20 +215,10 @@ def _keep_outputs(temps: list, paths: list) -> None:
     for tmp, path in zip(temps, paths):
         if tmp is None:
             continue
-        if _has_video(tmp):
+        if video_frames(tmp):
             os.replace(tmp, path)
         else:
             os.unlink(tmp)
-
-
-def _has_video(path: str) -> bool:
-    import av
-
-    try:
-        with av.open(path) as container:
-            return bool(container.streams.video) and container.streams.video[0].frames > 0
-    except (av.FFmpegError, OSError):
-        return False
 
 
 def bench_live(url: str, model: str = "none", weights: Optional[str] = None, batch: Optional[int] = None,

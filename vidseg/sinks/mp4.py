@@ -8,6 +8,7 @@ stopped early still leaves a playable file.
 from __future__ import annotations
 
 import os
+import signal
 from fractions import Fraction
 from typing import Iterator, Optional
 
@@ -84,6 +85,28 @@ class Mp4Sink:
             if self._audio:
                 self._audio.close()
             self._out.close()
+
+
+def finalising_mp4(**mp4_options) -> Mp4Sink:
+    """An Mp4Sink (built in the sink process) that is finalised even when the run fails: the
+    supervisor stops the stages with SIGTERM, which here unwinds the sink stage (SystemExit)
+    so that it closes its sinks, and the frames written up to the failure play."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return Mp4Sink(**mp4_options)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def video_frames(path: str) -> int:
+    """Frames in the video stream of a finalised MP4 (from its index); 0 when it has none or
+    cannot be read (a sink killed before it wrote the index leaves such a file)."""
+    try:
+        with av.open(path) as container:
+            return container.streams.video[0].frames if container.streams.video else 0
+    except (av.FFmpegError, OSError):
+        return 0
 
 
 def x264_threads() -> int:
