@@ -153,6 +153,28 @@ def test_sigint_drains_and_keeps_a_playable_partial_mp4(path, clip_for, tmp_path
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
 
 
+def test_second_ctrl_c_never_leaves_a_broken_mp4(clip_for, tmp_path):
+    """The second Ctrl-C stops the run at once: the sink gets 2 s to finalise, which veryslow's
+    lookahead usually outlasts. Whatever the timing, an MP4 left in place plays."""
+    shm = shm_entries()
+    options, stages = PATHS["transcode"]
+    run = start("file", clip_for["transcode"], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    procs = wait_for_stages(run.pid, stages)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    left = os.listdir(tmp_path)
+    if left:
+        assert left == ["out.mp4"]
+        assert int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) >= 1
+    else:
+        assert f"so {tmp_path / 'out.mp4'} was not written" in err and "(partial)" not in err
+    assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_supervisor_killed_leaves_no_orphans(path, clip_for, tmp_path):
     shm = shm_entries()
