@@ -44,9 +44,11 @@ def clip_for(clips, long_clip):
 
 
 def start(*args) -> subprocess.Popen:
+    """The command in a process group of its own (as a shell job is), led by the command."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0) -> dict:
@@ -129,16 +131,21 @@ def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tm
     assert os.listdir(tmp_path) == ["out.mp4"]
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_sigint_drains_and_keeps_a_playable_partial_mp4(path, clip_for, tmp_path):
+@pytest.mark.parametrize("path, stop, group, code", [
+    (path, signal.SIGINT, group, 130) for path in PATHS for group in (False, True)  # group: a terminal's Ctrl-C
+] + [(path, signal.SIGTERM, group, 143) for path in PATHS for group in (False, True)])  # kill; timeout, systemd
+def test_stop_signal_drains_and_keeps_a_playable_partial_mp4(path, stop, group, code, clip_for, tmp_path):
     shm = shm_entries()
     options, stages = PATHS[path]
     run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress",
                 "--stats", tmp_path / "stats.json")
     procs = wait_for_stages(run.pid, stages)
-    run.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(run.pid, stop)
+    else:
+        run.send_signal(stop)
     _, err = run.communicate(timeout=30)
-    assert run.returncode == 130, err
+    assert run.returncode == code, err
     assert "partial" in err
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["partial"] is True
@@ -149,6 +156,25 @@ def test_sigint_drains_and_keeps_a_playable_partial_mp4(path, clip_for, tmp_path
     # audio ends with the video (within a frame or one audio packet)
     assert abs(float(out["audio"]["duration"]) - float(out["video"]["duration"])) < 0.1
     assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
+
+
+def test_timeout_stops_the_run_once_and_it_drains(clip_for, tmp_path):
+    """`timeout` sends SIGTERM to the command and then to its whole process group: one stop,
+    drained like a Ctrl-C (not the "second signal" that stops at once)."""
+    shm = shm_entries()
+    options, _ = PATHS["transcode"]
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    r = subprocess.run(["timeout", "4", sys.executable, "-c", "from vidseg.cli import main; main()", "file",
+                        clip_for["transcode"], "-o", out, *options, "--no-progress", "--stats", stats_path],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 124, r.stderr  # timeout's own code: the command ended after the signal
+    stats = json.loads(stats_path.read_text())
+    assert stats["partial"] is True
+    assert 0 < stats["frames_out"] == stats["frames_in"] - sum(stats["dropped"].values())
+    assert int(probe(out)["video"]["nb_read_frames"]) == stats["frames_out"]
     assert not shm_leaked(shm)
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
 

@@ -1,20 +1,21 @@
 """The `vidseg` command: parses options and calls a pipeline; no logic of its own.
 
 Every command returns its exit code. Errors the user can fix (InputError, bad option values)
-print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130.
+print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130, SIGTERM 143.
 """
 from __future__ import annotations
 
 import functools
 import gc
 import os
+import signal
 import sys
 from multiprocessing import resource_tracker
 
 import click
 
 from vidseg import stage_server
-from vidseg.errors import InputError
+from vidseg.errors import InputError, Terminated, raise_terminated
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -23,6 +24,7 @@ class VidsegGroup(click.Group):
     """A click group that turns usage errors and InputError into one line and exit 2."""
 
     def main(self, args=None, prog_name="vidseg", **kwargs):
+        signal.signal(signal.SIGTERM, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:
@@ -36,6 +38,8 @@ class VidsegGroup(click.Group):
             code = e.exit_code
         except click.Abort:
             code = 130
+        except Terminated as e:
+            code = e.exit_code
         except KeyboardInterrupt:
             code = 130
         gc.freeze()  # the process ends: spare its last collection over all it loaded (~40 ms)

@@ -9,3 +9,16 @@ class InputError(Exception):
     """
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop, systemd) to the command: unwinds like Ctrl-C, exit
+    143. While a pipeline runs, the supervisor takes SIGTERM itself and drains as for Ctrl-C.
+    Also how a sink stage asked to stop (vidseg.stages.STOP_SIGNAL) leaves its loop."""
+
+    exit_code = 128 + 15  # 128 + SIGTERM, the shell's convention
+
+
+def raise_terminated(signum, frame):
+    """The command's SIGTERM handler (see Terminated)."""
+    raise Terminated()

@@ -7,7 +7,7 @@ run a model — imports the stage modules once while the main process imports an
 every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the server
 never imports TensorFlow (only the infer stage does, after the fork), runs no thread
 (OpenBLAS is limited to one, which also spares the stages its thread pool: they do no linear
-algebra), and ignores SIGINT (Ctrl-C is the supervisor's). Stages inherit the server's
+algebra), and ignores SIGINT and SIGTERM (the supervisor's). Stages inherit the server's
 environment, that of the command when it started.
 
 A run with no model and only files does without the server: capture and sink, which only
@@ -44,13 +44,15 @@ def start(window: bool = True):
     that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+    # inherited through exec: Ctrl-C and SIGTERM are the supervisor's (vidseg.supervisor)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     saved = {k: os.environ.get(k) for k in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for k, v in saved.items():
             if v is None:
                 del os.environ[k]

@@ -22,9 +22,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from vidseg.errors import InputError
+from vidseg.errors import InputError, Terminated
 from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
+
+STOP_SIGNAL = signal.SIGUSR1  # the supervisor asks a sink stage to end now, cleanly (see sink_loop)
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,17 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     """Process entry: run `loop(*args, meter)`; report ("done", name, report) or
     ("error", name, message, exit_code) on `ctrl`, then exit 0/1/2."""
     _set_process_name(name)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains the stages
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked across the fork
+    # Ctrl-C and SIGTERM are the supervisor's, also when sent to the whole process group (a
+    # terminal, timeout, systemd): it drains the stages. It ends them with STOP_SIGNAL or SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked across the fork
     _exit_with_parent()
     meter = StageMeter(name)
     try:
         loop(*args, meter)
+    except Terminated:  # a sink stopped by STOP_SIGNAL (see sink_loop): its sinks are closed, its count stands
+        pass
     except InputError as e:
         ctrl.put(("error", name, str(e), 2))
         sys.exit(2)
@@ -234,13 +241,19 @@ def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], s
 def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_count, meter: StageMeter) -> None:
     """Write each frame to every sink, free its slot, record capture→sink latency.
     A sink returning False (window closed, q pressed) asks the supervisor to stop the run.
-    Sinks are closed however the loop ends; cut short, those with audio stop it at the last frame."""
+    Sinks are closed however the loop ends (an MP4 is finalised and plays); cut short, those
+    with audio stop it at the last frame. STOP_SIGNAL (the supervisor ending a failed run)
+    ends the loop between frames, never in the middle of one."""
     sinks = [spec.build() for spec in sink_specs]
+    stop = _StopBetweenFrames()
+    signal.signal(STOP_SIGNAL, stop)
     port = RingPort(in_q, [link])
     quit_sent = False
     try:
         while True:
+            stop.waiting = True
             item = port.get()
+            stop.waiting = False
             if isinstance(item, EndOfStream):
                 for sink in sinks:
                     if item.interrupted and hasattr(sink, "trim_audio"):
@@ -269,7 +282,9 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
             if not keep_going and not quit_sent:
                 ctrl.put(("quit", meter.name))
                 quit_sent = True
-    except BaseException:  # the run failed elsewhere (SIGTERM, see finalising_mp4) or here
+            if stop.requested:
+                raise Terminated()
+    except BaseException:  # stopped (STOP_SIGNAL: the run failed elsewhere) or failed here
         for sink in sinks:
             if hasattr(sink, "trim_audio"):
                 sink.trim_audio = True  # what is finalised ends with the last frame written
@@ -280,3 +295,18 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
                 sink.close()
         finally:
             port.close()
+
+
+class _StopBetweenFrames:
+    """A sink stage's STOP_SIGNAL handler: raises Terminated at once while the stage waits for a
+    frame, else records the request for the loop to honour once the frame in hand is written,
+    so a sink is never left with half a frame (an encoded packet not yet muxed)."""
+
+    def __init__(self):
+        self.waiting = False
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        if self.waiting:
+            raise Terminated()

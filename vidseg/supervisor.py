@@ -7,11 +7,14 @@ left to load and no server has to load it all a second time.
 
 - A stage that raises reports ("error", stage, message, code) and exits; a stage that dies
   (SIGKILL, segfault, OOM) is seen through its exit code. Either way the others are
-  terminated within seconds, every ring is unlinked, and the run ends with one line naming
+  stopped within seconds (sinks with their stop signal, so that an MP4 is finalised with what
+  it has; the rest killed), every ring is unlinked, and the run ends with one line naming
   the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage).
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
-  drains through every stage, sinks finalise (the MP4 plays), exit 130. A second Ctrl-C stops
-  at once. Stages ignore SIGINT themselves, so a terminal's Ctrl-C reaches only this logic.
+  drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
+  timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once.
+  Stages ignore both themselves, so a signal sent to the whole process group (a terminal's
+  Ctrl-C, timeout, systemd) reaches only this logic.
 - A stage asking to quit (a window closed) drains like Ctrl-C but ends with exit 0.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import queue
 import signal
 import threading
@@ -31,6 +35,7 @@ from vidseg.ring import FrameRing
 
 TERM_GRACE_S = 2.0
 TICK_S = 0.1  # progress bar and control messages are looked at this often
+REPEAT_S = 0.2  # a second stop signal sooner than this is the first one again, not "stop now"
 
 
 @dataclass
@@ -66,29 +71,35 @@ class Supervisor:
         self.ctrl = self.ctx.Queue()
         self.stop = self.ctx.Event()
         self._procs: dict[str, mp.Process] = {}
+        self._stop_signals: dict[str, Optional[int]] = {}
         self._rings: list[FrameRing] = []
         self._interrupts = 0
+        self._signal = signal.SIGINT  # the last stop signal received, and when
+        self._signalled_at = 0.0
 
     def add_ring(self, ring: FrameRing) -> FrameRing:
         """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
         self._rings.append(ring)
         return ring
 
-    def start(self, name: str, target: Callable, args: tuple) -> None:
-        """Start `target(*args)` in a new stage process called `name` (SIGINT ignored there)."""
+    def start(self, name: str, target: Callable, args: tuple, stop_signal: Optional[int] = None) -> None:
+        """Start `target(*args)` in a new stage process called `name` (it ignores SIGINT and
+        SIGTERM). stop_signal: how `close()` asks it to end cleanly (a sink finalising its
+        file); None: it is killed."""
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         if self._fork_here:
             # What this process has loaded is the stage's too: out of the collector's sight,
             # a collection in the stage neither walks it nor copies its pages (Python's gc docs).
             gc.freeze()
-        # A forked stage would inherit this process's Ctrl-C handler until it ignores SIGINT:
-        # held back here, a Ctrl-C in between reaches the supervisor just after the fork.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # A forked stage would inherit this process's handlers until it ignores the signals:
+        # held back here, a Ctrl-C or SIGTERM in between reaches the supervisor just after the fork.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             proc.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         self._procs[name] = proc
+        self._stop_signals[name] = stop_signal
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self._procs.items()}
@@ -104,7 +115,7 @@ class Supervisor:
         tolerated: dict[str, str] = {}
         failure: Optional[tuple] = None
         quit_requested = False
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while failure is None and self._interrupts < 2:
                 # wake at once when a stage ends (its last report is in the pipe by then)
@@ -131,17 +142,23 @@ class Supervisor:
                 if failure is None and len(ended) == len(self._procs) and done == len(self._procs):
                     break
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         report_list = list(reports.values())
         if failure is not None:
             name, message, code = failure
             return Outcome("failed", code, message, report_list, name, tolerated)
         if self._interrupts:
-            return Outcome("interrupted", 130, "interrupted", report_list, "", tolerated)
+            return Outcome("interrupted", 128 + self._signal, "interrupted", report_list, "", tolerated)
         return Outcome("quit" if quit_requested else "complete", 0, "", report_list, "", tolerated)
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self._interrupts and now - self._signalled_at < REPEAT_S:
+            return  # one stop delivered twice: timeout signals the command, then its process group
         self._interrupts += 1
+        self._signal = signum
+        self._signalled_at = now
         self.stop.set()
 
     def _drain_ctrl(self, reports: dict, timeout: float):
@@ -166,11 +183,16 @@ class Supervisor:
             deadline = min(deadline, time.monotonic() + 0.05)
 
     def close(self) -> None:
-        """Stop every stage still running (SIGTERM, then SIGKILL), then unlink every ring."""
+        """Stop every stage still running (its stop signal, SIGKILL after TERM_GRACE_S; at once
+        without one), then unlink every ring."""
         self.stop.set()
-        alive = [p for p in self._procs.values() if p.is_alive()]
-        for p in alive:
-            p.terminate()
+        alive = [(name, p) for name, p in self._procs.items() if p.is_alive()]
+        for name, p in alive:
+            try:
+                os.kill(p.pid, self._stop_signals[name] or signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        alive = [p for _, p in alive]
         deadline = time.monotonic() + TERM_GRACE_S
         for p in alive:
             p.join(max(deadline - time.monotonic(), 0.0))

@@ -19,7 +19,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
-from vidseg.sinks.mp4 import finalising_mp4, video_frames
+from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sources.file import FileSource, probe
 
@@ -94,9 +94,9 @@ def run_file(job: FileJob) -> int:
         check_output(job.stats, job.input, True, "stats file")
     temps = {k: temp_beside(v) for k, v in outputs.items()}
     try:
-        sink = Spec(finalising_mp4, dict(path=temps["output"], width=info["width"], height=info["height"],
-                                         fps=info["fps"], time_base=info["time_base"], preset=job.preset,
-                                         crf=job.crf, audio_from=job.input if info["has_audio"] else None)) \
+        sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
+                                  time_base=info["time_base"], preset=job.preset, crf=job.crf,
+                                  audio_from=job.input if info["has_audio"] else None)) \
             if job.output else Spec(NullSink)
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input, "info": info}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",

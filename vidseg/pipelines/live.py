@@ -26,7 +26,7 @@ from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
-from vidseg.sinks.mp4 import finalising_mp4, video_frames
+from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sinks.window import WindowSink, check_display
 from vidseg.sources.camera import CameraSource, device_path
@@ -167,7 +167,7 @@ def run_live(job: LiveJob) -> int:
         if job.window:
             sinks.append(Spec(WindowSink, {"title": names[i], "slot": i}))
         if temps[i]:
-            sinks.append(Spec(finalising_mp4, {"path": temps[i], "width": width, "height": height, "fps": fps,
+            sinks.append(Spec(Mp4Sink, {"path": temps[i], "width": width, "height": height, "fps": fps,
                                         "preset": job.preset, "crf": job.crf}))
         source = Spec(open_live, {"kind": job.kind, "target": target, "transport": job.transport,
                                   "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
@@ -197,7 +197,7 @@ def finish(result: RunResult, stats_path: Optional[str]) -> int:
     if code == 0 and lost:  # sources that gave up after --max-retries ended their part cleanly
         code = 1
         message = "; ".join(lost) + ("" if len(lost) == len(sources) else " (the other sources ran to the end)")
-    if code not in (0, 130) and message:
+    if code != 0 and result.status != "interrupted" and message:
         print(f"vidseg: error: {mask(message)}", file=sys.stderr)
     if stats_path:
         write_stats(stats_path, stats)

@@ -56,9 +56,10 @@ class SourcePlan:
 
 @dataclass
 class RunResult:
-    """status: complete | interrupted (Ctrl-C, drained) | quit (a sink asked) | failed.
-    exit_code: 0, 130, or 1/2 on failure (also 1 with status complete when keep_going rode
-    out a failed source); message: one line for the user when exit_code is 1 or 2.
+    """status: complete | interrupted (Ctrl-C or SIGTERM, drained) | quit (a sink asked) | failed.
+    exit_code: 0, 130 (Ctrl-C) or 143 (SIGTERM), or 1/2 on failure (also 1 with status
+    complete when keep_going rode out a failed source); message: one line for the user when
+    exit_code is 1 or 2.
     stats: see vidseg.metrics.build_stats; pids: stage name → pid (for tests and tools)."""
 
     status: str
@@ -128,7 +129,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                       sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
-                      (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl))
+                      (plan.sinks, links[i], sink_qs[i], sup.ctrl, done_counts[i]), sup.ctrl),
+                      stop_signal=stages.STOP_SIGNAL)
             if not direct:
                 sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
                           (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))

@@ -8,7 +8,6 @@ stopped early still leaves a playable file.
 from __future__ import annotations
 
 import os
-import signal
 from fractions import Fraction
 from typing import Iterator, Optional
 
@@ -85,18 +84,6 @@ class Mp4Sink:
             if self._audio:
                 self._audio.close()
             self._out.close()
-
-
-def finalising_mp4(**mp4_options) -> Mp4Sink:
-    """An Mp4Sink (built in the sink process) that is finalised even when the run fails: the
-    supervisor stops the stages with SIGTERM, which here unwinds the sink stage (SystemExit)
-    so that it closes its sinks, and the frames written up to the failure play."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    return Mp4Sink(**mp4_options)
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def video_frames(path: str) -> int:
