@@ -33,7 +33,7 @@ from typing import Callable, Optional
 from vidseg import stage_server
 from vidseg.ring import FrameRing
 
-TERM_GRACE_S = 2.0
+STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is killed
 TICK_S = 0.1  # progress bar and control messages are looked at this often
 REPEAT_S = 0.2  # a second stop signal sooner than this is the first one again, not "stop now"
 
@@ -183,7 +183,7 @@ class Supervisor:
             deadline = min(deadline, time.monotonic() + 0.05)
 
     def close(self) -> None:
-        """Stop every stage still running (its stop signal, SIGKILL after TERM_GRACE_S; at once
+        """Stop every stage still running (its stop signal, SIGKILL after STOP_GRACE_S; at once
         without one), then unlink every ring."""
         self.stop.set()
         alive = [(name, p) for name, p in self._procs.items() if p.is_alive()]
@@ -193,7 +193,7 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         alive = [p for _, p in alive]
-        deadline = time.monotonic() + TERM_GRACE_S
+        deadline = time.monotonic() + STOP_GRACE_S
         for p in alive:
             p.join(max(deadline - time.monotonic(), 0.0))
             if p.is_alive():
