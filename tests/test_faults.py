@@ -205,10 +205,12 @@ def test_second_ctrl_c_never_leaves_a_broken_mp4(clip_for, tmp_path):
 def test_supervisor_killed_leaves_no_orphans(path, clip_for, tmp_path):
     shm = shm_entries()
     options, stages = PATHS[path]
-    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    detections = ("--detections", tmp_path / "det.jsonl") if path == "model" else ()
+    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, *detections, "--no-progress")
     wait_for_stages(run.pid, stages)
     helpers = psutil.Process(run.pid).children(recursive=True)
     run.kill()
     run.communicate(timeout=10)
     assert all_gone(helpers, timeout=10), [p.name() for p in helpers if p.is_running()]
     assert not shm_leaked(shm, timeout=10)  # the resource tracker unlinks what the supervisor held
+    assert os.listdir(tmp_path) == []  # sink and render removed the temporary files nobody will finalise

@@ -27,6 +27,7 @@ from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
 STOP_SIGNAL = signal.SIGUSR1  # the supervisor asks a sink stage to end now, cleanly (see sink_loop)
+_ORPHANED_FILES: list = []  # what this stage writes for the supervisor to finalise; removed if it dies
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,20 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
 
 def _exit_with_parent() -> None:
     """A watchdog thread ends this process the moment the supervisor dies, even while the stage
-    is blocked in a read (a stalled camera), so no stage is ever orphaned."""
+    is blocked in a read (a stalled camera), so no stage is ever orphaned. It first removes the
+    files the stage was writing (`_ORPHANED_FILES`): temporary names nobody will finalise or
+    rename now, which would otherwise stay beside the user's output."""
     parent = mp.parent_process()
     if parent is None:
         return
 
     def watch():
         mp.connection.wait([parent.sentinel])
+        for path in _ORPHANED_FILES:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -217,6 +225,7 @@ def render_loop(link: SourceLink, in_q, out_q, detections_path: Optional[str], s
         from vidseg.detections_io import DetectionsWriter
 
         writer = DetectionsWriter(detections_path)
+        _ORPHANED_FILES.append(detections_path)
     port = RingPort(in_q, [link])
     try:
         while True:
@@ -245,6 +254,7 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
     with audio stop it at the last frame. STOP_SIGNAL (the supervisor ending a failed run)
     ends the loop between frames, never in the middle of one."""
     sinks = [spec.build() for spec in sink_specs]
+    _ORPHANED_FILES.extend(sink.path for sink in sinks if getattr(sink, "path", None))
     stop = _StopBetweenFrames()
     signal.signal(STOP_SIGNAL, stop)
     port = RingPort(in_q, [link])

@@ -32,6 +32,7 @@ class Mp4Sink:
     def __init__(self, path: str, width: int, height: int, fps: Optional[float],
                  time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
                  audio_from: Optional[str] = None):
+        self.path = path
         self.width, self.height = width - width % 2, height - height % 2
         self.time_base = Fraction(time_base)
         self._out = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
