@@ -186,15 +186,14 @@ class Supervisor:
         """Stop every stage still running (its stop signal, SIGKILL after STOP_GRACE_S; at once
         without one), then unlink every ring."""
         self.stop.set()
-        alive = [(name, p) for name, p in self._procs.items() if p.is_alive()]
-        for name, p in alive:
+        alive = {name: p for name, p in self._procs.items() if p.is_alive()}
+        for name, p in alive.items():
             try:
                 os.kill(p.pid, self._stop_signals[name] or signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        alive = [p for _, p in alive]
         deadline = time.monotonic() + STOP_GRACE_S
-        for p in alive:
+        for p in alive.values():
             p.join(max(deadline - time.monotonic(), 0.0))
             if p.is_alive():
                 p.kill()
