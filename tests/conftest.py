@@ -90,6 +90,13 @@ def run_vidseg(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def current_umask() -> int:
+    """This process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def shm_entries() -> set:
     return set(os.listdir("/dev/shm"))
 

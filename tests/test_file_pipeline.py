@@ -6,6 +6,7 @@ the test model detects and nowhere else, the output decodes in full, exact frame
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 
 import av
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from tests.conftest import BLOB_MODEL, blob_frame, probe, run_vidseg
+from tests.conftest import BLOB_MODEL, blob_frame, current_umask, probe, run_vidseg
 from tests.fake_models import BlobModel
 from vidseg.render import Renderer
 
@@ -87,6 +88,7 @@ def test_480p_with_audio(clip_480, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "frames: in 50, out 50, dropped none" in r.stderr
     check_same_timing(clip_480, out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()  # as any new file
     check_overlays(clip_480, out, 640, 480, 20)
     check_stats(tmp_path / "s.json", 50)
     lines = (tmp_path / "d.jsonl").read_text().splitlines()

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, probe, run_vidseg
+from tests.conftest import REPO, current_umask, probe, run_vidseg
 from tests.live.helpers import log_run, read_log
 from vidseg.pipelines.live import open_live
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
@@ -43,6 +44,7 @@ def test_stream_to_mp4_accounts_for_every_frame_and_hides_the_password(make_rtsp
         assert "Sup3rS3cret" not in text
     assert b"Sup3rS3cret" not in out.read_bytes()
     assert f"rtsp://alice:***@127.0.0.1:{server.port}/live" in stats["sources"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()  # as any new file, like `vidseg file`
 
 
 def test_wrong_password_is_one_masked_line_and_exit_2(make_rtsp_server, tmp_path):

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
+from vidseg.pipelines.file import temp_beside
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -160,7 +160,7 @@ def run_live(job: LiveJob) -> int:
     names = [mask(t) for t in job.targets]
     if len(set(names)) < len(names):
         names = [f"{n} [{i}]" for i, n in enumerate(names)]
-    temps = [_temp_beside(p) if p else None for p in paths]
+    temps = [temp_beside(p) if p else None for p in paths]
     plans = []
     for i, (target, (width, height, fps)) in enumerate(zip(job.targets, shapes)):
         sinks = []
@@ -202,12 +202,6 @@ def finish(result: RunResult, stats_path: Optional[str]) -> int:
     if stats_path:
         write_stats(stats_path, stats)
     return code
-
-
-def _temp_beside(path: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
-    os.close(fd)
-    return tmp
 
 
 def _keep_outputs(temps: list, paths: list) -> None:
