@@ -102,6 +102,25 @@ def test_existing_output_needs_overwrite(workdir):
     assert listing(workdir) == ["in.mp4", "out.mp4"]
 
 
+@pytest.mark.parametrize("name", ["out.mkv", "out.avi", "out"])
+def test_output_not_named_mp4(workdir, name):
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / name, "--model", "none")
+    assert_one_line_error(r, name, "must end in .mp4")
+    assert listing(workdir) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("options", [["-o", "x.mp4", "--stats", "x.mp4"], ["-o", "x.mp4", "--detections", "x.mp4"],
+                                     ["--detections", "x.jsonl", "--stats", "./x.jsonl"]])
+def test_two_outputs_naming_one_file(workdir, options):
+    """The later writer would replace the other's file (--stats written over the MP4)."""
+    (workdir / "x.mp4").write_bytes(b"keep me")
+    r = run_vidseg("file", workdir / "in.mp4", *[workdir / o if "x." in o else o for o in options],
+                   "--model", "none", "-y")
+    assert_one_line_error(r, "both name", "give each its own file")
+    assert (workdir / "x.mp4").read_bytes() == b"keep me"
+    assert listing(workdir) == ["in.mp4", "x.mp4"]
+
+
 @pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],
                                     ["--model", "what"], ["--bogus-flag"]])
 def test_unknown_option_values(workdir, option):

@@ -103,6 +103,24 @@ def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
     assert json.loads(stats_path.read_text())["reconnects"] == 1
 
 
+@pytest.mark.parametrize("options, words", [
+    (["-o", "cam.mkv"], ["cam.mkv", "must end in .mp4"]),
+    (["-o", "cam.mp4", "--stats", "cam.mp4"], ["both name", "give each its own file"]),
+    (["-o", "cam.mp4", "--stats", "no/s.json"], ["stats file directory does not exist"]),
+    (["-o", "old.mp4"], ["old.mp4 exists", "--overwrite"]),
+])
+def test_bad_outputs_are_refused_before_connecting(tmp_path, options, words):
+    """Checked before the stream is opened (nothing listens on port 9): one line, exit 2, and
+    nothing written, the user's file untouched (a --stats file used to replace the recording)."""
+    (tmp_path / "old.mp4").write_bytes(b"keep me")
+    run = run_vidseg("rtsp", "rtsp://127.0.0.1:9/live", "--no-window", "--model", "none", "--max-retries", 0,
+                     *[tmp_path / o if "." in o else o for o in options], timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("vidseg: error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert all(w in run.stderr for w in words), run.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["old.mp4"] and (tmp_path / "old.mp4").read_bytes() == b"keep me"
+
+
 def test_missing_camera_is_one_line_exit_2():
     run = run_vidseg("camera", "--device", "/dev/video97", "--no-window", "--model", "none", timeout=60)
     assert run.returncode == 2

@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass
 
 from vidseg.errors import InputError
-from vidseg.pipelines.file import FileJob, check_output, run_file
+from vidseg.pipelines.file import FileJob, run_file
+from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output
 
 
 @dataclass
@@ -35,6 +36,8 @@ def run_demo(job: DemoJob) -> int:
 
     if job.seconds <= 0:
         raise InputError("--seconds must be positive")
+    check_mp4_name(job.output)
+    check_distinct([("-o", job.output), ("--stats", job.stats), ("--detections", job.detections)])
     output = check_output(job.output, "", job.overwrite)
     with tempfile.TemporaryDirectory(prefix="vidseg-demo-") as tmp:
         clip = os.path.join(tmp, "shapes.mp4")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
+from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, temp_beside
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -43,39 +43,6 @@ class FileJob:
     model_extra: dict = field(default_factory=dict)  # class_names, max_dim, backbone (load_frame_model)
 
 
-def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
-    """Absolute output path, or InputError: same as the input, directory missing or not
-    writable, or existing without `overwrite`."""
-    path = os.path.abspath(path)
-    if os.path.exists(input_path) and os.path.exists(path) and os.path.samefile(path, input_path) \
-            or path == os.path.abspath(input_path):
-        raise InputError(f"{what} {path} is the input file; choose another {what} path (the input is never overwritten)")
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise InputError(f"{what} directory does not exist: {folder}; create it first")
-    if os.path.isdir(path):
-        raise InputError(f"{what} {path} is a directory; give a file name")
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
-    try:
-        fd, probe_path = tempfile.mkstemp(prefix=".vidseg-", dir=folder)
-        os.close(fd)
-        os.unlink(probe_path)
-    except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what} directory") from None
-    return path
-
-
-def temp_beside(path: str) -> str:
-    """An empty temp file next to `path`, with the permissions a new file would get."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    return tmp
-
-
 def run_file(job: FileJob) -> int:
     """Run the job; print the summary (stderr); returns the exit code."""
     check_spec(job.model)
@@ -85,8 +52,10 @@ def run_file(job: FileJob) -> int:
     info = probe(job.input)
     if job.output is None and job.detections is None and job.stats is None:
         raise InputError("nothing to write: give -o OUT.mp4, --detections FILE or --stats FILE")
+    check_distinct([("-o", job.output), ("--detections", job.detections), ("--stats", job.stats)])
     outputs = {}
     if job.output:
+        check_mp4_name(job.output)
         outputs["output"] = check_output(job.output, job.input, job.overwrite)
     if job.detections:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.file import check_output, temp_beside
+from vidseg.pipelines.outputs import check_output, temp_beside
 from vidseg.quiet import native_stderr_filtered
 from vidseg.render import Renderer
 

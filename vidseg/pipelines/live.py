@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
-from vidseg.pipelines.file import temp_beside
+from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, temp_beside
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -122,6 +122,7 @@ def output_paths(job: LiveJob) -> list:
     elif not os.path.isdir(os.path.dirname(output)):
         raise InputError(f"output directory does not exist: {os.path.dirname(output)}; create it first")
     else:
+        check_mp4_name(output)
         paths = [output]
     for path in paths:
         if os.path.exists(path) and not job.overwrite:
@@ -156,6 +157,9 @@ def run_live(job: LiveJob) -> int:
     if job.window:
         check_display()
     paths = output_paths(job)
+    if job.stats:
+        check_output(job.stats, "", True, "stats file")
+        check_distinct([("-o", p) for p in paths] + [("--stats", job.stats)])
     shapes = probe_all(job)
     names = [mask(t) for t in job.targets]
     if len(set(names)) < len(names):

@@ -1,0 +1,62 @@
+"""Checks on the files a command will write, made before any work starts, and the temporary
+names they are written under until they are complete (see `temp_beside`)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional, Sequence
+
+from vidseg.errors import InputError
+
+
+def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
+    """Absolute output path, or InputError: same as the input, directory missing or not
+    writable, or existing without `overwrite`."""
+    path = os.path.abspath(path)
+    if os.path.exists(input_path) and os.path.exists(path) and os.path.samefile(path, input_path) \
+            or path == os.path.abspath(input_path):
+        raise InputError(f"{what} {path} is the input file; choose another {what} path (the input is never overwritten)")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} directory does not exist: {folder}; create it first")
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path} is a directory; give a file name")
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
+    try:
+        fd, probe_path = tempfile.mkstemp(prefix=".vidseg-", dir=folder)
+        os.close(fd)
+        os.unlink(probe_path)
+    except OSError as e:
+        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what} directory") from None
+    return path
+
+
+def check_mp4_name(path: str) -> None:
+    """InputError unless `path` ends in .mp4: the sinks write MP4 whatever the name, so a
+    .mkv or .avi name would hold a file that is not what it says."""
+    if os.path.splitext(path)[1].lower() != ".mp4":
+        raise InputError(f"output {path} must end in .mp4: vidseg writes H.264 in MP4")
+
+
+def check_distinct(named: Sequence[tuple[str, Optional[str]]]) -> None:
+    """InputError when two options ((option, path or None) pairs) name the same file, which
+    the later writer would silently replace."""
+    seen: dict[str, str] = {}
+    for option, path in named:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{seen[key]} and {option} both name {os.path.abspath(path)}; give each its own file")
+        seen[key] = option
+
+
+def temp_beside(path: str) -> str:
+    """An empty temp file next to `path`, with the permissions a new file would get."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    return tmp
