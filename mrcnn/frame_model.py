@@ -63,7 +63,8 @@ def architecture_from_file(path):
                 arch["RPN_CONV_SIZE"] = int(rpn["rpn_conv_shared"]["bias:0"].shape[0])
             return {k: v for k, v in arch.items() if v is not None}
     except OSError:
-        raise InputError(f"{path} is not an HDF5 weights file") from None
+        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
+                         "(e.g. from `vidseg weights download coco`)") from None
 
 
 def _read_class_names(class_names):
@@ -115,7 +116,7 @@ class MaskRCNNFrameModel:
             overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
         if max_dim is not None:
             if int(max_dim) % 64 or int(max_dim) <= 0:
-                raise InputError(f"max_dim must be a positive multiple of 64, got {max_dim}")
+                raise InputError(f"max dim (--max-dim) must be a positive multiple of 64, such as 512 or 1024, got {max_dim}")
             overrides["IMAGE_MAX_DIM"] = int(max_dim)
             overrides["IMAGE_MIN_DIM"] = min(int(max_dim), overrides.get("IMAGE_MIN_DIM", Config.IMAGE_MIN_DIM))
         overrides.update(NAME="vidseg", GPU_COUNT=1, IMAGES_PER_GPU=int(batch_size or 1))

@@ -143,14 +143,14 @@ def weights_group():
 
 
 @weights_group.command("download")
-@click.argument("name", type=click.Choice(["coco"]))
+@click.argument("name", type=click.Choice(["coco"]), metavar="NAME")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Directory to save the weights file in.")
 @click.option("--url", default=None, metavar="URL",
               help="Download from this URL instead (a mirror); default: $VIDSEG_WEIGHTS_URL or the release.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def weights_download_cmd(name, directory, url, no_progress):
-    """Download matterport's mask_rcnn_coco.h5 (246 MB; resumes a partial download)."""
+    """Download weights NAME: coco, matterport's mask_rcnn_coco.h5 (246 MB; resumes a partial download)."""
     from vidseg.weights_download import download
 
     download(name, directory, url=url, progress=not no_progress)
