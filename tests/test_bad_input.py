@@ -169,6 +169,20 @@ def test_truncated_file_gives_a_valid_shorter_mp4(tmp_path, clips):
     assert int(out["video"]["nb_read_frames"]) == stats["frames_out"] == stats["frames_in"]
 
 
+def test_no_decodable_frame_is_an_error_not_an_empty_video(tmp_path, clip_480):
+    """An MP4 whose video index is broken (its chunk offsets gone) lists 50 frames and decodes
+    none; the audio alone used to be written as the 'segmented' video, with exit 0."""
+    data = open(clip_480, "rb").read()
+    at = data.index(b"stco")  # the first track's chunk offsets: the video's
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[:at] + b"free" + data[at + 4:])
+    r = run_vidseg("file", broken, "-o", tmp_path / "out.mp4", "--model", BLOB_MODEL, "--no-progress",
+                   "--stats", tmp_path / "s.json", "--detections", tmp_path / "d.jsonl")
+    assert_one_line_error(r, "no video frame", "broken.mp4", "damaged", "nothing was written")
+    assert listing(tmp_path) == ["broken.mp4"]
+    assert_one_line_error(run_vidseg("bench", broken, "--model", "none"), "no video frame", "damaged")
+
+
 def test_corrupt_middle_is_skipped_and_reported(tmp_path, clips):
     src = _damaged_ts(tmp_path, clips)
     data = bytearray(open(src, "rb").read())

@@ -31,6 +31,7 @@ import multiprocessing as mp
 
 import numpy as np
 
+from vidseg.errors import InputError
 from vidseg.models import check_spec
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 from vidseg.ring import model_input
@@ -165,6 +166,8 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
             np.asarray(frame.image)  # the one copy capture makes, into its ring slot
             count += 1
     source.close()
+    if not count:
+        raise InputError(f"no video frame of {path} could be decoded (the file is damaged)")
     n = out["frames"] = count
     kept = _decoded(path, n)
 
