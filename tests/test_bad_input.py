@@ -121,6 +121,18 @@ def test_two_outputs_naming_one_file(workdir, options):
     assert listing(workdir) == ["in.mp4", "x.mp4"]
 
 
+def test_a_full_disk_is_one_line_naming_the_file(workdir):
+    """/dev/full fails every write with ENOSPC, as a full disk does (and gives Python no file
+    name): the error names the stats file, no traceback, exit 1; the MP4 was done and stays."""
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none", "--no-progress",
+                   "--stats", "/dev/full")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        "vidseg: error: /dev/full: cannot write the stats file: No space left on device"
+    assert probe(workdir / "out.mp4")["video"]["nb_read_frames"] == "50"
+
+
 @pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],
                                     ["--model", "what"], ["--bogus-flag"]])
 def test_unknown_option_values(workdir, option):

@@ -21,7 +21,8 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 
 
 class VidsegGroup(click.Group):
-    """A click group that turns usage errors and InputError into one line and exit 2."""
+    """A click group that turns usage errors and InputError into one line and exit 2, and an
+    OSError (disk full, permission denied) into one line and exit 1."""
 
     def main(self, args=None, prog_name="vidseg", **kwargs):
         signal.signal(signal.SIGTERM, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
@@ -36,6 +37,9 @@ class VidsegGroup(click.Group):
         except InputError as e:
             click.echo(f"vidseg: error: {e}", err=True)
             code = e.exit_code
+        except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
+            click.echo(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
+            code = 1
         except click.Abort:
             code = 130
         except Terminated as e:

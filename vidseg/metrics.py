@@ -112,9 +112,14 @@ def summary(stats: dict) -> str:
 
 
 def write_stats(path: str, stats: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
+    """`stats` as indented JSON in `path`; an OSError names the path (a full disk reports
+    itself on write, where Python gives no file name)."""
+    try:
+        with open(path, "w") as f:
+            json.dump(stats, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the stats file: {e.strerror}", path) from None
 
 
 class Progress:
