@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
+import signal
 
 import pytest
 
-from tests.conftest import BLOB_MODEL, probe, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import BLOB_MODEL, make_clip, probe, run_vidseg, shm_entries, shm_leaked
 
 
 def assert_one_line_error(result, *words):
@@ -131,6 +133,24 @@ def test_a_full_disk_is_one_line_naming_the_file(workdir):
     assert r.stderr.strip().splitlines()[-1] == \
         "vidseg: error: /dev/full: cannot write the stats file: No space left on device"
     assert probe(workdir / "out.mp4")["video"]["nb_read_frames"] == "50"
+
+
+def test_output_disk_filling_up_fails_the_sink_in_one_line_naming_the_output(tmp_path):
+    """A file size limit stands in for a disk that fills up during the run (writes beyond it
+    fail with EFBIG as they would with ENOSPC): the sink fails, the one line names the output
+    as the user gave it (not its hidden temporary name), and no temporary file is left."""
+    make_clip(tmp_path / "noisy.mp4", 640, 480, 40, noise=40)  # ~11 MB once encoded losslessly
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (9 << 20, 9 << 20))
+
+    r = run_vidseg("file", tmp_path / "noisy.mp4", "-o", tmp_path / "out.mp4", "--model", "none", "--crf", 0,
+                   "--no-progress", preexec_fn=limit_file_size)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == \
+        [f"vidseg: error: sink stage failed: OSError: [Errno 27] File too large: '{tmp_path / 'out.mp4'}'"]
+    assert listing(tmp_path) == ["noisy.mp4"]
 
 
 @pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],

@@ -109,6 +109,8 @@ def fail(result: RunResult, temps: dict, outputs: dict) -> int:
     """Remove the temp outputs of a failed run, except an MP4 that its sink finalised with
     frames in it: that one goes into place and the one-line error says how many it holds."""
     message = result.message
+    for key, tmp in temps.items():  # the user knows the file by its name, not by its temporary one
+        message = message.replace(tmp, outputs[key])
     frames = video_frames(temps["output"]) if "output" in temps else 0
     if frames:
         os.replace(temps.pop("output"), outputs["output"])

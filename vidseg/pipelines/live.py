@@ -186,6 +186,9 @@ def run_live(job: LiveJob) -> int:
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         _keep_outputs(temps, paths)
+    for tmp, path in zip(temps, paths):  # the user knows a recording by its name, not its temporary one
+        if tmp:
+            result.message = result.message.replace(tmp, path)
     return finish(result, job.stats)
 
 
