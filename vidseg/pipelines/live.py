@@ -122,7 +122,7 @@ def output_paths(job: LiveJob) -> list:
     elif not os.path.isdir(os.path.dirname(output)):
         raise InputError(f"output directory does not exist: {os.path.dirname(output)}; create it first")
     else:
-        check_mp4_name(output)
+        check_mp4_name(output, or_folder=True)
         paths = [output]
     for path in paths:
         if os.path.exists(path) and not job.overwrite:

@@ -32,11 +32,13 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
     return path
 
 
-def check_mp4_name(path: str) -> None:
+def check_mp4_name(path: str, or_folder: bool = False) -> None:
     """InputError unless `path` ends in .mp4: the sinks write MP4 whatever the name, so a
-    .mkv or .avi name would hold a file that is not what it says."""
+    .mkv or .avi name would hold a file that is not what it says. or_folder: the option also
+    takes an existing folder (live recordings), and the error says so."""
     if os.path.splitext(path)[1].lower() != ".mp4":
-        raise InputError(f"output {path} must end in .mp4: vidseg writes H.264 in MP4")
+        raise InputError(f"output {path} must end in .mp4: vidseg writes H.264 in MP4"
+                         + ("; or give an existing folder for one MP4 per source" if or_folder else ""))
 
 
 def check_distinct(named: Sequence[tuple[str, Optional[str]]]) -> None:
