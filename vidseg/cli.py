@@ -1,7 +1,8 @@
 """The `vidseg` command: parses options and calls a pipeline; no logic of its own.
 
 Every command returns its exit code. Errors the user can fix (InputError, bad option values)
-print one line `vidseg: error: ...` and exit 2; Ctrl-C exits 130, SIGTERM 143.
+print one line `vidseg: error: ...` and exit 2; an OSError (disk full, permission denied) one
+line and exit 1 (with its traceback too when VIDSEG_DEBUG is set); Ctrl-C exits 130, SIGTERM 143.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gc
 import os
 import signal
 import sys
+import traceback
 from multiprocessing import resource_tracker
 
 import click
@@ -38,6 +40,8 @@ class VidsegGroup(click.Group):
             click.echo(f"vidseg: error: {e}", err=True)
             code = e.exit_code
         except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
+            if os.environ.get("VIDSEG_DEBUG"):
+                traceback.print_exc()
             click.echo(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
             code = 1
         except click.Abort:
