@@ -131,7 +131,8 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
     """Measure each stage alone (fps, CPU per frame), the pipeline, its efficiency, the CPU limit
     and a sequential loop.
-    For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames)."""
+    For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames);
+    a stream that cannot be opened is given up after 2 retries."""
     prepare_pipeline(model)
     if input.startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live

@@ -221,6 +221,17 @@ def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
     assert "B3nchPass" not in run.stdout + run.stderr
 
 
+def test_bench_rtsp_gives_up_on_an_unreachable_stream():
+    """`vidseg rtsp` waits for a camera for ever by default; a benchmark must not."""
+    started = time.monotonic()
+    run = run_vidseg("bench", "rtsp://dave:B3nchPass@127.0.0.1:9/live", "--model", "none", timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert time.monotonic() - started < 30
+    assert run.stderr.strip().splitlines()[-1] == \
+        "vidseg: error: cannot open rtsp://dave:***@127.0.0.1:9/live: Connection refused; gave up after 2 retries"
+    assert "B3nchPass" not in run.stdout + run.stderr
+
+
 def test_ctrl_c_finalises_the_mp4_and_exits_130(rtsp_server, tmp_path):
     out = tmp_path / "out.mp4"
     proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out)

@@ -33,6 +33,8 @@ from vidseg.sources.camera import CameraSource, device_path
 from vidseg.sources.reconnect import Reconnecting, SourceUnavailable
 from vidseg.sources.rtsp import RtspSource
 
+BENCH_RETRIES = 2  # `vidseg bench rtsp://...` gives up on a stream after this many reopen attempts
+
 
 @dataclass
 class LiveJob:
@@ -227,14 +229,16 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
                frames: Optional[int] = None, duration: float = 20.0,
                as_json: bool = False) -> int:
     """`vidseg bench rtsp://...`: stream for `duration` s (or `frames` frames) through the model
-    into no sink; print fps, capture→sink latency p50/p95/max and the drop rate by cause."""
+    into no sink; print fps, capture→sink latency p50/p95/max and the drop rate by cause.
+    A measurement does not wait for a camera indefinitely: BENCH_RETRIES reopen attempts."""
     job = LiveJob(kind="rtsp", targets=[url], window=False, duration=None if frames else duration,
-                  max_frames=frames, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
+                  max_retries=BENCH_RETRIES, max_frames=frames, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
                   model_extra=dict(model_extra or {}), progress=False)
     check_spec(job.model)
     check_targets(job)
     (width, height, fps), = probe_all(job)
-    source = Spec(open_live, {"kind": "rtsp", "target": url, "duration": job.duration, "max_frames": frames})
+    source = Spec(open_live, {"kind": "rtsp", "target": url, "duration": job.duration, "max_frames": frames,
+                              "max_retries": BENCH_RETRIES})
     plan = SourcePlan(name=mask(url), source=source, sinks=[Spec(NullSink)], frame_shape=(height, width),
                       policy="latest")
     result = run_pipeline([plan], model=model, model_options=dict(job.model_extra, weights=weights, min_confidence=min_confidence),
