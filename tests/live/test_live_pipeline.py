@@ -69,6 +69,18 @@ def test_unreachable_url_fails_after_the_retries(tmp_path):
     assert "Hidden99" not in run.stderr and not list(tmp_path.iterdir())
 
 
+def test_duration_bounds_the_wait_for_a_camera_that_never_comes(tmp_path):
+    """With no --max-retries a camera down at start is waited for, but no longer than --duration."""
+    started = time.monotonic()
+    run = run_vidseg("rtsp", "rtsp://127.0.0.1:9/live", "--no-window", "--model", "none", "--duration", 3,
+                     "-o", tmp_path / "out.mp4", timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert time.monotonic() - started < 20
+    assert run.stderr.strip().splitlines()[-1] == \
+        "vidseg: error: cannot open rtsp://127.0.0.1:9/live: Connection refused; stopped before it came back"
+    assert not list(tmp_path.iterdir())
+
+
 def test_server_killed_and_restarted_run_continues(rtsp_server, tmp_path):
     out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
     proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out,

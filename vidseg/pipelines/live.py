@@ -87,7 +87,7 @@ def probe_all(job: LiveJob) -> list:
     def probe(i: int, target: str) -> None:
         try:
             source = open_live(job.kind, target, job.transport, job.open_timeout, job.read_timeout,
-                               job.max_retries)
+                               job.max_retries, duration=job.duration)  # --duration bounds the wait too
         except SourceUnavailable as error:
             results[i] = InputError(mask(error))
             return
