@@ -73,7 +73,8 @@ def run_file(job: FileJob) -> int:
         options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
         result = run_pipeline([plan], model=job.model, model_options=options, batch=job.batch, progress=job.progress)
         if result.status == "complete" and not result.stats["frames_in"]:
-            raise InputError(f"no video frame of {job.input} could be decoded (the file is damaged); nothing was written")
+            raise InputError(f"no video frame of {job.input} could be decoded (the file is damaged); "
+                             "nothing was written")
     except BaseException:
         _remove(temps.values())
         raise

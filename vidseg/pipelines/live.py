@@ -232,8 +232,8 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
     into no sink; print fps, capture→sink latency p50/p95/max and the drop rate by cause.
     A measurement does not wait for a camera indefinitely: BENCH_RETRIES reopen attempts."""
     job = LiveJob(kind="rtsp", targets=[url], window=False, duration=None if frames else duration,
-                  max_retries=BENCH_RETRIES, max_frames=frames, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
-                  model_extra=dict(model_extra or {}), progress=False)
+                  max_retries=BENCH_RETRIES, max_frames=frames, model=model, weights=weights, batch=batch,
+                  min_confidence=min_confidence, model_extra=dict(model_extra or {}), progress=False)
     check_spec(job.model)
     check_targets(job)
     (width, height, fps), = probe_all(job)
