@@ -17,7 +17,7 @@ from typing import Optional
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
-from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, temp_beside
+from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, named_as_given, temp_beside
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -109,9 +109,7 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
 def fail(result: RunResult, temps: dict, outputs: dict) -> int:
     """Remove the temp outputs of a failed run, except an MP4 that its sink finalised with
     frames in it: that one goes into place and the one-line error says how many it holds."""
-    message = result.message
-    for key, tmp in temps.items():  # the user knows the file by its name, not by its temporary one
-        message = message.replace(tmp, outputs[key])
+    message = named_as_given(result.message, ((tmp, outputs[key]) for key, tmp in temps.items()))
     frames = video_frames(temps["output"]) if "output" in temps else 0
     if frames:
         os.replace(temps.pop("output"), outputs["output"])

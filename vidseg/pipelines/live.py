@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
-from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, temp_beside
+from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, named_as_given, temp_beside
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -121,17 +121,10 @@ def output_paths(job: LiveJob) -> list:
             paths = [os.path.join(output, f"{i}-{slug(job.kind, t)}.mp4") for i, t in enumerate(job.targets)]
     elif len(job.targets) > 1:
         raise InputError(f"{len(job.targets)} sources need one MP4 each: give -o an existing directory")
-    elif not os.path.isdir(os.path.dirname(output)):
-        raise InputError(f"output directory does not exist: {os.path.dirname(output)}; create it first")
     else:
         check_mp4_name(output, or_folder=True)
         paths = [output]
-    for path in paths:
-        if os.path.exists(path) and not job.overwrite:
-            raise InputError(f"output {path} exists; pass --overwrite (-y) to replace it")
-        if not os.access(os.path.dirname(path), os.W_OK):
-            raise InputError(f"cannot write to {os.path.dirname(path)}; choose a writable output directory")
-    return paths
+    return [check_output(path, "", job.overwrite) for path in paths]
 
 
 def slug(kind: str, target: str) -> str:
@@ -188,9 +181,7 @@ def run_live(job: LiveJob) -> int:
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         _keep_outputs(temps, paths)
-    for tmp, path in zip(temps, paths):  # the user knows a recording by its name, not its temporary one
-        if tmp:
-            result.message = result.message.replace(tmp, path)
+    result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
     return finish(result, job.stats)
 
 

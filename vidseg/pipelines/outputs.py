@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from vidseg.errors import InputError
 
@@ -62,3 +62,11 @@ def temp_beside(path: str) -> str:
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return tmp
+
+
+def named_as_given(message: str, temps: Iterable[tuple[str, str]]) -> str:
+    """`message` with each temporary name (temp_beside) replaced by its output's, given as
+    (temp, output) pairs: the user knows a file by the name they gave it."""
+    for tmp, path in temps:
+        message = message.replace(tmp, path)
+    return message
