@@ -153,6 +153,25 @@ def test_output_disk_filling_up_fails_the_sink_in_one_line_naming_the_output(tmp
     assert listing(tmp_path) == ["noisy.mp4"]
 
 
+def test_a_frame_ring_that_cannot_be_made_is_one_line_and_leaves_nothing(workdir):
+    """A file size limit below the ring's size makes sizing its shared-memory block fail
+    after the block exists: one line saying so, no traceback (CPython's resource tracker
+    printed a KeyError one for this), nothing left in /dev/shm or beside the output."""
+    shm = shm_entries()
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none", "--no-progress",
+                   preexec_fn=limit_file_size)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == \
+        ["vidseg: error: cannot create a 7 MiB frame ring in /dev/shm (File too large)"]
+    assert listing(workdir) == ["in.mp4"]
+    assert not shm_leaked(shm)
+
+
 @pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],
                                     ["--model", "what"], ["--bogus-flag"]])
 def test_unknown_option_values(workdir, option):

@@ -199,7 +199,23 @@ class FrameRing:
     def create(cls, slots: int, max_shape: Sequence[int]) -> "FrameRing":
         name = f"vidseg-{os.getpid()}-{secrets.token_hex(4)}"
         spec = RingSpec(name, int(slots), tuple(int(s) for s in max_shape))
-        shm = shared_memory.SharedMemory(name=name, create=True, size=spec.nbytes)
+        # Made and sized here, then attached: SharedMemory(create=True) failing to size the
+        # block unregisters from the resource tracker a name it never registered, and the
+        # tracker prints a KeyError traceback. Attaching registers it (unlink() unregisters).
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, spec.nbytes)
+            except OSError:
+                os.unlink(path)
+                raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create a {spec.nbytes / (1 << 20):.0f} MiB frame ring in {SHM_DIR} "
+                                   f"({e.strerror or e})") from None
+        shm = shared_memory.SharedMemory(name=name)
         return cls(spec, shm)
 
     def view(self, slot: int, shape: Sequence[int]) -> np.ndarray:
