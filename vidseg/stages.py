@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -120,18 +121,19 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
         pass
     frames = source.frames()
     try:
-        while not stop.is_set():
-            meter.start()
-            frame = next(frames, None)
-            if frame is None:
-                break
-            cause = out.put(frame.image, frame.pts, frame.capture_time, getattr(frame, "format", "rgb24"))
-            meter.stop()
-            if cause == "stopped":
-                meter.dropped["interrupted"] += 1
-                break
-            if cause:
-                meter.dropped[cause] += 1
+        with _interrupted_on(stop, source):
+            while not stop.is_set():
+                meter.start()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                cause = out.put(frame.image, frame.pts, frame.capture_time, getattr(frame, "format", "rgb24"))
+                meter.stop()
+                if cause == "stopped":
+                    meter.dropped["interrupted"] += 1
+                    break
+                if cause:
+                    meter.dropped[cause] += 1
     finally:
         meter.busy_s -= out.wait_s  # time blocked on a free slot is back-pressure, not work
         out.end(interrupted=stop.is_set())
@@ -140,6 +142,33 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
             meter.extra[key] = value
         source.close()
         out.close()
+
+
+@contextmanager
+def _interrupted_on(stop, source):
+    """Inside the block, `source.interrupt()` is called once `stop` is set, if the source has
+    it: a live source waiting seconds between attempts to reach its camera ends at once.
+
+    The watching thread polls and has ended when the block does: a thread still waiting on a
+    multiprocessing Event when its process exits leaves that Event unable to be set."""
+    if not hasattr(source, "interrupt"):
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            if stop.is_set():
+                source.interrupt()
+                return
+
+    thread = threading.Thread(target=watch, name="stop-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,

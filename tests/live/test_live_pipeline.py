@@ -101,6 +101,52 @@ def test_server_killed_and_restarted_run_continues(rtsp_server, tmp_path):
     assert float(video["duration"]) > stats["frames_out"] / 30 + 1.0
 
 
+def test_ctrl_c_during_an_outage_stops_at_once(rtsp_server, tmp_path):
+    """The camera is gone and vidseg waits seconds between attempts: Ctrl-C still ends the run
+    within seconds (it went on retrying for ever), exit 130, the recording plays."""
+    out = tmp_path / "out.mp4"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out,
+                        "--read-timeout", 1)
+    rtsp_server.wait_clients(2)
+    time.sleep(2)
+    rtsp_server.kill()
+    time.sleep(6)  # the outage is seen after 1 s, then waits of 1, 2, 4 s between attempts
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - started < 5
+    assert "; reconnecting" in stderr
+    assert int(probe(out)["video"]["nb_read_frames"]) > 20
+
+
+@pytest.mark.slow
+def test_a_camera_down_at_the_start_does_not_hold_back_the_others(make_rtsp_server, tmp_path):
+    """Two cameras, one off when the run starts: the other is recorded from the start, the late
+    one joins when it comes (fitted to the size of the one that is up), both MP4s play."""
+    up, late = make_rtsp_server(), make_rtsp_server(size="160x120")
+    late.kill()  # its port stays known; it comes up during the run
+    stats_path = tmp_path / "stats.json"
+    proc = start_vidseg("rtsp", up.url("live"), late.url("live"), "--no-window", "--model", "none",
+                        "-o", tmp_path, "--duration", 14, "--stats", stats_path)
+    up.wait_clients(2)  # the probe, then its capture: the run started without the late camera
+    time.sleep(3)
+    late.start()
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr
+    assert f"vidseg: {late.url('live')}: not up yet; starting the others, it joins when it comes " \
+           "(its frames fitted to 320x240)" in stderr
+    stats = json.loads(stats_path.read_text())
+    on_time, joined = stats["sources"][up.url("live")], stats["sources"][late.url("live")]
+    for source in (on_time, joined):
+        assert source["frames_in"] == source["frames_out"] + sum(source["dropped"].values()) > 0
+    assert on_time["frames_in"] > joined["frames_in"] + 60  # 2 s and more ahead at 30 fps
+    for server, frames in ((up, on_time["frames_out"]), (late, joined["frames_out"])):
+        video = probe(tmp_path / f"127.0.0.1_{server.port}_live.mp4")["video"]
+        assert (int(video["width"]), int(video["height"])) == (320, 240)
+        assert int(video["nb_read_frames"]) == frames
+
+
 def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
     stats_path = tmp_path / "stats.json"
     proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "--duration", 10,

@@ -89,10 +89,41 @@ def test_first_open_is_retried_and_permanent_errors_are_not():
     reports = []
     source = Reconnecting(opener([SourceLost("cam: refused"), ScriptedSource(1)]), "cam",
                           first_delay=0.01, report=reports.append)
+    assert source.open() is source
     assert source.width == 6 and reports[0] == "cam: refused; retrying"
     assert reports[1].startswith("cam: connected after")
     with pytest.raises(SourceUnavailable, match="401"):
-        Reconnecting(opener([SourceUnavailable("cam: 401 Unauthorized")]), "cam")
+        Reconnecting(opener([SourceUnavailable("cam: 401 Unauthorized")]), "cam").open()
+
+
+def test_a_source_given_a_size_opens_when_read_and_fits_its_frames_to_it():
+    """A camera down at the start of a run of several: it is sized before it is seen, opened
+    by frames(), and its 4x6 frames are fitted into 8x16 with their aspect kept."""
+    calls = []
+    steps = opener([SourceLost("cam: refused"), ScriptedSource(2)])
+
+    def open_source():
+        calls.append(1)
+        return steps()
+
+    source = Reconnecting(open_source, "cam", first_delay=0.01, size=(16, 8), max_frames=2, report=lambda m: None)
+    assert (source.width, source.height) == (16, 8) and calls == []
+    frames = list(source.frames())
+    assert len(calls) == 2 and len(frames) == 2
+    image = frames[0].image
+    assert image.shape == (8, 16, 3)
+    assert (image[:, 2:14] == 7).all() and (image[:, :2] == 0).all() and (image[:, 14:] == 0).all()
+
+
+def test_interrupt_ends_the_first_wait_at_once_without_an_error():
+    """Ctrl-C while a source that was down at the start is still awaited: frames() just ends."""
+    source = Reconnecting(opener([SourceLost("cam: refused")] * 10), "cam", first_delay=30, size=(6, 4),
+                          end_on_give_up=True, report=lambda m: None)
+    threading.Timer(0.3, source.interrupt).start()
+    started = time.monotonic()
+    assert list(source.frames()) == []
+    assert time.monotonic() - started < 2
+    assert source.stats() == {"reconnects": 0}
 
 
 def test_close_ends_a_long_backoff_wait_at_once():

@@ -15,9 +15,10 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from vidseg.errors import InputError
@@ -30,7 +31,7 @@ from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sinks.window import WindowSink, check_display
 from vidseg.sources.camera import CameraSource, device_path
-from vidseg.sources.reconnect import Reconnecting, SourceUnavailable
+from vidseg.sources.reconnect import Reconnecting, SourceUnavailable, report_line
 from vidseg.sources.rtsp import RtspSource
 
 BENCH_RETRIES = 2  # `vidseg bench rtsp://...` gives up on a stream after this many reopen attempts
@@ -67,42 +68,70 @@ class LiveJob:
     stats: Optional[str] = None
 
 
-def open_live(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
-              read_timeout: float = 5.0, max_retries: Optional[int] = None, duration: Optional[float] = None,
-              max_frames: Optional[int] = None) -> Reconnecting:
-    """The live source of one target, reopened after outages (built in its capture process)."""
+def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
+                read_timeout: float = 5.0, max_retries: Optional[int] = None, duration: Optional[float] = None,
+                max_frames: Optional[int] = None, size: Optional[tuple] = None,
+                report: Callable[[str], None] = report_line) -> Reconnecting:
+    """The live source of one target, reopened after outages; not opened yet."""
     if kind == "camera":
         opener = partial(CameraSource, target)
     else:
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
-                        end_on_give_up=True)
+                        end_on_give_up=True, size=size, report=report)
+
+
+def open_live(**options) -> Reconnecting:
+    """`live_source(**options)` as a capture process builds it: opened at once, unless it has
+    a `size` (it was down at the start): then it opens when its frames are read."""
+    source = live_source(**options)
+    return source if options.get("size") else source.open()
 
 
 def probe_all(job: LiveJob) -> list:
-    """Opens every source once, side by side; returns [(width, height, fps)] in order.
+    """Opens every source once, side by side; returns [(width, height, fps) or None] in order.
+
+    None: a source that is down (its first attempt failed) once every other one has answered
+    and one at least is up: the run starts without it, and it joins when it comes. A single
+    source, or several all down, are waited for (--max-retries and --duration bound the wait).
     Raises InputError naming the first source that cannot be used."""
     results: list = [None] * len(job.targets)
+    down = [False] * len(job.targets)
 
-    def probe(i: int, target: str) -> None:
+    def report(i: int, line: str) -> None:
+        report_line(line)
+        down[i] = True  # the first line comes when the first attempt failed
+
+    sources = [live_source(job.kind, target, job.transport, job.open_timeout, job.read_timeout, job.max_retries,
+                           duration=job.duration, report=partial(report, i))  # --duration bounds the wait too
+               for i, target in enumerate(job.targets)]
+
+    def probe(i: int) -> None:
         try:
-            source = open_live(job.kind, target, job.transport, job.open_timeout, job.read_timeout,
-                               job.max_retries, duration=job.duration)  # --duration bounds the wait too
+            sources[i].open()
         except SourceUnavailable as error:
             results[i] = InputError(mask(error))
             return
         except Exception as error:  # noqa: BLE001 - re-raised in the calling thread below
             results[i] = error
             return
-        results[i] = (source.width, source.height, source.fps)
-        source.close()
+        results[i] = (sources[i].width, sources[i].height, sources[i].fps)
+        sources[i].close()
 
-    threads = [threading.Thread(target=probe, args=(i, t), daemon=True) for i, t in enumerate(job.targets)]
+    threads = [threading.Thread(target=probe, args=(i,), daemon=True) for i in range(len(sources))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)  # stays responsive to Ctrl-C
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(0.1)  # stays responsive to Ctrl-C
+        answers = list(results)
+        up = [isinstance(r, tuple) for r in answers]
+        if any(isinstance(r, Exception) for r in answers):
+            break
+        if any(up) and all(u or d for u, d in zip(up, down)):
+            for i, u in enumerate(up):
+                if not u:
+                    sources[i].interrupt()  # its probe thread ends at its next retry
+            return [r if u else None for r, u in zip(answers, up)]
     for result in results:
         if isinstance(result, Exception):
             raise result
@@ -155,10 +184,16 @@ def run_live(job: LiveJob) -> int:
     if job.stats:
         check_output(job.stats, "", True, "stats file")
         check_distinct([("-o", p) for p in paths] + [("--stats", job.stats)])
-    shapes = probe_all(job)
+    probed = probe_all(job)
     names = [mask(t) for t in job.targets]
     if len(set(names)) < len(names):
         names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    largest = max((p for p in probed if p), key=lambda p: p[0] * p[1])
+    for i in range(len(probed)):
+        if probed[i] is None:
+            report_line(f"{names[i]}: not up yet; starting the others, it joins when it comes "
+                        f"(its frames fitted to {largest[0]}x{largest[1]})")
+    shapes = [p or (largest[0], largest[1], None) for p in probed]  # down at the start: the largest size
     temps = [temp_beside(p) if p else None for p in paths]
     plans = []
     for i, (target, (width, height, fps)) in enumerate(zip(job.targets, shapes)):
@@ -171,7 +206,7 @@ def run_live(job: LiveJob) -> int:
         source = Spec(open_live, {"kind": job.kind, "target": target, "transport": job.transport,
                                   "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
                                   "max_retries": job.max_retries, "duration": job.duration,
-                                  "max_frames": job.max_frames})
+                                  "max_frames": job.max_frames, "size": None if probed[i] else (width, height)})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
                                 frame_shape=(height, width), policy="latest"))
     options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)

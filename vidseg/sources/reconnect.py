@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import Callable, Iterator, Optional
 
 import cv2
+import numpy as np
 
 from vidseg.secrets import mask
 from vidseg.sources.base import FrameSource, SourceFrame
@@ -36,7 +37,8 @@ def backoff_delays(first: float = 1.0, longest: float = 30.0) -> Iterator[float]
         delay = min(delay * 2, longest)
 
 
-def _to_stderr(message: str) -> None:
+def report_line(message: str) -> None:
+    """The default `report`: `vidseg: message` on stderr."""
     print(f"vidseg: {message}", file=sys.stderr, flush=True)
 
 
@@ -52,7 +54,11 @@ class Reconnecting:
     end_on_give_up: when an outage outlasts max_retries, end frames() (the reason goes to
         `report` and to stats()["error"]) instead of raising SourceUnavailable, so the stage
         reading it finishes normally and its frame counts are kept.
+    size: (width, height) every frame is fitted to; None: the size of the first connection.
     reconnects: outages survived so far; skipped: undecodable packets of closed connections.
+
+    Nothing is opened until `open()` or `frames()`; width, height, fps and time_base are known
+    after `open()` (width and height at once when `size` is given).
     """
 
     live = True
@@ -60,9 +66,9 @@ class Reconnecting:
 
     def __init__(self, open_source: Callable[[], FrameSource], name: str,
                  max_retries: Optional[int] = None, first_delay: float = 1.0,
-                 longest_delay: float = 30.0, report: Callable[[str], None] = _to_stderr,
+                 longest_delay: float = 30.0, report: Callable[[str], None] = report_line,
                  duration: Optional[float] = None, max_frames: Optional[int] = None,
-                 end_on_give_up: bool = False):
+                 end_on_give_up: bool = False, size: Optional[tuple] = None):
         self.name = mask(name)
         self.error: Optional[str] = None
         self._end_on_give_up = end_on_give_up
@@ -77,8 +83,17 @@ class Reconnecting:
         self._report = report
         self._closed = threading.Event()
         self._origin: Optional[float] = None
+        self._source: Optional[FrameSource] = None
+        self.width, self.height = size or (None, None)
+        self.fps: Optional[float] = None
+        self.time_base: Optional[Fraction] = None
+
+    def open(self) -> "Reconnecting":
+        """The first connection, retried as after an outage. Raises SourceUnavailable when the
+        source cannot be used, when the retries run out, or when it is closed (or its duration
+        ends) before it comes. Returns self."""
         try:
-            self._source = open_source()
+            self._source = self._open_source()
         except SourceLost as error:
             started = time.monotonic()
             self._report(f"{mask(error)}; retrying")
@@ -86,9 +101,11 @@ class Reconnecting:
             if self._source is None:
                 raise SourceUnavailable(f"{mask(error)}; stopped before it came back") from None
             self._report(f"{self.name}: connected after {time.monotonic() - started:.1f} s")
-        self.width, self.height = self._source.width, self._source.height
+        if self.width is None:
+            self.width, self.height = self._source.width, self._source.height
         self.fps = self._source.fps
-        self.time_base: Fraction = self._source.time_base
+        self.time_base = self._source.time_base
+        return self
 
     def _open_with_retries(self, cause: str) -> Optional[FrameSource]:
         """Waits 1, 2, 4, ... s before each attempt; None if close() was called meanwhile.
@@ -110,29 +127,34 @@ class Reconnecting:
         """Yields frames until close(), the duration or the frame limit; an outage only pauses
         the flow.
 
-        image uint8 RGB [height, width, 3] (resized if the source came back at another size);
+        image uint8 RGB [height, width, 3] (other sizes fitted to it, see `fit`);
         pts seconds on the capture clock since the first frame; capture_time time.monotonic()."""
-        frames = self._source.frames()
-        while frames is not None and not self._done():
-            try:
-                for frame in frames:
-                    yield self._stamp(frame)
-                    if self._done():
-                        return
-                cause = f"{self.name}: stream ended"
-            except SourceLost as error:
-                cause = str(error)
-            self._release()
-            if self._done():
-                return
-            try:
+        try:
+            if self._source is None:
+                if self._done():
+                    return
+                self.open()
+            frames = self._source.frames()
+            while frames is not None and not self._done():
+                try:
+                    for frame in frames:
+                        yield self._stamp(frame)
+                        if self._done():
+                            return
+                    cause = f"{self.name}: stream ended"
+                except SourceLost as error:
+                    cause = str(error)
+                self._release()
+                if self._done():
+                    return
                 frames = yield from self._outage(mask(cause))
-            except SourceUnavailable as error:
-                if not self._end_on_give_up:
-                    raise
-                self.error = str(error)
-                self._report(self.error)
-                return
+        except SourceUnavailable as error:
+            if self._done():
+                return  # closed, or the duration ended, before the source came (back)
+            if not self._end_on_give_up:
+                raise
+            self.error = str(error)
+            self._report(self.error)
 
     def _outage(self, cause: str):
         """Reports the outage, reopens the source until a frame arrives, yields that frame and
@@ -169,7 +191,7 @@ class Reconnecting:
         self._count += 1
         image = frame.image
         if image.shape[:2] != (self.height, self.width):
-            image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            image = fit(image, self.width, self.height)
         return SourceFrame(image, frame.capture_time - self._origin, frame.capture_time)
 
     def stats(self) -> dict:
@@ -181,9 +203,25 @@ class Reconnecting:
         self._source.close()
         self._source = None
 
+    def interrupt(self) -> None:
+        """Ends frames() at its next frame or retry wait; safe from another thread (the
+        reading thread then calls close())."""
+        self._closed.set()
+
     def close(self) -> None:
         """Ends frames() at its next frame or retry wait (safe from a signal handler), and
         releases the current source."""
         self._closed.set()
         if self._source is not None:
             self._release()
+
+
+def fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """image (uint8 [h, w, 3]) scaled to fit width × height, its aspect kept, centred on black."""
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return out
