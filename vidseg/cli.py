@@ -44,8 +44,8 @@ class VidsegGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
             code = 1
-        except click.Abort:
-            code = 130
+        except click.Abort as e:  # click's wrapping of a KeyboardInterrupt, Terminated included
+            code = getattr(e.__cause__, "exit_code", 130)
         except Terminated as e:
             code = e.exit_code
         except KeyboardInterrupt:

@@ -120,6 +120,18 @@ def test_ctrl_c_during_an_outage_stops_at_once(rtsp_server, tmp_path):
     assert int(probe(out)["video"]["nb_read_frames"]) > 20
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_while_waiting_for_the_camera_at_the_start(signum, code):
+    """Before the pipeline runs (the camera is off; vidseg waits for it): Ctrl-C exits 130,
+    SIGTERM (docker stop, systemd) 143, like a stop during the run (SIGTERM gave 130)."""
+    proc = start_vidseg("rtsp", "rtsp://127.0.0.1:9/live", "--no-window", "--model", "none")
+    time.sleep(3)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.slow
 def test_a_camera_down_at_the_start_does_not_hold_back_the_others(make_rtsp_server, tmp_path):
     """Two cameras, one off when the run starts: the other is recorded from the start, the late
