@@ -107,7 +107,7 @@ def summary(stats: dict) -> str:
         "stages (fps when busy): " + ", ".join(f"{k} {v['fps']:.1f}" for k, v in stats["stages"].items()),
     ]
     if stats.get("partial"):
-        lines.append("interrupted: the output holds the frames done so far (partial)")
+        lines.append("interrupted: a partial run; the counts above, and any output, cover the frames done so far")
     return "\n".join(lines)
 
 

@@ -114,7 +114,8 @@ def _set_process_name(name: str) -> None:
 
 def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter: StageMeter) -> None:
     """Read frames from the source into the ring until it ends or `stop` is set. The source is
-    opened at once but read only when `ready` (the model is built), so no frame waits for it."""
+    built at once but read only when `ready` (the model is built), so no frame waits for it
+    (a file opens when built; a live source when read, so no frame goes stale meanwhile)."""
     source = source_spec.build()
     out = CaptureOut(link, out_q, stop)
     while not ready.wait(0.2) and not stop.is_set():

@@ -84,19 +84,21 @@ def standin_camera(frames_per_connection: int, duration: float):
 
 def log_run(url: str, log: str, model: str, duration: float):
     """One RTSP source through `model` into a FrameLog at `log` for `duration` s; the RunResult."""
-    from vidseg.pipelines.live import open_live
+    from vidseg.pipelines.live import live_source
     from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 
-    plan = SourcePlan(name="cam", source=Spec(open_live, dict(kind="rtsp", target=url, read_timeout=1, open_timeout=1,
-                                                              duration=duration)),
+    plan = SourcePlan(name="cam", source=Spec(live_source, dict(kind="rtsp", target=url, read_timeout=1,
+                                                                open_timeout=1, duration=duration)),
                       sinks=[Spec(FrameLog, {"path": log})], frame_shape=(240, 320), policy="latest")
     return run_pipeline([plan], model=model, batch=1, progress=False)
 
 
-if __name__ == "__main__":  # python -m tests.live.helpers URL LOG MODEL DURATION (a run alongside a test's)
-    import sys
+def slow_loading_model(batch_size: int = 1, **_ignored):
+    """Takes 4 s to build (as a real model's loading does), then finds blobs at once."""
+    from tests.fake_models import BlobModel
 
-    sys.exit(log_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])).exit_code)
+    time.sleep(4)
+    return BlobModel(batch_size=1)
 
 
 def failing_model(batch_size: int = 1, **_ignored):
@@ -104,3 +106,9 @@ def failing_model(batch_size: int = 1, **_ignored):
     from tests.fake_models import FailingModel
 
     return FailingModel(batch_size=1, fail_at=30)
+
+
+if __name__ == "__main__":  # python -m tests.live.helpers URL LOG MODEL DURATION (a run alongside a test's)
+    import sys
+
+    sys.exit(log_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])).exit_code)

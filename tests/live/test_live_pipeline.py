@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, current_umask, probe, run_vidseg
 from tests.live.helpers import log_run, read_log
-from vidseg.pipelines.live import open_live
+from vidseg.pipelines.live import live_source
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 
 pytestmark = pytest.mark.rtsp
@@ -159,6 +159,38 @@ def test_a_camera_down_at_the_start_does_not_hold_back_the_others(make_rtsp_serv
         assert int(video["nb_read_frames"]) == frames
 
 
+def test_no_stale_frames_pile_up_while_the_model_loads(rtsp_server, tmp_path):
+    """The camera is read once the model is built (4 s here): --duration counts recorded
+    seconds, and the MP4 starts with fresh frames at real speed, not a burst of the frames
+    the camera sent meanwhile (the connection was opened before the model loaded, so the run
+    began with them: 0 frames for a duration shorter than the load, else seconds of stale
+    video played in a fraction of a second)."""
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    run = run_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "tests.live.helpers:slow_loading_model",
+                     "-o", out, "--duration", 3, "--stats", stats_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(stats_path.read_text())
+    assert 30 <= stats["frames_in"] <= 3.5 * 30  # the 30 fps camera's 3 s (connecting included), none from before
+    video = probe(out)["video"]
+    assert int(video["nb_read_frames"]) == stats["frames_out"]
+    assert float(video["duration"]) >= 0.8 * stats["frames_out"] / 30  # plays at real speed
+
+
+@pytest.mark.slow
+def test_a_camera_that_never_comes_is_named_at_the_end(rtsp_server, tmp_path):
+    """One of two cameras stays off for the whole run: the other is recorded, and the run
+    ends with exit 1 naming the absent one (it ended 0 as if all was well)."""
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "rtsp://kim:N3verThere@127.0.0.1:9/cam", "--no-window",
+                        "--model", "none", "-o", tmp_path, "--duration", 5)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "vidseg: error: cannot open rtsp://kim:***@127.0.0.1:9/cam: Connection refused; stopped before it came "
+        "back (the other sources ran to the end)")
+    assert [p.name for p in tmp_path.iterdir()] == [f"127.0.0.1_{rtsp_server.port}_live.mp4"]
+    assert "N3verThere" not in stdout + stderr
+
+
 def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
     stats_path = tmp_path / "stats.json"
     proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "--duration", 10,
@@ -208,8 +240,8 @@ def test_window_needs_a_display(rtsp_server):
 
 
 def _live_plan(name, url, log, **limits):
-    return SourcePlan(name=name, source=Spec(open_live, dict(kind="rtsp", target=url, read_timeout=1,
-                                                             open_timeout=1, **limits)),
+    return SourcePlan(name=name, source=Spec(live_source, dict(kind="rtsp", target=url, read_timeout=1,
+                                                               open_timeout=1, **limits)),
                       sinks=[Spec("tests.live.helpers:FrameLog", {"path": str(log)})],
                       frame_shape=(240, 320), policy="latest")
 

@@ -72,20 +72,15 @@ def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: fl
                 read_timeout: float = 5.0, max_retries: Optional[int] = None, duration: Optional[float] = None,
                 max_frames: Optional[int] = None, size: Optional[tuple] = None,
                 report: Callable[[str], None] = report_line) -> Reconnecting:
-    """The live source of one target, reopened after outages; not opened yet."""
+    """The live source of one target, reopened after outages; not opened yet (a capture
+    stage opens it when it starts reading: no frame piles up while the model loads). size:
+    (width, height) its frames are fitted to, for a source that was down at the start."""
     if kind == "camera":
         opener = partial(CameraSource, target)
     else:
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
                         end_on_give_up=True, size=size, report=report)
-
-
-def open_live(**options) -> Reconnecting:
-    """`live_source(**options)` as a capture process builds it: opened at once, unless it has
-    a `size` (it was down at the start): then it opens when its frames are read."""
-    source = live_source(**options)
-    return source if options.get("size") else source.open()
 
 
 def probe_all(job: LiveJob) -> list:
@@ -203,10 +198,10 @@ def run_live(job: LiveJob) -> int:
         if temps[i]:
             sinks.append(Spec(Mp4Sink, {"path": temps[i], "width": width, "height": height, "fps": fps,
                                         "preset": job.preset, "crf": job.crf}))
-        source = Spec(open_live, {"kind": job.kind, "target": target, "transport": job.transport,
-                                  "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
-                                  "max_retries": job.max_retries, "duration": job.duration,
-                                  "max_frames": job.max_frames, "size": None if probed[i] else (width, height)})
+        source = Spec(live_source, {"kind": job.kind, "target": target, "transport": job.transport,
+                                    "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
+                                    "max_retries": job.max_retries, "duration": job.duration,
+                                    "max_frames": job.max_frames, "size": None if probed[i] else (width, height)})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
                                 frame_shape=(height, width), policy="latest"))
     options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
@@ -263,8 +258,8 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
     check_spec(job.model)
     check_targets(job)
     (width, height, fps), = probe_all(job)
-    source = Spec(open_live, {"kind": "rtsp", "target": url, "duration": job.duration, "max_frames": frames,
-                              "max_retries": BENCH_RETRIES})
+    source = Spec(live_source, {"kind": "rtsp", "target": url, "duration": job.duration, "max_frames": frames,
+                                "max_retries": BENCH_RETRIES})
     plan = SourcePlan(name=mask(url), source=source, sinks=[Spec(NullSink)], frame_shape=(height, width),
                       policy="latest")
     result = run_pipeline([plan], model=model, model_options=dict(job.model_extra, weights=weights, min_confidence=min_confidence),

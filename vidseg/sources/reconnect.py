@@ -50,7 +50,8 @@ class Reconnecting:
     max_retries: reopen attempts per outage before giving up with SourceUnavailable
         (None = never give up). The first open is retried the same way.
     report: called with one line when an outage starts and one when it ends.
-    duration, max_frames: end frames() after this many seconds (from construction) or frames.
+    duration, max_frames: end frames() after this many seconds or frames; the seconds count
+        from the first open() or frames() call, whichever comes first.
     end_on_give_up: when an outage outlasts max_retries, end frames() (the reason goes to
         `report` and to stats()["error"]) instead of raising SourceUnavailable, so the stage
         reading it finishes normally and its frame counts are kept.
@@ -72,7 +73,8 @@ class Reconnecting:
         self.name = mask(name)
         self.error: Optional[str] = None
         self._end_on_give_up = end_on_give_up
-        self._deadline = time.monotonic() + duration if duration is not None else None
+        self._duration = duration
+        self._deadline: Optional[float] = None
         self._max_frames = max_frames
         self._count = 0
         self.reconnects = 0
@@ -92,9 +94,12 @@ class Reconnecting:
         """The first connection, retried as after an outage. Raises SourceUnavailable when the
         source cannot be used, when the retries run out, or when it is closed (or its duration
         ends) before it comes. Returns self."""
+        self._start_clock()
         try:
             self._source = self._open_source()
         except SourceLost as error:
+            if self._max_retries == 0:
+                raise SourceUnavailable(mask(error)) from None
             started = time.monotonic()
             self._report(f"{mask(error)}; retrying")
             self._source = self._open_with_retries(str(error))
@@ -129,6 +134,7 @@ class Reconnecting:
 
         image uint8 RGB [height, width, 3] (other sizes fitted to it, see `fit`);
         pts seconds on the capture clock since the first frame; capture_time time.monotonic()."""
+        self._start_clock()
         try:
             if self._source is None:
                 if self._done():
@@ -149,8 +155,8 @@ class Reconnecting:
                     return
                 frames = yield from self._outage(mask(cause))
         except SourceUnavailable as error:
-            if self._done():
-                return  # closed, or the duration ended, before the source came (back)
+            if self._closed.is_set():
+                return  # closed while the source was awaited: no error
             if not self._end_on_give_up:
                 raise
             self.error = str(error)
@@ -178,6 +184,10 @@ class Reconnecting:
         self._report(f"{self.name}: reconnected after {time.monotonic() - started:.1f} s")
         yield self._stamp(first)
         return frames
+
+    def _start_clock(self) -> None:
+        if self._deadline is None and self._duration is not None:
+            self._deadline = time.monotonic() + self._duration
 
     def _done(self) -> bool:
         """close() was called, or the duration or frame limit is reached."""
