@@ -18,13 +18,15 @@ import click
 
 from vidseg import stage_server
 from vidseg.errors import InputError, Terminated, raise_terminated
+from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 class VidsegGroup(click.Group):
     """A click group that turns usage errors and InputError into one line and exit 2, and an
-    OSError (disk full, permission denied) into one line and exit 1."""
+    OSError (disk full, permission denied) into one line and exit 1; a password in a URL
+    there is masked whatever the error (an RTSP URL given where a file was expected)."""
 
     def main(self, args=None, prog_name="vidseg", **kwargs):
         signal.signal(signal.SIGTERM, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
@@ -34,15 +36,15 @@ class VidsegGroup(click.Group):
             click.echo(e.ctx.get_help(), err=True)
             code = 2
         except click.UsageError as e:
-            click.echo(f"vidseg: error: {e.format_message()}" + (" (see --help)" if e.ctx else ""), err=True)
+            click.echo(mask(f"vidseg: error: {e.format_message()}" + (" (see --help)" if e.ctx else "")), err=True)
             code = 2
         except InputError as e:
-            click.echo(f"vidseg: error: {e}", err=True)
+            click.echo(mask(f"vidseg: error: {e}"), err=True)
             code = e.exit_code
         except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
             if os.environ.get("VIDSEG_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
+            click.echo(mask(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}"), err=True)
             code = 1
         except click.Abort as e:  # click's wrapping of a KeyboardInterrupt, Terminated included
             code = getattr(e.__cause__, "exit_code", 130)
@@ -134,7 +136,7 @@ def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames,
     For an rtsp:// INPUT: fps, latency p50/p95/max and drop rate by cause over 20 s (or --frames);
     a stream that cannot be opened is given up after 2 retries."""
     prepare_pipeline(model)
-    if input.startswith(("rtsp://", "rtsps://")):
+    if input.lower().startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live
 
         return bench_live(input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,

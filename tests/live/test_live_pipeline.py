@@ -223,6 +223,35 @@ def test_bad_outputs_are_refused_before_connecting(tmp_path, options, words):
     assert [p.name for p in tmp_path.iterdir()] == ["old.mp4"] and (tmp_path / "old.mp4").read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize("command, url, shown", [
+    ("rtsp", "rtsp://alice:Pw9@[::1/live", "not a valid RTSP URL: rtsp://***@[::1/live"),  # unclosed IPv6
+    ("rtsp", "rtsp://alice:Pw9/x@127.0.0.1:8554/live", "not a valid RTSP URL: rtsp://***@127.0.0.1:8554/live"),
+    ("rtsp", "rtsp://alice:Pw9 x@cam/live", "not a valid RTSP URL: rtsp://***@cam/live"),
+    ("rtsp", "rtsp://cam:99999/live", "not a valid RTSP URL: rtsp://cam:99999/live"),
+    ("rtsp", "rtsp:/alice:Pw9@cam/live", "not an RTSP URL: rtsp:/alice:***@cam/live"),
+    ("file", "rtsp:/alice:Pw9@cam/live", "input not found: rtsp:/alice:***@cam/live"),
+    ("bench", "RTSPS:/alice:Pw9@cam/live", "input not found: RTSPS:/alice:***@cam/live"),
+])
+def test_a_mistyped_url_is_one_line_that_hides_the_password(command, url, shown):
+    """A URL that cannot be parsed (a '/' or space left unescaped in the password, an
+    unclosed [IPv6], a port out of range) ended in a traceback quoting part of the password;
+    one given where a file is expected was printed in clear."""
+    args = ["-o", "out.mp4"] if command == "file" else ["--no-window"] if command == "rtsp" else []
+    r = run_vidseg(command, url, *args, "--model", "none", timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"vidseg: error: {shown}")
+    assert "Pw9" not in r.stderr
+
+
+def test_an_upper_case_scheme_reaches_the_camera(rtsp_server):
+    """FFmpeg knows no RTSP://: the scheme is put in lower case (it failed with 'Protocol not found')."""
+    url = rtsp_server.url("live").replace("rtsp://", "RTSP://")
+    r = run_vidseg("rtsp", url, "--no-window", "--model", "none", "--max-frames", 10, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "frames: in 10" in r.stderr
+
+
 def test_missing_camera_is_one_line_exit_2():
     run = run_vidseg("camera", "--device", "/dev/video97", "--no-window", "--model", "none", timeout=60)
     assert run.returncode == 2

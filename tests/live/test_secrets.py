@@ -21,3 +21,18 @@ def test_text_without_credentials_is_unchanged():
     for text in ("rtsp://cam.local:554/live", "rtsp://user@cam/live", "/dev/video0", "in.mp4",
                  "http://host/a:b@c"):
         assert mask(text) == text
+
+
+def test_password_with_an_unescaped_slash_in_an_error_message():
+    out = mask("cannot open rtsp://alice:pa/ss@127.0.0.1:8555/live: Invalid argument")
+    assert out == "cannot open rtsp://alice:***@127.0.0.1:8555/live: Invalid argument"
+
+
+def test_mistyped_and_upper_case_schemes():
+    assert mask("input not found: RTSP://alice:s3cret@cam/live") == "input not found: RTSP://alice:***@cam/live"
+    assert mask("input not found: rtsp:/alice:s3cret@cam/live") == "input not found: rtsp:/alice:***@cam/live"
+
+
+def test_password_in_the_query_string():
+    out = mask("rtsp://cam/live?user=alice&password=s3cret&channel=1 and ?PWD=x2")
+    assert out == "rtsp://cam/live?user=alice&password=***&channel=1 and ?PWD=***"

@@ -161,12 +161,30 @@ def slug(kind: str, target: str) -> str:
 
 
 def check_targets(job: LiveJob) -> None:
+    """One line for a target that cannot work; RTSP URLs get their scheme in lower case (FFmpeg
+    knows no `RTSP://`)."""
     if not job.targets:
         raise InputError("give at least one source")
-    if job.kind == "rtsp":
-        for target in job.targets:
-            if urlsplit(target).scheme not in ("rtsp", "rtsps"):
-                raise InputError(f"not an RTSP URL: {mask(target)}; expected rtsp://[user:pass@]host[:port]/path")
+    if job.kind != "rtsp":
+        return
+    expected = ("expected rtsp://host[:port]/path, with user:password@ before the host if the camera "
+                "asks for them (a '/', '@' or space in the password written %2F, %40, %20)")
+    targets = []
+    for target in job.targets:
+        scheme, _, rest = target.partition(":")
+        if scheme.lower() not in ("rtsp", "rtsps") or not rest.startswith("//"):
+            raise InputError(f"not an RTSP URL: {mask(target)}; {expected}")
+        try:
+            parts = urlsplit(target)
+            valid = bool(parts.hostname) and (parts.port is None or parts.port > 0) and " " not in target
+        except ValueError:  # an unclosed [IPv6], a port not a number (a '/' in the password) or too big
+            valid = False
+        if not valid:  # shown without what precedes its last "@": it may not parse as a password
+            _, at, host = target.rpartition("@")
+            shown = f"{scheme}://***@{host}" if at else target
+            raise InputError(f"not a valid RTSP URL: {shown}; {expected}")
+        targets.append(f"{scheme.lower()}:{rest}")
+    job.targets = targets
 
 
 def run_live(job: LiveJob) -> int:
