@@ -110,6 +110,7 @@ class _AudioCopy:
         self._in_stream = in_stream
         self._out_stream = out_stream
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
+        self._next_pts: Optional[int] = None  # re-encoded audio: pts of the next sample, in 1/rate s
         self._packets: Iterator = resilient_demux(container, in_stream)
         self._pending = None
         self._last_dts = None
@@ -147,7 +148,7 @@ class _AudioCopy:
             self._mux(packet)
         if final and self._encoder is not None:
             for resampled in self._encoder.resample(None):
-                self._out.mux(self._out_stream.encode(resampled))
+                self._encode(resampled)
             self._out.mux(self._out_stream.encode(None))
 
     def _mux(self, packet) -> None:
@@ -166,9 +167,20 @@ class _AudioCopy:
         except av.error.FFmpegError:
             return
         for frame in frames:
-            frame.pts = None  # the resampler and encoder count samples themselves
+            if self._next_pts is None:  # the first sample keeps its time: the audio starts where it did
+                start = frame.pts if frame.pts is not None else packet.pts
+                time_base = frame.time_base or packet.time_base
+                self._next_pts = round(start * time_base * self._out_stream.rate) if start is not None else 0
+            frame.pts = None  # the resampler regroups samples: its output is stamped in _encode
             for resampled in self._encoder.resample(frame):
-                self._out.mux(self._out_stream.encode(resampled))
+                self._encode(resampled)
+
+    def _encode(self, frame) -> None:
+        """Encode and mux one resampled frame, stamped with the sample count since the first
+        sample (pts in 1/rate s): continuous audio, from the input's start time."""
+        frame.pts, frame.time_base = self._next_pts, Fraction(1, self._out_stream.rate)
+        self._next_pts += frame.samples
+        self._out.mux(self._out_stream.encode(frame))
 
     def close(self) -> None:
         self._in.close()
