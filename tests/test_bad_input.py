@@ -96,12 +96,15 @@ def test_output_is_the_input(workdir):
     assert listing(workdir) == ["in.mp4"]
 
 
-def test_existing_output_needs_overwrite(workdir):
-    (workdir / "out.mp4").write_bytes(b"keep me")
-    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none")
+@pytest.mark.parametrize("option, name", [("-o", "out.mp4"), ("--detections", "d.jsonl"), ("--stats", "s.mp4")])
+def test_existing_output_needs_overwrite(workdir, option, name):
+    """Any file vidseg would write: --stats replaced an existing file (a video, here) silently."""
+    (workdir / name).write_bytes(b"keep me")
+    outputs = ["-o", workdir / "new.mp4"] if option != "-o" else []
+    r = run_vidseg("file", workdir / "in.mp4", *outputs, option, workdir / name, "--model", "none")
     assert_one_line_error(r, "exists", "--overwrite")
-    assert (workdir / "out.mp4").read_bytes() == b"keep me"
-    assert listing(workdir) == ["in.mp4", "out.mp4"]
+    assert (workdir / name).read_bytes() == b"keep me"
+    assert listing(workdir) == sorted(["in.mp4", name])
 
 
 @pytest.mark.parametrize("name", ["out.mkv", "out.avi", "out"])
@@ -127,7 +130,7 @@ def test_a_full_disk_is_one_line_naming_the_file(workdir):
     """/dev/full fails every write with ENOSPC, as a full disk does (and gives Python no file
     name): the error names the stats file, no traceback, exit 1; the MP4 was done and stays."""
     r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none", "--no-progress",
-                   "--stats", "/dev/full")
+                   "--stats", "/dev/full", "-y")
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == \
