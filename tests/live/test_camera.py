@@ -83,6 +83,15 @@ def test_missing_camera_is_one_clear_line():
     assert message.startswith("no camera at /dev/video97 (cameras found: ") and "--device" in message
 
 
+@pytest.mark.parametrize("path", ["/dev/null", "/tmp", __file__])
+def test_a_path_that_is_not_a_camera_is_one_clear_line(path):
+    """A device or file that is not a V4L2 camera was retried for ever, with OpenCV warnings."""
+    with pytest.raises(SourceUnavailable) as error:
+        CameraSource(path)
+    assert str(error.value).startswith(f"{path} is not a camera (cameras found: ")
+    assert "--device" in str(error.value)
+
+
 def test_camera_pipeline_end_to_end_with_a_stand_in(tmp_path):
     """The camera path through the real runtime (latest policy, reconnect) into an MP4."""
     from tests.conftest import probe

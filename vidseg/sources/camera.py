@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import time
 from fractions import Fraction
 from typing import Callable, Iterator, Optional, Union
@@ -18,11 +19,19 @@ import numpy as np
 from vidseg.sources.base import SourceFrame
 from vidseg.sources.reconnect import SourceLost, SourceUnavailable
 
+V4L2_MAJOR = 81  # Linux's device number for Video4Linux
+
 
 def device_path(device: Union[int, str]) -> str:
     """0 or "0" → /dev/video0; a path is kept as it is."""
     text = str(device)
     return f"/dev/video{text}" if text.isdigit() else text
+
+
+def is_v4l2_device(path: str) -> bool:
+    """A Video4Linux character device (major number 81): /dev/video*, or a udev link to one."""
+    st = os.stat(path)
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == V4L2_MAJOR
 
 
 def _open_v4l2(path: str):
@@ -46,10 +55,11 @@ class CameraSource:
         path = device_path(device)
         self.name = path
         if open_capture is None:
+            found = ", ".join(sorted(glob.glob("/dev/video*"))) or "none"
             if not os.path.exists(path):
-                found = ", ".join(sorted(glob.glob("/dev/video*"))) or "none"
-                raise SourceUnavailable(f"no camera at {path} (cameras found: {found}); "
-                                        f"pick one with --device")
+                raise SourceUnavailable(f"no camera at {path} (cameras found: {found}); pick one with --device")
+            if not is_v4l2_device(path):
+                raise SourceUnavailable(f"{path} is not a camera (cameras found: {found}); pick one with --device")
             open_capture = _open_v4l2
         self._capture = open_capture(path)
         if not self._capture.isOpened():
