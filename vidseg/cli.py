@@ -337,8 +337,8 @@ def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights,
 
 @main.command("demo")
 @click.option("-o", "--output", type=click.Path(), default="demo.mp4", show_default=True, help="Output MP4.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Length of the generated clip.")
+@click.option("--seconds", type=float, default=10.0, show_default=True,
+              help="Length of the generated clip (0.1 to 3600).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Mask R-CNN weights (.h5); default: the shipped model.")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")

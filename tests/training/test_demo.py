@@ -41,3 +41,23 @@ def test_demo_refuses_to_overwrite(tmp_path):
     r = run_vidseg("demo", "-o", out, "--seconds", "1", "--no-progress")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists" in r.stderr
     assert out.read_bytes() == b"keep me"
+
+
+def test_demo_refuses_an_existing_stats_file_before_making_the_clip(tmp_path):
+    """The file pipeline behind the demo may replace its own outputs; the user's are checked
+    first (a previous demo.mp4 given as --stats was replaced by JSON)."""
+    (tmp_path / "old.mp4").write_bytes(b"keep me")
+    r = run_vidseg("demo", "-o", tmp_path / "new.mp4", "--seconds", "1", "--stats", tmp_path / "old.mp4",
+                   "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists" in r.stderr, r.stderr
+    assert "writing" not in r.stderr  # refused before the clip was made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.mp4"]
+    assert (tmp_path / "old.mp4").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "0.001", "-1"])
+def test_demo_length_out_of_range_is_one_line(tmp_path, seconds):
+    r = run_vidseg("demo", "-o", tmp_path / "d.mp4", "--seconds", seconds, "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"vidseg: error: --seconds must be from 0.1 to 3600, got {seconds}"]
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,9 @@ from vidseg.pipelines.file import FileJob, run_file
 from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output
 
 
+MIN_SECONDS, MAX_SECONDS = 0.1, 3600.0  # the clip: 3 frames to an hour
+
+
 @dataclass
 class DemoJob:
     """Options of `vidseg demo` (see the CLI help for each)."""
@@ -34,11 +37,14 @@ def run_demo(job: DemoJob) -> int:
     """Write the clip, segment it into job.output; returns the file pipeline's exit code."""
     from vidseg.samples.shapes import write_moving_shapes_clip
 
-    if job.seconds <= 0:
-        raise InputError("--seconds must be positive")
+    if not MIN_SECONDS <= job.seconds <= MAX_SECONDS:  # also refuses nan
+        raise InputError(f"--seconds must be from {MIN_SECONDS:g} to {MAX_SECONDS:g}, got {job.seconds:g}")
     check_mp4_name(job.output)
     check_distinct([("-o", job.output), ("--stats", job.stats), ("--detections", job.detections)])
     output = check_output(job.output, "", job.overwrite)
+    for path, what in ((job.stats, "stats file"), (job.detections, "detections file")):
+        if path:  # checked here, before the clip is made (the file pipeline may replace them: checked)
+            check_output(path, "", job.overwrite, what)
     with tempfile.TemporaryDirectory(prefix="vidseg-demo-") as tmp:
         clip = os.path.join(tmp, "shapes.mp4")
         print(f"vidseg demo: writing a {job.seconds:g} s 1280x720 moving-shapes clip", file=sys.stderr)
