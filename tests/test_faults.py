@@ -179,6 +179,20 @@ def test_timeout_stops_the_run_once_and_it_drains(clip_for, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
 
 
+def test_ctrl_c_while_the_model_loads_writes_nothing(long_clip, tmp_path):
+    """Stopped before a frame went through: no MP4 and no detections file (an empty one was
+    put in place, over an existing one with -y)."""
+    (tmp_path / "d.jsonl").write_text("earlier detections\n")
+    run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--detections", tmp_path / "d.jsonl", "-y",
+                "--model", "tests.live.helpers:slow_loading_model", "--no-progress")
+    wait_for_stages(run.pid, PATHS["model"][1], timeout=60)  # the model takes 4 s to build
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert f"so {tmp_path / 'out.mp4'} and {tmp_path / 'd.jsonl'} were not written" in err
+    assert os.listdir(tmp_path) == ["d.jsonl"] and (tmp_path / "d.jsonl").read_text() == "earlier detections\n"
+
+
 def test_second_ctrl_c_never_leaves_a_broken_mp4(clip_for, tmp_path):
     """The second Ctrl-C stops the run at once: the sink gets 2 s to finalise, which veryslow's
     lookahead usually outlasts. Whatever the timing, an MP4 left in place plays."""

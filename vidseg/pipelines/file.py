@@ -83,19 +83,21 @@ def run_file(job: FileJob) -> int:
 
 def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], expected: Optional[int]) -> int:
     """Rename temp outputs into place (complete/interrupted) or remove them (failed, see
-    `fail`); report. An interrupted run's MP4 goes into place only if it plays with frames
-    in it: a second Ctrl-C stops the sink within 2 s, maybe before it wrote the index."""
+    `fail`); report. An interrupted run's outputs go into place only if a frame got through
+    (not so when stopped while the model loads), and its MP4 only if it plays with frames in
+    it: a second Ctrl-C stops the sink within 2 s, maybe before it wrote the index."""
     if result.status == "failed":
         return fail(result, temps, outputs)
-    unfinished = result.status == "interrupted" and "output" in temps and not video_frames(temps["output"])
-    if unfinished:
-        _remove([temps.pop("output")])
+    stats = result.stats
+    unfinished = [key for key in temps if result.status == "interrupted" and (
+        not stats["frames_out"] or key == "output" and not video_frames(temps[key]))]
+    _remove(temps.pop(key) for key in unfinished)
     for key, tmp in temps.items():
         os.replace(tmp, outputs[key])
-    stats = result.stats
     print(summary(dict(stats, partial=False) if unfinished else stats), file=sys.stderr)
     if unfinished:
-        print(f"interrupted before a frame was finalised, so {outputs['output']} was not written", file=sys.stderr)
+        print(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
+              f"{'was' if len(unfinished) == 1 else 'were'} not written", file=sys.stderr)
     short = expected and result.status == "complete" and expected - stats["frames_in"] > max(1, expected // 100)
     if stats.get("skipped") or short:
         print(f"warning: damaged input: decoded {stats['frames_in']} frames"
