@@ -228,8 +228,11 @@ def run_live(job: LiveJob) -> int:
         result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch or len(plans),
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
-        _keep_outputs(temps, paths)
+        kept = _keep_outputs(temps, paths)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
+    if result.status == "failed":
+        result.message += "".join(f"; {path} keeps the {n} frame{'s' * (n != 1)} encoded before it (partial)"
+                                  for path, n in kept.items())
     return finish(result, job.stats)
 
 
@@ -238,8 +241,9 @@ def finish(result: RunResult, stats_path: Optional[str]) -> int:
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
-    print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
-          file=sys.stderr)
+    if stats["stages"]:  # a failed run's stages are stopped before they report: no counts to show
+        print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
+              file=sys.stderr)
     code, message = result.exit_code, result.message
     lost = [s["error"] for s in sources.values() if s.get("error")]
     if code == 0 and lost:  # sources that gave up after --max-retries ended their part cleanly
@@ -252,15 +256,20 @@ def finish(result: RunResult, stats_path: Optional[str]) -> int:
     return code
 
 
-def _keep_outputs(temps: list, paths: list) -> None:
-    """Every finalised MP4 that holds frames goes into place, however the run ended."""
+def _keep_outputs(temps: list, paths: list) -> dict:
+    """Every finalised MP4 that holds frames goes into place, however the run ended;
+    returns {path: frames} of those."""
+    kept = {}
     for tmp, path in zip(temps, paths):
         if tmp is None:
             continue
-        if video_frames(tmp):
+        frames = video_frames(tmp)
+        if frames:
             os.replace(tmp, path)
+            kept[path] = frames
         else:
             os.unlink(tmp)
+    return kept
 
 
 def bench_live(url: str, model: str = "none", weights: Optional[str] = None, batch: Optional[int] = None,
