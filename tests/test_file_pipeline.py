@@ -271,6 +271,18 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     assert b["audio"]["codec_name"] == "aac" and abs(float(b["audio"]["duration"]) - 1.0) < 0.05
 
 
+@pytest.mark.slow
+def test_the_shipped_model_leaves_no_temporary_files(clip_480, tmp_path, monkeypatch):
+    """TensorFlow's autograph writes a module per converted function to the temporary folder
+    and removes them at interpreter exit, which a stage process never reaches: 7 were left
+    behind by every run."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    r = run_vidseg("file", clip_480, "-o", tmp_path / "out.mp4", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_bench_pipeline_runs_at_the_slowest_stage(clip_480, capsys):
     """With a model slower than decode, the pipeline keeps up with the model alone (efficiency
     ≥ 0.9) and beats the sequential loop; ratios within one run, never absolute speeds."""

@@ -12,8 +12,10 @@ import importlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -182,39 +184,54 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     (or the model's own input size) on their long side are shrunk once, by averaging, before
     the model and the boxes scaled back, so the model never sees 4K pixels.
     """
-    from vidseg.models import load_frame_model
-    from vidseg.quiet import native_stderr_filtered
+    with _private_tempdir():  # TensorFlow's autograph leaves a file there per converted function
+        from vidseg.models import load_frame_model
+        from vidseg.quiet import native_stderr_filtered
 
-    with native_stderr_filtered():  # TensorFlow's start-up chatter stays off the terminal
-        model = load_frame_model(model_spec, batch_size=batch, **model_options)
-    ready.set()
-    pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
-    names = list(model.class_names)
-    # at most max_batch: a batch must never hold every slot of a ring
-    size = max(1, min(int(batch or getattr(model, "batch_size", 1) or 1), max_batch))
-    live = any(link.policy == "latest" for link in links)
-    port = RingPort(in_q, links)
-    open_sources = {link.source for link in links}
+        with native_stderr_filtered():  # TensorFlow's start-up chatter stays off the terminal
+            model = load_frame_model(model_spec, batch_size=batch, **model_options)
+        ready.set()
+        pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
+        names = list(model.class_names)
+        # at most max_batch: a batch must never hold every slot of a ring
+        size = max(1, min(int(batch or getattr(model, "batch_size", 1) or 1), max_batch))
+        live = any(link.policy == "latest" for link in links)
+        port = RingPort(in_q, links)
+        open_sources = {link.source for link in links}
+        try:
+            while open_sources:
+                items = [port.get()]
+                while len(items) < size and not isinstance(items[-1], EndOfStream):
+                    nxt = port.get(timeout=0.01) if live else port.get()
+                    if nxt is None:
+                        break
+                    items.append(nxt)
+                frames = [m for m in items if not isinstance(m, EndOfStream)]
+                if frames:
+                    meter.start()
+                    _infer(model, names, frames, max_dim, pixels)
+                    meter.stop(len(frames))
+                    for m in frames:
+                        out_qs[m.source].put(m)
+                for end in (m for m in items if isinstance(m, EndOfStream)):
+                    out_qs[end.source].put(end)
+                    open_sources.discard(end.source)
+        finally:
+            port.close()
+
+
+@contextmanager
+def _private_tempdir():
+    """Inside the block, temporary files go to a folder of this process, removed at its end:
+    libraries that delete theirs only at interpreter exit (TensorFlow's autograph writes a
+    module per converted function) would leave them, as a stage process ends with os._exit."""
+    folder = tempfile.mkdtemp(prefix="vidseg-stage-")
+    previous, tempfile.tempdir = tempfile.tempdir, folder
     try:
-        while open_sources:
-            items = [port.get()]
-            while len(items) < size and not isinstance(items[-1], EndOfStream):
-                nxt = port.get(timeout=0.01) if live else port.get()
-                if nxt is None:
-                    break
-                items.append(nxt)
-            frames = [m for m in items if not isinstance(m, EndOfStream)]
-            if frames:
-                meter.start()
-                _infer(model, names, frames, max_dim, pixels)
-                meter.stop(len(frames))
-                for m in frames:
-                    out_qs[m.source].put(m)
-            for end in (m for m in items if isinstance(m, EndOfStream)):
-                out_qs[end.source].put(end)
-                open_sources.discard(end.source)
+        yield
     finally:
-        port.close()
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def input_side(model, max_dim: Optional[int]) -> Optional[int]:
