@@ -225,6 +225,26 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("url, env_url", [("notaurl", None), ("ftp://host/w.h5", None), (None, "http://[::1")])
+def test_a_malformed_url_is_one_line(tmp_path, url, env_url):
+    """They ended in a ValueError traceback from urllib."""
+    r = run_cli("weights", "download", "coco", "--dir", str(tmp_path), *(["--url", url] if url else []),
+                env_url=env_url)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"vidseg: error: not a download URL: {url or env_url}; give an "
+                                             "http(s):// or file:// URL (--url or $VIDSEG_WEIGHTS_URL)"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_file_that_is_not_hdf5_is_not_taken_for_the_weights(server, tmp_path):
+    """Junk under the weights' name was reported as 'already here' and kept."""
+    (tmp_path / NAME).write_bytes(b"junk!")
+    r = run_cli("weights", "download", "coco", "--dir", str(tmp_path), "--url", server.url)
+    assert r.returncode == 2, r.stderr
+    assert "is not an HDF5 weights file: delete it and run again" in r.stderr
+    assert (tmp_path / NAME).read_bytes() == b"junk!" and server.ranges == []
+
+
 def test_missing_directory_is_exit_2(tmp_path):
     r = run_cli("weights", "download", "coco", "--dir", str(tmp_path / "nope"), "--url", "http://127.0.0.1:9/w")
     assert r.returncode == 2

@@ -53,6 +53,13 @@ def download(name: str, directory: str = ".", url: Optional[str] = None, progres
     """
     release = RELEASES[name]
     url = url or os.environ.get(URL_ENV) or release.url
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.netloc) or parts.scheme == "file"
+    except ValueError:  # an unclosed [IPv6] host, a port that is not a number
+        valid = False
+    if not valid:
+        raise InputError(f"not a download URL: {mask(url)}; give an http(s):// or file:// URL (--url or ${URL_ENV})")
     expected = release.size if url == release.url else None
     if not os.path.isdir(directory):
         raise InputError(f"directory {directory!r} does not exist: create it or pass another --dir")
@@ -60,11 +67,15 @@ def download(name: str, directory: str = ".", url: Optional[str] = None, progres
         raise InputError(f"directory {directory!r} is not writable: pass another --dir")
     dest = os.path.join(directory, release.filename)
     if os.path.exists(dest):
+        import h5py  # only here: the check needs it, the rest of the CLI does not
+
         size = os.path.getsize(dest)
-        if expected is None or size == expected:
-            print(f"{dest} is already here ({size:,} bytes)")
-            return dest
-        raise InputError(f"{dest} exists but has {size:,} bytes, not {expected:,}: delete it and run again")
+        if expected is not None and size != expected:
+            raise InputError(f"{dest} exists but has {size:,} bytes, not {expected:,}: delete it and run again")
+        if not h5py.is_hdf5(dest):
+            raise InputError(f"{dest} exists but is not an HDF5 weights file: delete it and run again")
+        print(f"{dest} is already here ({size:,} bytes)")
+        return dest
     fetch(url, dest, expected, progress)
     print(f"saved {dest} ({os.path.getsize(dest):,} bytes)")
     return dest
