@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 import cv2
 import h5py
@@ -241,6 +242,30 @@ def test_activation_warnings():
     nan = relu.copy()
     nan[1, 1, 1] = np.nan
     assert activation_warnings(nan) == ["contains NaN/Inf"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["input_picture", "folder"])
+def test_overwrite_never_replaces_the_input_or_a_folder(tmp_path, astronaut, tiny_weights, case):
+    """With --overwrite, an input picture in --out under a name inspect writes was replaced by
+    the report's, and a folder of such a name stopped the run halfway (pictures moved in, no
+    index.html). Both are refused before any file is moved."""
+    out = tmp_path / "pics"
+    out.mkdir()
+    if case == "input_picture":
+        image = out / "detections.png"
+        shutil.copy(astronaut, image)
+        words = [f"{image} is the input picture", "another --out"]
+    else:
+        image = astronaut
+        (out / "detections.png").mkdir()
+        words = [f"{out / 'detections.png'} is a folder"]
+    before = {p.name: p.is_dir() or p.read_bytes() for p in out.iterdir()}
+    r = run_vidseg("inspect", image, "--weights", tiny_weights[0], "--out", out, "--layers", "fpn_p3", "-y",
+                   timeout=600)
+    assert_one_line_error(r, *words)
+    assert {p.name: p.is_dir() or p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["pics"]
 
 
 @pytest.mark.parametrize("case", ["missing_image", "not_image", "missing_weights", "out_is_file", "out_not_empty",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.outputs import check_output, temp_beside
+from vidseg.pipelines.outputs import check_output, check_writable, temp_beside
 from vidseg.quiet import native_stderr_filtered
 from vidseg.render import Renderer
 
@@ -91,8 +91,7 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
         raise InputError(f"output {out_dir} is a file but there are {len(images)} images; give a folder")
     if not os.path.isdir(os.path.dirname(out_dir)):
         raise InputError(f"output directory does not exist: {os.path.dirname(out_dir)}; create it first")
-    if os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK):
-        raise InputError(f"cannot write to {out_dir}; choose a writable output folder")
+    check_writable(out_dir if os.path.isdir(out_dir) else os.path.dirname(out_dir), "output folder")
     inputs = {os.path.realpath(p) for p in images}
     targets: list[str] = []
     for image in images:
@@ -105,6 +104,8 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
         if os.path.realpath(target) in inputs:
             raise InputError(f"output {target} is an input picture; choose another output folder "
                              "(inputs are never overwritten)")
+        if os.path.isdir(target):
+            raise InputError(f"output {target} is a folder; move it or give another output folder")
         if os.path.exists(target) and not overwrite:
             raise InputError(f"output {target} exists; pass --overwrite (-y) to replace it")
         targets.append(target)
@@ -150,7 +151,8 @@ def run_image(job: ImageJob) -> int:
     """Run the job; print a one-line summary (stderr); returns the exit code."""
     check_spec(job.model)
     images = find_images(job.inputs)
-    folder = len(images) > 1 or any(os.path.isdir(p) for p in job.inputs) or os.path.isdir(job.output)
+    folder = (len(images) > 1 or any(os.path.isdir(p) for p in job.inputs) or os.path.isdir(job.output)
+              or job.output.endswith(os.sep))
     targets = plan_outputs(images, job.output, folder, job.overwrite)
     det_path = None
     if job.detections:

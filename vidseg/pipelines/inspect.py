@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from vidseg.errors import InputError
+from vidseg.pipelines.outputs import check_writable
 from vidseg.quiet import native_stderr_filtered
 
 PAGES = [  # (picture stem, heading, one line of explanation)
@@ -88,6 +89,7 @@ def check_job(job: InspectJob) -> list[str]:
         raise InputError(f"--out {job.out} is a file; give a folder (new or empty)")
     if not os.path.isdir(os.path.dirname(out)):
         raise InputError(f"the folder holding --out {job.out} does not exist; create it first")
+    check_writable(os.path.dirname(out), "folder for --out")  # the pictures are made there first
     existing = os.listdir(out) if os.path.isdir(out) else []
     if existing and not job.overwrite:
         raise InputError(f"--out {job.out} is not empty; give a new or empty folder, or --overwrite")
@@ -213,6 +215,13 @@ def run_inspect(job: InspectJob) -> int:
         clash = [n for n in written + ["index.html"] if n in existing]
         if clash and not job.overwrite:   # appeared while we worked
             raise InputError(f"--out {job.out} is not empty any more; use --overwrite")
+        for name in clash:  # checked before any file is moved: none or all go into place
+            target = os.path.join(out, name)
+            if os.path.isdir(target):
+                raise InputError(f"{target} is a folder; inspect writes a picture of that name: move it")
+            if os.path.samefile(target, job.image):
+                raise InputError(f"{target} is the input picture; give another --out (inputs are never "
+                                 "overwritten)")
         if not os.path.isdir(out):
             os.replace(tmp, out)
         else:

@@ -23,13 +23,19 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
         raise InputError(f"{what} {path} is a directory; give a file name")
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
+    check_writable(folder, f"{what} directory")
+    return path
+
+
+def check_writable(folder: str, what: str = "output directory") -> None:
+    """InputError unless a file can be made in `folder` (tried: access() says yes to root even
+    on a read-only file system)."""
     try:
         fd, probe_path = tempfile.mkstemp(prefix=".vidseg-", dir=folder)
         os.close(fd)
         os.unlink(probe_path)
     except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what} directory") from None
-    return path
+        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what}") from None
 
 
 def check_mp4_name(path: str, or_folder: bool = False) -> None:
