@@ -179,16 +179,21 @@ def test_timeout_stops_the_run_once_and_it_drains(clip_for, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "stats.json"]
 
 
-def test_ctrl_c_while_the_model_loads_writes_nothing(long_clip, tmp_path):
-    """Stopped before a frame went through: no MP4 and no detections file (an empty one was
-    put in place, over an existing one with -y)."""
+@pytest.mark.parametrize("stop, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_while_the_model_loads_ends_at_once_and_writes_nothing(long_clip, tmp_path, stop, code):
+    """The model takes 30 s to load: Ctrl-C (or docker stop's SIGTERM) ends the run at once, not
+    when the model is ready (docker stop kills after 10 s), and with no frame through, no
+    MP4 and no detections file (an empty one was put in place, over an existing one with -y)."""
     (tmp_path / "d.jsonl").write_text("earlier detections\n")
     run = start("file", long_clip, "-o", tmp_path / "out.mp4", "--detections", tmp_path / "d.jsonl", "-y",
-                "--model", "tests.live.helpers:slow_loading_model", "--no-progress")
-    wait_for_stages(run.pid, PATHS["model"][1], timeout=60)  # the model takes 4 s to build
-    run.send_signal(signal.SIGINT)
+                "--model", "tests.live.helpers:very_slow_loading_model", "--no-progress")
+    procs = wait_for_stages(run.pid, PATHS["model"][1], timeout=60)
+    stopped = time.monotonic()
+    run.send_signal(stop)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    assert run.returncode == code, err
+    assert time.monotonic() - stopped < 10
+    assert all_gone(procs.values())
     assert f"so {tmp_path / 'out.mp4'} and {tmp_path / 'd.jsonl'} were not written" in err
     assert os.listdir(tmp_path) == ["d.jsonl"] and (tmp_path / "d.jsonl").read_text() == "earlier detections\n"
 

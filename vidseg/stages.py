@@ -21,6 +21,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -30,6 +31,7 @@ from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
 STOP_SIGNAL = signal.SIGUSR1  # the supervisor asks a sink stage to end now, cleanly (see sink_loop)
+INTERRUPT_SIGNAL = signal.SIGUSR2  # an infer stage interrupts its own model loading (see _interruptible)
 _ORPHANED_FILES: list = []  # what this stage writes for the supervisor to finalise; removed if it dies
 
 
@@ -124,7 +126,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
         pass
     frames = source.frames()
     try:
-        with _interrupted_on(stop, source):
+        with _interrupted_on(stop, getattr(source, "interrupt", lambda: None)):
             while not stop.is_set():
                 meter.start()
                 frame = next(frames, None)
@@ -148,21 +150,18 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
 
 
 @contextmanager
-def _interrupted_on(stop, source):
-    """Inside the block, `source.interrupt()` is called once `stop` is set, if the source has
-    it: a live source waiting seconds between attempts to reach its camera ends at once.
+def _interrupted_on(stop, interrupt: Callable[[], None]):
+    """Inside the block, `interrupt()` is called once `stop` is set (a live source's
+    `interrupt`: one waiting seconds between attempts to reach its camera ends at once).
 
     The watching thread polls and has ended when the block does: a thread still waiting on a
     multiprocessing Event when its process exits leaves that Event unable to be set."""
-    if not hasattr(source, "interrupt"):
-        yield
-        return
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.1):
             if stop.is_set():
-                source.interrupt()
+                interrupt()
                 return
 
     thread = threading.Thread(target=watch, name="stop-watch", daemon=True)
@@ -175,8 +174,12 @@ def _interrupted_on(stop, source):
 
 
 def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,
-               batch: Optional[int], max_batch: int, max_dim: Optional[int], ready, meter: StageMeter) -> None:
+               batch: Optional[int], max_batch: int, max_dim: Optional[int], ready, stop,
+               meter: StageMeter) -> None:
     """Batch frames (across sources) through the model; send each frame on with its detections.
+
+    `stop` set while the model loads ends the loading at once; captures, which read only once
+    `ready` is set and never after `stop`, then send nothing but their ends of stream.
 
     For `block` sources a batch is filled before running (throughput); with any `latest`
     source it runs on what is there after a short window (latency). batch: frames per model
@@ -188,8 +191,13 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
         from vidseg.models import load_frame_model
         from vidseg.quiet import native_stderr_filtered
 
-        with native_stderr_filtered():  # TensorFlow's start-up chatter stays off the terminal
-            model = load_frame_model(model_spec, batch_size=batch, **model_options)
+        try:
+            with native_stderr_filtered(), _interruptible(stop):  # TensorFlow's chatter stays off the terminal
+                model = load_frame_model(model_spec, batch_size=batch, **model_options)
+        except KeyboardInterrupt:
+            ready.set()
+            _pass_ends_on(RingPort(in_q, links), out_qs, {link.source for link in links})
+            return
         ready.set()
         pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
         names = list(model.class_names)
@@ -232,6 +240,34 @@ def _private_tempdir():
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pass_ends_on(port: RingPort, out_qs: Sequence, open_sources: set) -> None:
+    """Forward each source's EndOfStream; the loop of an infer stage stopped before its model
+    was built (no frame is read by then)."""
+    try:
+        while open_sources:
+            end = port.get()
+            out_qs[end.source].put(end)
+            open_sources.discard(end.source)
+    finally:
+        port.close()
+
+
+@contextmanager
+def _interruptible(stop):
+    """Inside the block, `stop` being set raises KeyboardInterrupt in this, the main, thread,
+    so a long call (loading a model: TensorFlow's import alone takes seconds) ends at once.
+    It comes by INTERRUPT_SIGNAL, sent to the thread itself (so a blocking call such as a sleep
+    is cut short too): stages ignore SIGINT, which a terminal sends to them all. It may still
+    be raised just after the block: catch it around the block."""
+    previous = signal.signal(INTERRUPT_SIGNAL, signal.default_int_handler)
+    main = threading.main_thread().ident
+    try:
+        with _interrupted_on(stop, partial(signal.pthread_kill, main, INTERRUPT_SIGNAL)):
+            yield
+    finally:
+        signal.signal(INTERRUPT_SIGNAL, previous)
 
 
 def input_side(model, max_dim: Optional[int]) -> Optional[int]:

@@ -93,12 +93,17 @@ def log_run(url: str, log: str, model: str, duration: float):
     return run_pipeline([plan], model=model, batch=1, progress=False)
 
 
-def slow_loading_model(batch_size: int = 1, **_ignored):
-    """Takes 4 s to build (as a real model's loading does), then finds blobs at once."""
+def slow_loading_model(batch_size: int = 1, load_s: float = 4.0, **_ignored):
+    """Takes `load_s` to build (as a real model's loading does), then finds blobs at once."""
     from tests.fake_models import BlobModel
 
-    time.sleep(4)
+    time.sleep(load_s)
     return BlobModel(batch_size=1)
+
+
+def very_slow_loading_model(batch_size: int = 1, **_ignored):
+    """Takes 30 s to build."""
+    return slow_loading_model(load_s=30.0)
 
 
 def failing_model(batch_size: int = 1, **_ignored):

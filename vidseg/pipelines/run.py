@@ -125,7 +125,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             capture_qs = [infer_q] * len(sources)
             render_qs = [ctx.Queue() for _ in sources]
             sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
-                      (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim, ready),
+                      (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim, ready,
+                       sup.stop),
                       sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
