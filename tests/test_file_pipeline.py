@@ -159,6 +159,7 @@ def test_odd_size_is_cropped_to_even(clips, tmp_path):
     out = tmp_path / "out.mp4"
     r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert "note: 321x241 is cropped to 320x240 in the MP4 (H.264 in yuv420p needs even sizes)" in r.stderr
     b = probe(out)["video"]
     assert (b["width"], b["height"], b["nb_read_frames"]) == (320, 240, "10")
     for src, got in zip(decode_luma(clip), decode_luma(out)):

@@ -57,6 +57,10 @@ def run_file(job: FileJob) -> int:
     if job.output:
         check_mp4_name(job.output)
         outputs["output"] = check_output(job.output, job.input, job.overwrite)
+        if info["width"] % 2 or info["height"] % 2:  # the MP4 sink crops; detections keep the full frame
+            print(f"note: {info['width']}x{info['height']} is cropped to {info['width'] - info['width'] % 2}x"
+                  f"{info['height'] - info['height'] % 2} in the MP4 (H.264 in yuv420p needs even sizes)",
+                  file=sys.stderr)
     if job.detections:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:
