@@ -75,6 +75,15 @@ def test_nothing_listening_is_a_lost_source():
         RtspSource(f"rtsp://u:topsecret@127.0.0.1:{port}/live", open_timeout=2)
 
 
+def test_a_host_name_that_does_not_resolve_says_so():
+    """FFmpeg's own message for it is 'Input/output error'."""
+    with pytest.raises(SourceLost) as error:
+        RtspSource("rtsp://u:topsecret@no-such-camera.invalid/live", open_timeout=2)
+    message = str(error.value)  # the reason in brackets is the resolver's (no such name, no DNS)
+    assert message.startswith("cannot open rtsp://u:***@no-such-camera.invalid/live: cannot resolve "
+                              "no-such-camera.invalid (") and message.endswith("); check the host name")
+
+
 def test_wrong_password_is_permanent_and_masked(make_rtsp_server):
     server = make_rtsp_server(auth="alice:s3cret")
     with pytest.raises(SourceUnavailable) as error:

@@ -7,9 +7,11 @@ timeout instead of hanging the capture process.
 """
 from __future__ import annotations
 
+import socket
 import time
 from fractions import Fraction
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -49,6 +51,12 @@ class RtspSource:
                    "analyzeduration": "500000", "fflags": "nobuffer"}
         if transport == "udp":
             options["buffer_size"] = str(4 << 20)  # a 4K keyframe spans thousands of datagrams
+        host = urlsplit(url).hostname
+        try:  # FFmpeg says only "Input/output error" when the name does not resolve
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as error:
+            raise SourceLost(f"cannot open {self.name}: cannot resolve {host} ({error.strerror}); "
+                             "check the host name") from None
         try:
             self._container = av.open(url, options=options, timeout=(open_timeout, read_timeout))
         except _PERMANENT as error:
