@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union
@@ -125,8 +125,10 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
     while not ready.wait(0.2) and not stop.is_set():
         pass
     frames = source.frames()
+    # a live source waiting seconds between attempts to reach its camera hears the stop at once
+    watch = _interrupted_on(stop, source.interrupt) if hasattr(source, "interrupt") else nullcontext()
     try:
-        with _interrupted_on(stop, getattr(source, "interrupt", lambda: None)):
+        with watch:
             while not stop.is_set():
                 meter.start()
                 frame = next(frames, None)
@@ -151,8 +153,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
 
 @contextmanager
 def _interrupted_on(stop, interrupt: Callable[[], None]):
-    """Inside the block, `interrupt()` is called once `stop` is set (a live source's
-    `interrupt`: one waiting seconds between attempts to reach its camera ends at once).
+    """Inside the block, `interrupt()` is called once `stop` is set.
 
     The watching thread polls and has ended when the block does: a thread still waiting on a
     multiprocessing Event when its process exits leaves that Event unable to be set."""
