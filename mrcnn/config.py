@@ -15,6 +15,15 @@ Changing any of them changes weight shapes, so such models do not load matterpor
 """
 import numpy as np
 
+# Settings an inference model needs beyond what the weight shapes say (input size, anchors,
+# normalisation, proposal and detection limits): a training checkpoint's sidecar JSON carries
+# them (see `inference_settings`, `mrcnn.frame_model`).
+INFERENCE_FIELDS = ["IMAGE_RESIZE_MODE", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGE_MIN_SCALE", "MEAN_PIXEL",
+                    "BACKBONE_STRIDES", "RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS", "RPN_ANCHOR_STRIDE",
+                    "RPN_NMS_THRESHOLD", "RPN_BBOX_STD_DEV", "PRE_NMS_LIMIT", "POST_NMS_ROIS_INFERENCE",
+                    "BBOX_STD_DEV", "POOL_SIZE", "MASK_POOL_SIZE", "DETECTION_MAX_INSTANCES",
+                    "DETECTION_MIN_CONFIDENCE", "DETECTION_NMS_THRESHOLD"]
+
 
 class Config:
     """Base configuration. Derived values (BATCH_SIZE, IMAGE_SHAPE, IMAGE_META_SIZE) are
@@ -108,3 +117,16 @@ class Config:
             if not a.startswith("__") and not callable(getattr(self, a)):
                 print("{:30} {}".format(a, getattr(self, a)))
         print("\n")
+
+
+def inference_settings(config):
+    """{field: value} of config's INFERENCE_FIELDS as JSON types (arrays and tuples become
+    lists, numpy scalars Python numbers). "crop" resizing is for training only, so that mode
+    is left out (inference then pads to a square)."""
+    out = {}
+    for k in INFERENCE_FIELDS:
+        v = getattr(config, k)
+        out[k] = np.asarray(v).tolist() if isinstance(v, (np.ndarray, tuple, list, np.generic)) else v
+    if out["IMAGE_RESIZE_MODE"] == "crop":
+        del out["IMAGE_RESIZE_MODE"]
+    return out

@@ -2,7 +2,8 @@
 one `Detections` per frame out (boxes in frame pixels, 28x28 mask probabilities).
 
 The architecture is read from the weights file itself (backbone, widths, class count);
-a JSON file beside it (`<weights stem>.json`) may add config overrides and class names:
+a JSON file beside it (`<weights stem>.json`, the "sidecar": `vidseg train` writes one beside
+each checkpoint, see `mrcnn.weights.write_sidecar`) may add config overrides and class names:
 
     {"config": {"RPN_ANCHOR_SCALES": [8, 16, 32, 64, 128], "IMAGE_MAX_DIM": 128, ...},
      "class_names": ["BG", "square", "circle", "triangle"], "batch_size": 4}
@@ -67,16 +68,59 @@ def architecture_from_file(path):
                          "(e.g. from `vidseg weights download coco`)") from None
 
 
+def _read_text(path, what):
+    """The text of a UTF-8 file (a byte-order mark is allowed); InputError when it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path} is not UTF-8 text (UTF-16?); save it as UTF-8") from None
+
+
+def read_sidecar(weights):
+    """The sidecar `<weights stem>.json` of a weights file (see the module docstring) as
+    {"config": {FIELD: value} (MEAN_PIXEL and the STD_DEVs as arrays), "class_names": [str] or
+    None, "batch_size": int or None}; empty when there is none. Raises InputError when it is
+    not such a JSON object."""
+    path = Path(weights).with_suffix(".json")
+    meta = {"config": {}, "class_names": None, "batch_size": None}
+    if not path.is_file():
+        return meta
+    fix = f"fix it, or move it away to use {Path(weights).name} without it"
+    try:
+        found = json.loads(_read_text(path, "sidecar"))
+    except ValueError as e:
+        raise InputError(f"sidecar {path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(found, dict):
+        raise InputError(f'sidecar {path} holds a JSON {type(found).__name__}, not an object like '
+                         f'{{"config": {{...}}, "class_names": ["BG", ...]}}; {fix}')
+    meta.update(found)
+    config, names, batch = meta["config"], meta["class_names"], meta["batch_size"]
+    if not isinstance(config, dict):
+        raise InputError(f'sidecar {path}: "config" must be an object of Config fields such as "IMAGE_MAX_DIM"; {fix}')
+    unknown = [k for k in config if not (k.isupper() and hasattr(Config, k))]
+    if unknown:
+        raise InputError(f"sidecar {path}: unknown config field(s) {', '.join(unknown)}; {fix}")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise InputError(f'sidecar {path}: "class_names" must be a list of names, "BG" first; {fix}')
+    if batch is not None and (type(batch) is not int or batch < 1):
+        raise InputError(f'sidecar {path}: "batch_size" must be a positive whole number; {fix}')
+    meta["config"] = {k: np.array(v) if k in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV") else v
+                      for k, v in config.items()}
+    return meta
+
+
 def _read_class_names(class_names):
     """A list, or a file: JSON list or one name per line (entry 0 must be 'BG')."""
     if isinstance(class_names, (str, os.PathLike)):
         path = Path(class_names)
         if not path.is_file():
             raise InputError(f"class names file not found: {path}")
-        text = path.read_text(encoding="utf8")
+        text = _read_text(path, "class names file")
         try:
             names = json.loads(text)
         except ValueError:
+            names = None
+        if not isinstance(names, list):
             names = [line.strip() for line in text.splitlines() if line.strip()]
         return [str(n) for n in names]
     return [str(n) for n in class_names]
@@ -103,13 +147,10 @@ class MaskRCNNFrameModel:
                                  "or pass --weights FILE")
             raise InputError(f"weights file not found: {weights}")
         overrides = architecture_from_file(weights)
-        sidecar = weights.with_suffix(".json")
-        names = None
-        if sidecar.is_file():
-            meta = json.loads(sidecar.read_text(encoding="utf8"))
-            overrides.update(meta.get("config", {}))
-            names = meta.get("class_names")
-            batch_size = batch_size or meta.get("batch_size")
+        meta = read_sidecar(weights)
+        overrides.update(meta["config"])
+        names = meta["class_names"]
+        batch_size = batch_size or meta["batch_size"]
         if backbone is not None:
             overrides["BACKBONE"] = backbone
         if min_confidence is not None:
@@ -120,9 +161,7 @@ class MaskRCNNFrameModel:
             overrides["IMAGE_MAX_DIM"] = int(max_dim)
             overrides["IMAGE_MIN_DIM"] = min(int(max_dim), overrides.get("IMAGE_MIN_DIM", Config.IMAGE_MIN_DIM))
         overrides.update(NAME="vidseg", GPU_COUNT=1, IMAGES_PER_GPU=int(batch_size or 1))
-        self.config = type("FrameModelConfig", (Config,), {
-            k: np.array(v) if k in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV") else v
-            for k, v in overrides.items()})()
+        self.config = type("FrameModelConfig", (Config,), overrides)()
 
         if class_names is not None:
             names = _read_class_names(class_names)

@@ -198,7 +198,7 @@ class MaskRCNN:
     """matterport's MaskRCNN: builds the Keras model and runs detection/training.
 
     mode: "inference" or "training"; config: a `Config`; model_dir: where training logs
-    and checkpoints go (one `<name><YYYYMMDDTHHMM>` folder per run).
+    and checkpoints go (one `<name><YYYYMMDDTHHMM>[-k]` folder per run).
     """
 
     def __init__(self, mode, config, model_dir):
@@ -271,35 +271,55 @@ class MaskRCNN:
             "start from mask_rcnn_coco.h5 with exclude=[...] or from scratch.")
 
     def set_log_dir(self, model_path=None):
-        """Set log_dir and checkpoint_path; a checkpoint path `.../<name>YYYYMMDDTHHMM/
-        mask_rcnn_<name>_<epoch>.h5` resumes its folder and epoch count."""
+        """Set log_dir and checkpoint_path; a checkpoint path `.../<name>YYYYMMDDTHHMM[-k]/
+        mask_rcnn_<name>_<epoch>.h5` resumes its folder and epoch count. Otherwise a new run:
+        `<model_dir>/<name>YYYYMMDDTHHMM` now, which `make_log_dir` may still rename."""
         self.epoch = 0
         now = datetime.datetime.now()
+        suffix = None
         if model_path:
-            regex = r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})\.h5"
+            regex = r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(-\d+)?[/\\]mask\_rcnn\_[\w-]+(\d{4})\.h5"
             m = re.match(regex, str(model_path))
             if m:
                 now = datetime.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)),
                                         int(m.group(4)), int(m.group(5)))
+                suffix = m.group(6) or ""
                 # The file's epoch is 1-based; Keras counts from 0, so training resumes at it.
-                self.epoch = int(m.group(6))
+                self.epoch = int(m.group(7))
+        self._log_dir_made = suffix is not None  # a resumed run continues in its folder
+        self._set_log_dir("{}{:%Y%m%dT%H%M}".format((self.config.NAME or "").lower(), now) + (suffix or ""))
+
+    def _set_log_dir(self, folder):
         name = (self.config.NAME or "").lower()
-        self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(name, now))
+        self.log_dir = os.path.join(self.model_dir, folder)
         self.checkpoint_path = os.path.join(self.log_dir, "mask_rcnn_{}_*epoch*.h5".format(name))
         self.checkpoint_path = self.checkpoint_path.replace("*epoch*", "{epoch:04d}")
 
+    def make_log_dir(self):
+        """Create log_dir (train calls it). A new run never shares a folder: when another run
+        started in the same minute has it already, this one takes `<name>YYYYMMDDTHHMM-2`
+        (-3, ...), claimed atomically. A resumed run, or this run's next train call, keeps it."""
+        if self._log_dir_made:
+            os.makedirs(self.log_dir, exist_ok=True)
+            return
+        folder, k = os.path.basename(self.log_dir), 1
+        while True:
+            try:
+                os.makedirs(self.log_dir)
+                break
+            except FileExistsError:
+                k += 1
+                self._set_log_dir(f"{folder}-{k}")
+        self._log_dir_made = True
+
     def find_last(self):
-        """Path of the newest checkpoint of the newest `<name>*` run under model_dir."""
+        """Path of the newest checkpoint under model_dir: the last `mask_rcnn*.h5` of the newest
+        `<name>*` run folder that holds one (see `find_last_checkpoint`)."""
         key = (self.config.NAME or "").lower()
-        dir_names = sorted(d for d in next(os.walk(self.model_dir))[1] if d.startswith(key)) \
-            if os.path.isdir(self.model_dir) else []
-        if not dir_names:
-            raise FileNotFoundError(f"Could not find model directory under {self.model_dir}")
-        dir_name = os.path.join(self.model_dir, dir_names[-1])
-        checkpoints = sorted(c for c in next(os.walk(dir_name))[2] if c.startswith("mask_rcnn"))
-        if not checkpoints:
-            raise FileNotFoundError(f"Could not find weight files in {dir_name}")
-        return os.path.join(dir_name, checkpoints[-1])
+        path = utils.find_last_checkpoint(self.model_dir, key)
+        if path is None:
+            raise FileNotFoundError(f"Could not find weight files of a '{key}' run under {self.model_dir}")
+        return path
 
     # ------------------------------------------------------------ training (mrcnn.training)
 

@@ -520,14 +520,21 @@ class ScalarLog(keras.callbacks.Callback):
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, write all weights to `checkpoint_path` (mask_rcnn_<name>_<epoch:04d>.h5,
-    1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads."""
+    1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads, and its sidecar
+    mask_rcnn_<name>_<epoch:04d>.json (inference settings and class_names, see
+    `weights.write_sidecar`) first, so a checkpoint never lacks it."""
 
-    def __init__(self, mrcnn_model):
+    def __init__(self, mrcnn_model, class_names):
         super().__init__()
         self.mrcnn_model = mrcnn_model
+        self.class_names = list(class_names)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.mrcnn_model.save_weights(self.mrcnn_model.checkpoint_path.format(epoch=epoch + 1))
+        from mrcnn import weights as weightslib
+
+        path = self.mrcnn_model.checkpoint_path.format(epoch=epoch + 1)
+        weightslib.write_sidecar(path, self.mrcnn_model.config, self.class_names)
+        self.mrcnn_model.save_weights(path)
 
 
 def _tf_dataset(generator, config):
@@ -552,8 +559,10 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
 
     epochs is cumulative: a model at epoch 10 (fresh, or loaded from a checkpoint of epoch
     10) trained with epochs=15 runs 5 more epochs, saving mask_rcnn_<name>_0011.h5 ... 0015
-    under log_dir, with TensorBoard logs there too. augmentation: callable(image, masks, rng)
-    (mrcnn.augmentation); not applied to images of `no_augmentation_sources`.
+    (each with its .json sidecar: inference settings, train_dataset.class_names) under
+    log_dir (`MaskRCNN.make_log_dir`: a new run never shares a folder), with TensorBoard logs
+    there too. augmentation: callable(image, masks, rng) (mrcnn.augmentation); not applied to
+    images of `no_augmentation_sources`.
     seed: makes the batch stream repeatable; batches continue where the previous epoch ended.
     verbose: Keras fit verbosity (default: progress bar on a terminal, one line per epoch otherwise).
     histograms: also log a TensorBoard histogram of every trainable weight per epoch.
@@ -570,8 +579,9 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
     if val_dataset is not None:
         gens.append(datalib.data_generator(val_dataset, config, shuffle=True, batch_size=config.BATCH_SIZE,
                                            seed=seed + 1, workers=1, start=start))
-    os.makedirs(mrcnn_model.log_dir, exist_ok=True)
-    callbacks = [ScalarLog(mrcnn_model.log_dir, histograms), EpochCheckpoint(mrcnn_model)] + list(custom_callbacks or [])
+    mrcnn_model.make_log_dir()
+    callbacks = [ScalarLog(mrcnn_model.log_dir, histograms),
+                 EpochCheckpoint(mrcnn_model, train_dataset.class_names)] + list(custom_callbacks or [])
     print(f"\nStarting at epoch {mrcnn_model.epoch}. LR={learning_rate}\n")
     print(f"Checkpoint Path: {mrcnn_model.checkpoint_path}")
     set_trainable(mrcnn_model, layer_regex)

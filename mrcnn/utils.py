@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import warnings
 
 import cv2
@@ -681,3 +682,27 @@ def download_trained_weights(coco_model_path, verbose=1, url=COCO_MODEL_URL):
     if verbose > 0:
         print("... done downloading pretrained model!")
 
+
+############################################################
+#  Training run folders
+############################################################
+
+def _run_order(folder):
+    """Sort key of run folders `<name>YYYYMMDDTHHMM[-k]`: start time, then k (-2 before -10)."""
+    m = re.fullmatch(r"(.*?)(?:-(\d+))?", folder)
+    return m.group(1), int(m.group(2) or 1)
+
+
+def find_last_checkpoint(model_dir, name):
+    """Path of the newest checkpoint under model_dir, or None: the last `mask_rcnn*.h5` (by
+    epoch) of the newest `<name>*` run folder that holds one (a run stopped during its first
+    epoch leaves a folder with event files only, which is skipped)."""
+    if not os.path.isdir(model_dir):
+        return None
+    runs = sorted((d for d in next(os.walk(model_dir))[1] if d.startswith(name)), key=_run_order)
+    for run in reversed(runs):
+        folder = os.path.join(model_dir, run)
+        checkpoints = sorted(c for c in next(os.walk(folder))[2] if c.startswith("mask_rcnn") and c.endswith(".h5"))
+        if checkpoints:
+            return os.path.join(folder, checkpoints[-1])
+    return None

@@ -7,7 +7,10 @@ wrapper the weights carry the wrapper's name (`mrcnn_mask/kernel:0`); the nested
 and then by position inside the layer, in Keras 2 order (kernel, bias; gamma, beta,
 moving_mean, moving_variance) — independent of which layers are frozen.
 Our own checkpoints are written in the same layout, so one loader serves both.
+A checkpoint's sidecar `<stem>.json` beside it (`write_sidecar`) holds what the weights do
+not: the inference settings of the config it was trained with and the class names.
 """
+import json
 import os
 
 import h5py
@@ -131,6 +134,29 @@ def save_weights(model, path):
                 for w, v in ws:
                     g.create_dataset(w, data=np.asarray(v))
         os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def sidecar_path(path):
+    """`<stem>.json` beside a weights file `<stem>.h5`."""
+    return os.path.splitext(os.fspath(path))[0] + ".json"
+
+
+def write_sidecar(path, config, class_names):
+    """Write the sidecar of weights file `path` (atomically, like save_weights):
+    {"config": `mrcnn.config.inference_settings(config)`, "class_names": [str, ...]
+    ("BG" first)}, the layout `mrcnn.frame_model` reads (as the shipped model's)."""
+    from mrcnn.config import inference_settings
+
+    meta = {"config": inference_settings(config), "class_names": [str(n) for n in class_names]}
+    target = sidecar_path(path)
+    tmp = target + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf8") as f:
+            f.write(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

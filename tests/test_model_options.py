@@ -61,3 +61,51 @@ def test_max_dim_changes_the_model_input_in_the_file_pipeline(tmp_path):
     assert r.returncode == 0, r.stderr
     frames = [json.loads(line) for line in dets.read_text().splitlines()]
     assert len(frames) == 4 and all(f["detections"] for f in frames)
+
+
+@pytest.fixture
+def mine(tmp_path):
+    """The shipped weights as `mine.h5` (a link) with no sidecar yet."""
+    from mrcnn.frame_model import SHIPPED_WEIGHTS
+
+    path = tmp_path / "mine.h5"
+    path.symlink_to(SHIPPED_WEIGHTS)
+    return path
+
+
+@pytest.mark.parametrize("sidecar, message", [
+    ('["BG", "square"]', r"mine.json holds a JSON list, not an object"),
+    ('{"config": {"IMAGE_MAX_DIM": 128,}}', r"mine.json is not valid JSON \(.*line 1"),
+    ('{"config": {"IMAGE_MAX_DIMS": 128}}', r"unknown config field\(s\) IMAGE_MAX_DIMS"),
+    ('{"config": [128]}', r'"config" must be an object'),
+    ('{"class_names": "BG square"}', r'"class_names" must be a list'),
+    ('{"batch_size": 0}', r'"batch_size" must be a positive'),
+])
+def test_a_bad_sidecar_is_an_input_error(mine, sidecar, message):
+    from mrcnn.frame_model import MaskRCNNFrameModel
+    from vidseg.errors import InputError
+
+    mine.with_suffix(".json").write_text(sidecar)
+    with pytest.raises(InputError, match=message + ".*fix it, or move it away to use mine.h5 without it"):
+        MaskRCNNFrameModel(weights=mine)
+
+
+def test_a_classes_file_not_in_utf8_is_an_input_error(mine, tmp_path):
+    from mrcnn.frame_model import MaskRCNNFrameModel
+    from vidseg.errors import InputError
+
+    names = tmp_path / "names.txt"
+    names.write_text("BG\nbox\nball\nwedge\n", encoding="utf-16")
+    with pytest.raises(InputError, match=r"class names file .*names.txt is not UTF-8 text .*save it as UTF-8"):
+        MaskRCNNFrameModel(weights=mine, class_names=names)
+
+
+@pytest.mark.slow
+def test_bad_sidecar_and_classes_file_are_one_line_errors_in_the_cli(shapes_picture, mine, tmp_path):
+    mine.with_suffix(".json").write_text('["BG", "square"]')
+    line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "a.png", "--weights", mine))
+    assert line.startswith("vidseg: error: sidecar ") and "not an object" in line
+    names = tmp_path / "names.txt"
+    names.write_text("BG\nbox\nball\nwedge\n", encoding="utf-16")
+    line = one_line_error(run_vidseg("inspect", shapes_picture, "--out", tmp_path / "report", "--classes", names))
+    assert "not UTF-8 text" in line

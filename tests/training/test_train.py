@@ -1,8 +1,11 @@
 """A short real training run on shapes (tiny config): losses, checkpoints, resume, freezing."""
+import datetime
 import glob
+import json
 import os
 import re
 
+import h5py
 import numpy as np
 import pytest
 
@@ -66,7 +69,8 @@ def test_checkpoints_and_logs_are_written(trained, data):
     model, model_dir, _ = trained
     run = os.path.dirname(model.find_last())
     assert re.fullmatch(r"tiny\d{8}T\d{4}", os.path.basename(run))
-    assert sorted(os.listdir(run)) == ["mask_rcnn_tiny_0001.h5", "mask_rcnn_tiny_0002.h5", "train", "validation"]
+    assert sorted(os.listdir(run)) == ["mask_rcnn_tiny_0001.h5", "mask_rcnn_tiny_0001.json", "mask_rcnn_tiny_0002.h5",
+                                       "mask_rcnn_tiny_0002.json", "train", "validation"]
     assert glob.glob(os.path.join(run, "train", "events.out.tfevents.*"))
     # an inference model loads the checkpoint: every weighted layer is in it
     class Infer(TinyConfig):
@@ -75,6 +79,59 @@ def test_checkpoints_and_logs_are_written(trained, data):
     infer.load_weights(model.find_last(), by_name=False)
     out = infer.detect([ShapesDataset.generate(1, 64, 64, seed=9).load_image(0)])[0]
     assert out["masks"].shape[:2] == (64, 64)
+
+
+def test_a_checkpoint_carries_its_training_config_and_class_names(trained, data):
+    """The sidecar beside each checkpoint makes it usable as --weights of image/inspect/file:
+    the frame model gets the trained input size, anchors and limits, and the class names."""
+    from mrcnn.frame_model import MaskRCNNFrameModel
+
+    model, _, _ = trained
+    last = model.find_last()
+    with open(last[:-len(".h5")] + ".json", encoding="utf8") as f:
+        meta = json.load(f)
+    assert meta["class_names"] == ["BG", "square", "circle", "triangle"] == data[0].class_names
+    assert meta["config"]["IMAGE_MAX_DIM"] == 64 and meta["config"]["RPN_ANCHOR_SCALES"] == [8, 16, 32, 64, 128]
+    frame_model = MaskRCNNFrameModel(weights=last)  # no class names given
+    assert frame_model.class_names == data[0].class_names
+    for field in ("IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "PRE_NMS_LIMIT", "DETECTION_MIN_CONFIDENCE", "POOL_SIZE"):
+        assert getattr(frame_model.config, field) == getattr(TinyConfig, field), field
+    assert tuple(frame_model.config.RPN_ANCHOR_SCALES) == TinyConfig.RPN_ANCHOR_SCALES
+    np.testing.assert_allclose(frame_model.config.MEAN_PIXEL, TinyConfig.MEAN_PIXEL)
+    frame = data[1].load_image(0)
+    assert frame_model([frame])[0].boxes.shape[1] == 4
+
+
+def test_runs_started_in_the_same_minute_keep_their_own_checkpoints(tmp_path, data, monkeypatch):
+    """Two runs of one minute: the second gets `<name>YYYYMMDDTHHMM-2`, the first's checkpoint
+    stays; find_last is the second's; resuming it continues in its folder."""
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 30, 20, 23)
+
+    monkeypatch.setattr(modellib, "datetime", type("Module", (), {"datetime": Clock}))
+    config = type("OneStep", (TinyConfig,), {"STEPS_PER_EPOCH": 1})()
+    folders = []
+    for seed in (5, 6):
+        keras.utils.set_random_seed(seed)
+        model = modellib.MaskRCNN("training", config, str(tmp_path))
+        model.train(data[0], None, TinyConfig.LEARNING_RATE, 1, "heads", verbose=0)
+        folders.append(os.path.dirname(model.find_last()))
+    assert [os.path.basename(f) for f in folders] == ["tiny20261130T2023", "tiny20261130T2023-2"]
+    first, second = (os.path.join(f, "mask_rcnn_tiny_0001.h5") for f in folders)
+    assert os.path.isfile(first) and os.path.isfile(second)
+    assert not np.array_equal(h5_kernel(first, "fpn_c5p5"), h5_kernel(second, "fpn_c5p5"))
+    model.load_weights(second, by_name=True)
+    assert model.epoch == 1 and model.log_dir == folders[1]
+    model.train(data[0], None, TinyConfig.LEARNING_RATE, 2, "heads", verbose=0)
+    assert model.find_last() == os.path.join(folders[1], "mask_rcnn_tiny_0002.h5")
+
+
+def h5_kernel(path, layer):
+    """The kernel of `layer` in a weights file in matterport's h5 layout."""
+    with h5py.File(path, "r") as f:
+        return np.array(f[layer][f"{layer}/kernel:0"])
 
 
 def test_resume_from_last_continues_at_next_epoch(trained, data):

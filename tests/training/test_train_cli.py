@@ -87,6 +87,16 @@ def test_train_then_evaluate_the_last_checkpoint(kind, options, via_dataset, coc
     assert not np.array_equal(_kernel(checkpoints[0], "fpn_c5p5"), _kernel(SHIPPED_WEIGHTS, "fpn_c5p5"))
     assert np.array_equal(_kernel(checkpoints[0], "conv1"), _kernel(SHIPPED_WEIGHTS, "conv1"))
 
+    if kind == "via":
+        # the checkpoint's sidecar (training config, class names) makes it a --weights of its own
+        meta = json.loads(open(checkpoints[0][:-len(".h5")] + ".json", encoding="utf8").read())
+        assert meta["class_names"] == ["BG", "square"] and meta["config"]["IMAGE_MAX_DIM"] == 1024  # CustomConfig
+        dets = tmp_path / "d.jsonl"
+        r = run_vidseg("image", dataset / "val" / "c.jpg", "-o", tmp_path / "c.png", "--weights", checkpoints[0],
+                       "--detections", dets, "--min-confidence", "0.01", timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert {d["class_name"] for d in json.loads(dets.read_text())["detections"]} <= {"square"}
+
     r = run_vidseg("evaluate", *common, "--weights", "last", "--json", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not any(NOISE.match(line) for line in r.stderr.splitlines()), r.stderr[-3000:]

@@ -125,12 +125,29 @@ def coco_weights_path():
 
 
 def find_last(model_dir, name):
-    """Newest checkpoint of the newest `<name>*` run folder under model_dir (as MaskRCNN.find_last)."""
-    runs = sorted(p for p in Path(model_dir).glob(f"{name}*") if p.is_dir()) if Path(model_dir).is_dir() else []
-    checkpoints = sorted(runs[-1].glob("mask_rcnn_*.h5")) if runs else []
-    if not checkpoints:
+    """Newest checkpoint of the `<name>*` run folders under model_dir (`MaskRCNN.find_last`:
+    folders a run left without a checkpoint are skipped). Raises InputError when there is none."""
+    from mrcnn.utils import find_last_checkpoint
+
+    path = find_last_checkpoint(model_dir, name)
+    if path is None:
         raise InputError(f"no checkpoint of kind {name!r} under {model_dir}: train with --weights none|coco first")
-    return checkpoints[-1]
+    return Path(path)
+
+
+def check_datasets(train_ds, val_ds, dataset):
+    """Problems that would stop training part-way, found before it starts (InputError): a
+    subset with no images or no instance to learn from, train and val with different classes."""
+    for what, ds in (("training", train_ds), ("validation", val_ds)):
+        if not len(ds.image_ids):
+            raise InputError(f"the {what} set of {dataset} has no images")
+        if hasattr(ds, "has_instances") and not any(ds.has_instances(i) for i in ds.image_ids):
+            raise InputError(f"no image of the {what} set of {dataset} has an annotated instance "
+                             "(crowd regions do not count); annotate some objects")
+    if list(train_ds.class_names) != list(val_ds.class_names):
+        raise InputError(f"the training and validation sets of {dataset} have different classes "
+                         f"({', '.join(train_ds.class_names[1:])} / {', '.join(val_ds.class_names[1:])}); "
+                         "list the same categories in both")
 
 
 def resolve_weights(weights, model_dir, name):
@@ -155,8 +172,7 @@ def run_train(job: TrainJob):
     if job.epochs < 1:
         raise InputError("--epochs must be at least 1")
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
-    if not len(train_ds.image_ids):
-        raise InputError(f"the training set of {job.dataset} has no images")
+    check_datasets(train_ds, val_ds, job.dataset)
     with contextlib.ExitStack() as quiet:
         # TensorFlow's native log lines (its start-up, tracing and first step) stay off the
         # terminal; from the second step on stderr is live again, so nothing later is held back.
@@ -195,6 +211,7 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
                          f"ask for more than {model.epoch}")
     aug = augmentation.Sequential([augmentation.Fliplr(0.5)]) if job.kind == "coco" \
         else augmentation.default_augmentation()
+    model.make_log_dir()  # this run's own folder, named now so that what is printed is right
     if job.tensorboard:
         print(f"TensorBoard logs (losses per step and epoch, learning rate, weight histograms per epoch) go to "
               f"{model.log_dir}\nwatch them live with: tensorboard --logdir {job.model_dir}  "
@@ -216,19 +233,15 @@ def inference_model(kind, weights, num_classes, min_confidence=None, model_dir="
     settings in the file's sidecar JSON (`<stem>.json`, as shipped models have), then
     min_confidence. Raises InputError for a missing or unfit file.
     """
-    import json
-
     from mrcnn import model as modellib
-    from mrcnn.frame_model import SHIPPED_WEIGHTS
+    from mrcnn.frame_model import SHIPPED_WEIGHTS, read_sidecar
     from mrcnn.weights import WeightsError
 
     path, arch, file_classes = resolve_weights(str(weights or SHIPPED_WEIGHTS), model_dir, kind)
     if file_classes != num_classes:
         raise InputError(f"{path} has {file_classes} classes but the dataset has {num_classes} (with BG)")
     overrides = dict(arch, TRAIN_BN=False, IMAGES_PER_GPU=1)
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        overrides.update(json.loads(sidecar.read_text(encoding="utf8")).get("config", {}))
+    overrides.update(read_sidecar(path)["config"])
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = min_confidence
     config = type("EvalConfig", (base_config(kind, num_classes),), overrides)()
