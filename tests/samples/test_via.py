@@ -116,13 +116,19 @@ def test_bad_annotations_say_what_is_wrong(balloon, change, message):
 
 
 def test_regions_without_area_and_bad_arguments(balloon, tmp_path):
-    _write_v1(balloon / "train", {"a.jpg": [{"shape_attributes": {"name": "point", "cx": 3, "cy": 4},
-                                             "region_attributes": {}}]})
+    """A region without area or with bad numbers is found when the file is loaded (before any
+    training starts), in whichever image it is."""
+    point = {"shape_attributes": {"name": "point", "cx": 3, "cy": 4}, "region_attributes": {}}
+    _write_v1(balloon / "train", {"a.jpg": [_poly([1, 9, 9], [1, 1, 9])], "empty.png": [point]})
+    with pytest.raises(InputError, match="empty.png region 0: region shape 'point' has no area"):
+        ViaDataset().load_via(balloon, "train", class_name="balloon")
+    _write_v1(balloon / "train", {"a.jpg": [_poly([1, 9, 9], [1, 1])]})
+    with pytest.raises(InputError, match="a.jpg region 0: malformed polygon region"):
+        ViaDataset().load_via(balloon, "train", class_name="balloon")
+    _write_v1(balloon / "train", {"a.jpg": [_poly([1, 9, 9], [1, 1, 9])]})
     ds = ViaDataset()
     ds.load_via(balloon, "train", class_name="balloon")
     ds.prepare()
-    with pytest.raises(InputError, match="'point' has no area"):
-        ds.load_mask(0)
     (balloon / "train" / "a.jpg").write_bytes(b"truncated")
     with pytest.raises(InputError, match="not a readable image: .*a.jpg"):
         ds.load_image(0)

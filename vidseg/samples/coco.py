@@ -130,6 +130,15 @@ class CocoDataset(FileDataset):
             return np.zeros((image_info["height"], image_info["width"], 0), bool), np.zeros(0, np.int32)
         return np.stack(instance_masks, axis=2).astype(bool), np.array(class_ids, dtype=np.int32)
 
+    def has_instances(self, image_id):
+        """Whether the image has a non-crowd annotation of a loaded class (masks not decoded)."""
+        info = self.image_info[image_id]
+        if info["source"] != "coco":
+            return super().has_instances(image_id)
+        loaded = self.class_from_source_map
+        return any(not a.get("iscrowd") and f"coco.{self.category_map.get(a['category_id'])}" in loaded
+                   for a in info["annotations"])
+
     def image_reference(self, image_id):
         """The image's page on cocodataset.org."""
         info = self.image_info[image_id]

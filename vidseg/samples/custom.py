@@ -169,6 +169,8 @@ class ViaDataset(FileDataset):
                 raise InputError(f"image not found: {path} (listed in the VIA file of {folder})")
             labels = []
             for k, region in enumerate(entry["regions"]):
+                # a 1x1 raster checks its shape and numbers now, before any training starts
+                region_mask(region.get("shape_attributes") or {}, 1, 1, f"{path.name} region {k}")
                 name = class_name or region_class(region, attribute, f"{path.name} region {k}")
                 if name not in class_names:
                     raise InputError(f"{path.name} region {k}: class {name!r} is not one of {class_names}")
@@ -187,6 +189,11 @@ class ViaDataset(FileDataset):
         for k, shape in enumerate(info["regions"]):
             masks[:, :, k] = region_mask(shape, height, width, f"{Path(info['path']).name} region {k}")
         return masks, np.array(info["class_ids"], np.int32)
+
+    def has_instances(self, image_id):
+        """Whether the image has a region (every region has a class)."""
+        info = self.image_info[image_id]
+        return bool(info["class_ids"]) if info["source"] == SOURCE else super().has_instances(image_id)
 
     def image_reference(self, image_id):
         """The image's path."""

@@ -1,6 +1,8 @@
 """A `mrcnn.utils.Dataset` whose images are files the user gave (VIA, COCO)."""
 from __future__ import annotations
 
+import numpy as np
+
 from mrcnn import utils
 from vidseg.errors import InputError
 
@@ -15,3 +17,8 @@ class FileDataset(utils.Dataset):
             return super().load_image(image_id)
         except (FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from None
+
+    def has_instances(self, image_id):
+        """Whether the image has an instance to learn from (a positive class id; crowd regions
+        have negative ones). Subclasses answer from their annotations, without masks."""
+        return bool(np.any(self.load_mask(image_id)[1] > 0))
