@@ -104,3 +104,11 @@ def test_train_then_evaluate_the_last_checkpoint(kind, options, via_dataset, coc
     assert report["images"] == 1
     for eval_type in ("bbox", "segm"):
         assert all(-1 <= value <= 1 for value in report[eval_type].values())
+
+
+def test_evaluate_with_no_weights_is_one_line(tmp_path):
+    """It said 'None has None classes but the dataset has 4'."""
+    r = run_vidseg("evaluate", "--kind", "shapes", "--weights", "none", "--images", "2")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == \
+        ["vidseg: error: --weights none has nothing to evaluate: give coco, last or a weights file"]

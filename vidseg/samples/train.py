@@ -237,6 +237,8 @@ def inference_model(kind, weights, num_classes, min_confidence=None, model_dir="
     from mrcnn.frame_model import SHIPPED_WEIGHTS, read_sidecar
     from mrcnn.weights import WeightsError
 
+    if weights == "none":
+        raise InputError("--weights none has nothing to evaluate: give coco, last or a weights file")
     path, arch, file_classes = resolve_weights(str(weights or SHIPPED_WEIGHTS), model_dir, kind)
     if file_classes != num_classes:
         raise InputError(f"{path} has {file_classes} classes but the dataset has {num_classes} (with BG)")
