@@ -268,6 +268,20 @@ def test_overwrite_never_replaces_the_input_or_a_folder(tmp_path, astronaut, tin
     assert sorted(os.listdir(tmp_path)) == ["pics"]
 
 
+@pytest.mark.slow
+def test_a_phone_photo_is_inspected_upright(tmp_path, tiny_weights):
+    """The EXIF orientation is applied, as `vidseg image` does (inspect showed it on its side)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90° clockwise
+    Image.fromarray(np.full((120, 200, 3), 90, np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    r = run_vidseg("inspect", tmp_path / "phone.jpg", "--weights", tiny_weights[0], "--out", tmp_path / "r",
+                   "--layers", "fpn_p3", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Image 120x200, molded to" in (tmp_path / "r" / "index.html").read_text()
+
+
 @pytest.mark.parametrize("case", ["missing_image", "not_image", "missing_weights", "out_is_file", "out_not_empty",
                                   "no_parent", "empty_layers"])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, astronaut, case):

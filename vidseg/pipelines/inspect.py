@@ -97,12 +97,13 @@ def check_job(job: InspectJob) -> list[str]:
 
 
 def _read_image(path):
-    from mrcnn.utils import read_rgb
+    """uint8 RGB [H, W, 3], upright as `vidseg image` reads it (EXIF orientation applied)."""
+    import cv2
 
-    try:
-        return read_rgb(path)
-    except ValueError:
-        raise InputError(f"{path} is not an image OpenCV can read; give a JPEG, PNG, BMP, TIFF or WebP file") from None
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{path} is not an image OpenCV can read; give a JPEG, PNG, BMP, TIFF or WebP file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _figure_html(stem, heading, line, warnings=()):
