@@ -182,7 +182,8 @@ class MaskRCNNFrameModel:
         try:
             self.model.load_weights(str(weights), by_name=False)
         except weightslib.WeightsError as e:
-            raise InputError(str(e)) from None
+            hint = f"; --backbone {backbone} does not match them: leave it out" if backbone is not None else ""
+            raise InputError(str(e).replace(weightslib.BY_NAME_HINT, "") + hint) from None
         self.warm_up()
 
     def warm_up(self):

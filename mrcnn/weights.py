@@ -17,6 +17,8 @@ import h5py
 import keras
 import numpy as np
 
+BY_NAME_HINT = "; load with by_name=True to keep their initial values"  # for API users, not the CLI
+
 _ORDER = ["kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"]
 CLASS_SPECIFIC_LAYERS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
 
@@ -92,7 +94,7 @@ def load_weights(model, path, exclude=None, require_all=False):
             if missing:
                 raise WeightsError(
                     f"{path} has no weights for {len(missing)} layer(s) of this model "
-                    f"(e.g. {', '.join(missing[:3])}); load with by_name=True to keep their initial values")
+                    f"(e.g. {', '.join(missing[:3])}){BY_NAME_HINT}")
         assignments, loaded = [], []
         for name in file_names:
             if name not in targets:

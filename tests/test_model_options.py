@@ -47,6 +47,8 @@ def test_wrong_class_count_and_bad_max_dim_are_one_line_errors(shapes_picture, t
     assert "2 class names" in line and "4 classes" in line
     line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "b.png", "--max-dim", "100"))
     assert "multiple of 64" in line
+    line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "c.png", "--backbone", "resnet50"))
+    assert line.endswith("; --backbone resnet50 does not match them: leave it out")  # not API advice (by_name)
 
 
 @pytest.mark.slow
