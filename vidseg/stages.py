@@ -189,17 +189,11 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     the model and the boxes scaled back, so the model never sees 4K pixels.
     """
     with _private_tempdir():  # TensorFlow's autograph leaves a file there per converted function
-        from vidseg.models import load_frame_model
-        from vidseg.quiet import native_stderr_filtered
-
-        try:
-            with native_stderr_filtered(), _interruptible(stop):  # TensorFlow's chatter stays off the terminal
-                model = load_frame_model(model_spec, batch_size=batch, **model_options)
-        except KeyboardInterrupt:
-            ready.set()
+        model = _load_model(model_spec, model_options, batch, stop)
+        ready.set()
+        if model is None:
             _pass_ends_on(RingPort(in_q, links), out_qs, {link.source for link in links})
             return
-        ready.set()
         pixels = model_spec != "none"  # `none` never looks at the frames: skip converting them
         names = list(model.class_names)
         # at most max_batch: a batch must never hold every slot of a ring
@@ -227,6 +221,19 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
                     open_sources.discard(end.source)
         finally:
             port.close()
+
+
+def _load_model(model_spec: str, model_options: dict, batch: Optional[int], stop):
+    """The model (see vidseg.models.load_frame_model), or None when `stop` was set while it
+    loaded: the loading is cut short."""
+    from vidseg.models import load_frame_model
+    from vidseg.quiet import native_stderr_filtered
+
+    try:
+        with native_stderr_filtered(), _interruptible(stop):  # TensorFlow's chatter stays off the terminal
+            return load_frame_model(model_spec, batch_size=batch, **model_options)
+    except KeyboardInterrupt:
+        return None
 
 
 @contextmanager
