@@ -4,10 +4,11 @@ All on the same first N frames of one clip:
     decode      FileSource alone (what the capture stage does)
     infer       the model alone on decoded frames (the infer stage's own code, batches of B)
     render      the renderer alone on those frames and detections
-    encode      the MP4 sink alone (libx264, --preset) into a temporary file
-    pipeline    `run_pipeline` (stage processes, shared-memory ring) decode → MP4; fps counted
-                at the sink from its first frame to its last (process start-up and model
-                loading excluded, as they are for the stages)
+    encode      the MP4 sink alone (libx264, --preset) into a temporary file, its close (the
+                encoder's flush and the trailer) included
+    pipeline    `run_pipeline` (stage processes, shared-memory ring) decode → MP4: N frames over
+                the time from capture asking for the first frame to the sink having finalised
+                the MP4 (the encoder flushed, the trailer written)
     sequential  one process doing decode → infer → draw → encode per frame, as the seeds' scripts do
 efficiency = pipeline fps / the slowest stage's fps (1.0 = the pipeline runs at the speed of
 its slowest stage). Each stage's CPU time per frame (all its threads) is measured too; CPU limit
@@ -15,24 +16,36 @@ its slowest stage). Each stage's CPU time per frame (all its threads) is measure
 machine: a pipeline below its slowest stage but near this limit is short of CPU, not of overlap
 (on a GPU the model's share leaves the sum). Stage measurements run in a spawned process, so
 TensorFlow stays out of this one.
+
+The pipeline is timed over the same work as the stages alone, with the same ends: from
+capture asking for its first frame (decode alone starts there too; process start-up and model
+loading are left out, as building their decoder, model or encoder is for the stages) to the
+MP4 finalised (encode alone ends once its MP4 is closed: x264 holds frames back for its
+lookahead, so on a short run most of the encoding is in that flush). The slowest stage does all
+of its own work inside that span, so efficiency ≤ 1 up to noise, at any N; on short runs it
+falls, as the first frame's way through every stage and the final flush weigh more.
+
+Ctrl-C (SIGTERM likewise) ends the bench at once whatever it is doing, exit 130 (143), nothing
+left behind: the stages are measured in a spawned process that the first signal kills
+(`vidseg.pipelines.isolated`); the pipeline's supervisor drains as for `vidseg file`.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
-import multiprocessing as mp
-
 import numpy as np
 
-from vidseg.errors import InputError
+from vidseg.errors import InputError, Terminated
 from vidseg.models import check_spec
+from vidseg.pipelines.isolated import StopSignals, call_in_child
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 from vidseg.ring import model_input
 from vidseg.sinks.mp4 import Mp4Sink
@@ -71,14 +84,19 @@ class BenchJob:
 
 
 def run_bench(job: BenchJob) -> int:
-    """Measure, print the table (or JSON on stdout); returns the exit code."""
+    """Measure, print the table (or JSON on stdout); returns the exit code. Ctrl-C or SIGTERM
+    raise KeyboardInterrupt or Terminated once what was started has ended (module doc)."""
+    with StopSignals() as stop:
+        return _run_bench(job, stop)
+
+
+def _run_bench(job: BenchJob, stop: StopSignals) -> int:
     check_spec(job.model)
     info = probe(job.input)
     n = job.frames or info["frame_count"] or 300
     options = dict(job.model_options, weights=job.weights, min_confidence=job.min_confidence)
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        stages = pool.submit(measure_stages, job.input, n, job.model, options, job.batch, job.preset,
-                             job.profile).result()
+    stages = call_in_child(stop, "the process measuring the stages", measure_stages, job.input, n, job.model,
+                           options, job.batch, job.preset, job.profile)
     n = stages.pop("frames")
     pipeline = measure_pipeline(job.input, info, n, job.model, options, job.batch, job.preset)
     slowest = min(("decode", "infer", "render", "encode"), key=lambda k: stages[k])
@@ -147,11 +165,11 @@ def _decoded(path: str, n: int) -> list:
 
 
 def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str,
-                   profile: bool = False) -> dict:
+                   profile: bool = False, workdir: Optional[str] = None) -> dict:
     """fps of decode, infer, render and encode alone, and of the sequential loop (child process);
     cpu_ms: each stage's CPU milliseconds per frame (process_time: all its threads); with
     `profile`, also the model's seconds per batch in each of its parts (None when the model has
-    no `profile_parts`)."""
+    no `profile_parts`). workdir: where the encoded MP4s go (default: a temporary directory)."""
     from vidseg import stages as st
     from vidseg.models import load_frame_model
     from vidseg.quiet import native_stderr_filtered
@@ -208,7 +226,7 @@ def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Opt
             renderer.draw(canvas, det, labels, fmt)
 
     info = probe(path)
-    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+    with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
         sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
                        preset=preset)
         with clocks["encode"]:
@@ -256,18 +274,54 @@ def _sequential(path, n, model, names, size, pixels, max_dim, info, preset, out_
     return done / (time.perf_counter() - t0)
 
 
+class _TimedFileSource(FileSource):
+    """FileSource noting when its first frame is asked for (`first_read`, CLOCK_MONOTONIC,
+    shared by all processes); the capture stage reports it with the source's `stats()`."""
+
+    def frames(self):
+        self.first_read = time.monotonic()
+        yield from super().frames()
+
+    def stats(self) -> dict:
+        own = getattr(super(), "stats", None)
+        return dict(own() if own else {}, bench_first_read=getattr(self, "first_read", None))
+
+
+class _TimedMp4Sink(Mp4Sink):
+    """Mp4Sink writing into `done_path`, once the MP4 is finalised (encoder flushed, trailer
+    written), when that was (CLOCK_MONOTONIC)."""
+
+    def __init__(self, done_path: str, **kwargs):
+        super().__init__(**kwargs)
+        self._done_path = done_path
+
+    def close(self) -> None:
+        super().close()
+        with open(self._done_path, "w") as f:
+            f.write(repr(time.monotonic()))
+
+
 def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, batch: Optional[int],
                      preset: str) -> dict:
-    """fps of the whole process graph decode → MP4 on the same frames (sink-side throughput)."""
+    """fps of the whole process graph decode → MP4 on the same frames: frames out over the time
+    from capture asking for the first frame to the MP4 finalised (module doc); wall_s: the whole
+    run, start-up included. Raises KeyboardInterrupt or Terminated when the run was stopped."""
     with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
-        sink = Spec(Mp4Sink, dict(path=os.path.join(tmp, "pipe.mp4"), width=info["width"], height=info["height"],
-                                  fps=info["fps"], time_base=info["time_base"], preset=preset))
-        source = Spec(FileSource, {"path": path, "max_frames": n, "info": info})
+        done_path = os.path.join(tmp, "pipe.done")
+        sink = Spec(_TimedMp4Sink, dict(done_path=done_path, path=os.path.join(tmp, "pipe.mp4"), width=info["width"],
+                                        height=info["height"], fps=info["fps"], time_base=info["time_base"],
+                                        preset=preset))
+        source = Spec(_TimedFileSource, {"path": path, "max_frames": n, "info": info})
         plan = SourcePlan(name=os.path.basename(path), source=source,
                           sinks=[sink], frame_shape=(info["height"], info["width"]))
         result = run_pipeline([plan], model=model, model_options=options, batch=batch, progress=False)
-    if result.exit_code != 0:
-        print(f"vidseg: error: {result.message}", file=sys.stderr)
-        raise SystemExit(result.exit_code)
+        if result.status == "interrupted":
+            raise Terminated() if result.exit_code == 128 + signal.SIGTERM else KeyboardInterrupt()
+        if result.exit_code != 0:
+            print(f"vidseg: error: {result.message}", file=sys.stderr)
+            raise SystemExit(result.exit_code)
+        with open(done_path) as f:
+            finalised = float(f.read())
     src = next(iter(result.stats["sources"].values()))
-    return {"fps": src.get("steady_fps", result.stats["fps"]), "wall_s": result.stats["wall_s"]}
+    span = finalised - src["bench_first_read"]
+    return {"fps": src["frames_out"] / span if span > 0 else 0.0, "wall_s": result.stats["wall_s"]}
