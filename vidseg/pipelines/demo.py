@@ -43,7 +43,7 @@ def run_demo(job: DemoJob) -> int:
     check_distinct([("-o", job.output), ("--stats", job.stats), ("--detections", job.detections)])
     output = check_output(job.output, "", job.overwrite)
     for path, what in ((job.stats, "stats file"), (job.detections, "detections file")):
-        if path:  # checked here, before the clip is made (the file pipeline may replace them: checked)
+        if path:  # checked here, with the user's -y, before the clip is made (the demo's file run overwrites)
             check_output(path, "", job.overwrite, what)
     with tempfile.TemporaryDirectory(prefix="vidseg-demo-") as tmp:
         clip = os.path.join(tmp, "shapes.mp4")
