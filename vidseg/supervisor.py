@@ -50,7 +50,8 @@ class Outcome:
     tolerated: dict = field(default_factory=dict)   # stage → cause, failures the run rode out
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
+    """A dead process's exit code in words: 'killed by SIGKILL', 'exited with code 1'."""
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -131,7 +132,7 @@ class Supervisor:
                     more, quit = self._drain_ctrl(reports, timeout=0.5)
                     failures += more
                     quit_requested |= quit
-                    failures += [(n, _describe_exit(self._procs[n].exitcode), 1, True)
+                    failures += [(n, describe_exit(self._procs[n].exitcode), 1, True)
                                  for n in unreported if n not in reports and n not in (f[0] for f in failures)]
                 for name, message, code, died in failures:
                     if tolerate(name, died):

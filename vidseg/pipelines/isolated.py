@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional
 
 from vidseg.errors import InputError, Terminated
+from vidseg.supervisor import describe_exit
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 TICK_S = 0.1  # how often the wait for the child looks for a stop signal
@@ -119,7 +120,7 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
                     proc.join()
             recv.close()
     if reply is None:
-        print(f"vidseg: error: {what} {_ended(proc.exitcode)}", file=sys.stderr)
+        print(f"vidseg: error: {what} ended before it reported ({describe_exit(proc.exitcode)})", file=sys.stderr)
         raise SystemExit(1)
     if reply[0] == "ok":
         return reply[1]
@@ -127,15 +128,6 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
     if isinstance(error, InputError):
         raise error
     raise error from _RemoteTraceback(remote_tb)
-
-
-def _ended(code: Optional[int]) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code} before it reported"
 
 
 def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
