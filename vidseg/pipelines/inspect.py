@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from vidseg.errors import InputError
+from vidseg.pipelines.image import read_rgb
 from vidseg.pipelines.outputs import check_writable
 from vidseg.quiet import native_stderr_filtered
 
@@ -94,16 +95,6 @@ def check_job(job: InspectJob) -> list[str]:
     if existing and not job.overwrite:
         raise InputError(f"--out {job.out} is not empty; give a new or empty folder, or --overwrite")
     return existing
-
-
-def _read_image(path):
-    """uint8 RGB [H, W, 3], upright as `vidseg image` reads it (EXIF orientation applied)."""
-    import cv2
-
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"{path} is not an image OpenCV can read; give a JPEG, PNG, BMP, TIFF or WebP file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _figure_html(stem, heading, line, warnings=()):
@@ -190,7 +181,7 @@ def _write_index(folder, summary, body):
 def run_inspect(job: InspectJob) -> int:
     """Check the job, load the model, write the pictures and index.html into job.out. Returns 0."""
     existing = check_job(job)
-    image = _read_image(job.image)
+    image = read_rgb(job.image)  # upright, as `vidseg image` reads it (EXIF orientation applied)
     start = time.monotonic()
     with native_stderr_filtered():
         from mrcnn.frame_model import MaskRCNNFrameModel  # imports TensorFlow
