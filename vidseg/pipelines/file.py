@@ -17,7 +17,8 @@ from typing import Optional
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
-from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, named_as_given, temp_beside
+from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
+                                      temp_beside)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -119,7 +120,7 @@ def fail(result: RunResult, temps: dict, outputs: dict) -> int:
     frames = video_frames(temps["output"]) if "output" in temps else 0
     if frames:
         os.replace(temps.pop("output"), outputs["output"])
-        message += f"; {outputs['output']} keeps the {frames} frame{'s' * (frames != 1)} encoded before it (partial)"
+        message += kept_partial(outputs["output"], frames)
     _remove(temps.values())
     print(f"vidseg: error: {message}", file=sys.stderr)
     return result.exit_code

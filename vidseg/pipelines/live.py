@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
-from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output, named_as_given, temp_beside
+from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
+                                      temp_beside)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -231,8 +232,7 @@ def run_live(job: LiveJob) -> int:
         kept = _keep_outputs(temps, paths)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
     if result.status == "failed":
-        result.message += "".join(f"; {path} keeps the {n} frame{'s' * (n != 1)} encoded before it (partial)"
-                                  for path, n in kept.items())
+        result.message += "".join(kept_partial(path, n) for path, n in kept.items())
     return finish(result, job.stats)
 
 

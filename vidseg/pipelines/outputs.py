@@ -38,6 +38,11 @@ def check_writable(folder: str, what: str = "output directory") -> None:
         raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what}") from None
 
 
+def kept_partial(path: str, frames: int) -> str:
+    """The end of a failed run's one-line error when its MP4 was finalised with frames in it."""
+    return f"; {path} keeps the {frames} frame{'s' * (frames != 1)} encoded before it (partial)"
+
+
 def check_mp4_name(path: str, or_folder: bool = False) -> None:
     """InputError unless `path` ends in .mp4: the sinks write MP4 whatever the name, so a
     .mkv or .avi name would hold a file that is not what it says. or_folder: the option also
