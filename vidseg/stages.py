@@ -33,6 +33,8 @@ from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_inp
 STOP_SIGNAL = signal.SIGUSR1  # the supervisor asks a sink stage to end now, cleanly (see sink_loop)
 INTERRUPT_SIGNAL = signal.SIGUSR2  # an infer stage interrupts its own model loading (see _interruptible)
 _ORPHANED_FILES: list = []  # what this stage writes for the supervisor to finalise; removed if it dies
+_EXIT_HANDLERS: list = []  # C callbacks given to the C library's atexit, kept alive here
+DISPLAY_LOST = "the window's display was lost (its X server ended or the connection to it broke)"
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,8 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
     ends the loop between frames, never in the middle of one."""
     sinks = [spec.build() for spec in sink_specs]
     _ORPHANED_FILES.extend(sink.path for sink in sinks if getattr(sink, "path", None))
+    if any(getattr(sink, "exits_on_display_loss", False) for sink in sinks):
+        _finalise_on_display_loss(sinks, meter.name, ctrl)
     stop = _StopBetweenFrames()
     signal.signal(STOP_SIGNAL, stop)
     port = RingPort(in_q, [link])
@@ -396,6 +400,36 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
                 sink.close()
         finally:
             port.close()
+
+
+def _finalise_on_display_loss(sinks: list, name: str, ctrl) -> None:
+    """Keep the recording when the window's display goes (an X server that ended, a dropped
+    VNC or ssh -X session): Qt then ends the process with the C library's exit(1), from the
+    main thread inside a window call, and no Python code runs after that. A C exit handler
+    registered here runs in that exit(): it finalises the other sinks (an MP4 is flushed and
+    indexed, audio cut at its last frame) and reports DISPLAY_LOST to the supervisor; the run
+    then fails with the MP4 kept as a partial recording. A stage process otherwise ends with
+    os._exit, which runs no C exit handler."""
+
+    def on_exit() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # the main thread may be writing to a sink: leave them alone
+        for sink in sinks:
+            if getattr(sink, "exits_on_display_loss", False):
+                continue
+            if hasattr(sink, "trim_audio"):
+                sink.trim_audio = True
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - the process is ending; the other sinks still get closed
+                pass
+        ctrl.put(("error", name, DISPLAY_LOST, 1))
+        ctrl.close()
+        ctrl.join_thread()  # the message is sent before exit() goes on
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _arg: on_exit())
+    _EXIT_HANDLERS.append(callback)
+    ctypes.CDLL(None).__cxa_atexit(callback, None, None)  # atexit() itself is not exported by glibc
 
 
 class _StopBetweenFrames:

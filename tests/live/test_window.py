@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -17,8 +18,14 @@ pytestmark = pytest.mark.xvfb
 
 
 @pytest.fixture
-def xvfb():
+def xvfb(xvfb_server):
     """A virtual X display ":N"; DISPLAY points at it during the test."""
+    return xvfb_server[0]
+
+
+@pytest.fixture
+def xvfb_server():
+    """(display ":N", the Xvfb process); DISPLAY points at it during the test."""
     read, write = os.pipe()
     proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
                             pass_fds=[write], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -27,7 +34,7 @@ def xvfb():
         display = ":" + f.readline().strip()
     previous = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = display
-    yield display
+    yield display, proc
     if previous is None:
         del os.environ["DISPLAY"]
     else:
@@ -79,9 +86,10 @@ def close_window(display: str, window: str) -> None:
     x11.XCloseDisplay(dpy)
 
 
-def start_rtsp_run(url: str, log) -> subprocess.Popen:
+def start_rtsp_run(url: str, log, *options: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "rtsp", url,
-                             "--model", "none", "--duration", "60"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             "--model", "none", "--duration", "60", *options], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True)
 
 
@@ -141,6 +149,37 @@ def test_closing_the_window_ends_the_run_with_exit_0(xvfb, rtsp_server, tmp_path
         stop_group(proc)
         log.seek(0)
     assert proc.returncode == 0, log.read()
+
+
+@pytest.mark.rtsp
+def test_losing_the_display_keeps_the_recording(xvfb_server, rtsp_server, tmp_path):
+    """The X server going away (a dropped VNC or ssh -X session) makes Qt end the sink process
+    with exit(1): the MP4 recorded in that process is finalised first and kept, and the last
+    line says what happened, exit 1."""
+    display, server = xvfb_server
+    out = tmp_path / "rec.mp4"
+    shm_before = set(os.listdir("/dev/shm"))
+    log = open(tmp_path / "vidseg.log", "w+")
+    proc = start_rtsp_run(rtsp_server.url("live"), log, "-o", str(out))
+    try:
+        find_window(display, "127.0.0.1")
+        time.sleep(2)
+        server.kill()
+        proc.wait(timeout=30)
+    finally:
+        stop_group(proc)
+        log.seek(0)
+        output = log.read()
+    last = output.strip().splitlines()[-1]
+    assert proc.returncode == 1, output
+    assert "display was lost" in last and f"{out} keeps the" in last, output
+    frames = int(last.split(" keeps the ")[1].split()[0])
+    assert frames > 10
+    with av.open(str(out)) as container:  # finalised: indexed, and every frame decodes
+        assert container.streams.video[0].frames == frames
+        assert sum(1 for _ in container.decode(video=0)) == frames
+    assert sorted(os.listdir(tmp_path)) == ["rec.mp4", "vidseg.log"]  # no temporary file left beside it
+    assert set(os.listdir("/dev/shm")) <= shm_before
 
 
 @pytest.mark.parametrize("order, hangs", [("cv2, av", False), ("av, cv2", True)])

@@ -33,6 +33,7 @@ class WindowSink:
     """
 
     wants_capture_time = True  # the sink stage passes each frame's capture time to write()
+    exits_on_display_loss = True  # OpenCV's Qt ends the process when the X connection breaks (see stages)
 
     def __init__(self, title: str, slot: int = 0, max_size: tuple = (960, 720)):
         check_display()
