@@ -376,6 +376,21 @@ def test_ctrl_c_finalises_the_mp4_and_exits_130(rtsp_server, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "out.mp4"]
 
 
+def test_lone_source_giving_up_says_why_once_and_keeps_the_recording(rtsp_server, tmp_path):
+    out = tmp_path / "out.mp4"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out,
+                        "--max-retries", 1, "--read-timeout", 1)
+    rtsp_server.wait_clients(2)
+    time.sleep(2)
+    rtsp_server.kill()  # for good
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("vidseg: error: cannot open ") and lines[-1].endswith("gave up after 1 retries")
+    assert stderr.count("gave up") == 1, stderr
+    assert int(probe(out)["video"]["nb_read_frames"]) > 20  # what came before is recorded and plays
+
+
 def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_path):
     a, b = make_rtsp_server(auth="erin:Gone4Good"), make_rtsp_server()
     stats_path = tmp_path / "stats.json"

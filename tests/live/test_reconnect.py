@@ -203,3 +203,13 @@ def test_end_on_give_up_ends_the_frames_and_keeps_the_reason():
     assert len(list(source.frames())) == 2
     assert source.stats() == {"reconnects": 0, "error": "cam: refused; gave up after 2 retries"}
     assert reports == ["cam: stream ended; reconnecting", "cam: refused; gave up after 2 retries"]
+
+
+def test_a_lone_source_leaves_its_give_up_to_the_runs_last_line():
+    reports = []
+    script = [ScriptedSource(2, SourceLost("cam: stream ended"))] + [SourceLost("cam: refused")] * 2
+    source = Reconnecting(opener(script), "cam", max_retries=2, first_delay=0.01, report=reports.append,
+                          end_on_give_up=True, alone=True)
+    assert len(list(source.frames())) == 2
+    assert source.stats()["error"] == "cam: refused; gave up after 2 retries"
+    assert reports == ["cam: stream ended; reconnecting"]

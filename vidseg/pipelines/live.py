@@ -72,16 +72,17 @@ class LiveJob:
 def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
                 read_timeout: float = 5.0, max_retries: Optional[int] = None, duration: Optional[float] = None,
                 max_frames: Optional[int] = None, size: Optional[tuple] = None,
-                report: Callable[[str], None] = report_line) -> Reconnecting:
+                report: Callable[[str], None] = report_line, alone: bool = False) -> Reconnecting:
     """The live source of one target, reopened after outages; not opened yet (a capture
     stage opens it when it starts reading: no frame piles up while the model loads). size:
-    (width, height) its frames are fitted to, for a source that was down at the start."""
+    (width, height) its frames are fitted to, for a source that was down at the start.
+    alone: the run's only source (see Reconnecting)."""
     if kind == "camera":
         opener = partial(CameraSource, target)
     else:
         opener = partial(RtspSource, target, transport, open_timeout, read_timeout)
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
-                        end_on_give_up=True, size=size, report=report)
+                        end_on_give_up=True, size=size, report=report, alone=alone)
 
 
 def probe_all(job: LiveJob) -> list:
@@ -220,7 +221,8 @@ def run_live(job: LiveJob) -> int:
         source = Spec(live_source, {"kind": job.kind, "target": target, "transport": job.transport,
                                     "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
                                     "max_retries": job.max_retries, "duration": job.duration,
-                                    "max_frames": job.max_frames, "size": None if probed[i] else (width, height)})
+                                    "max_frames": job.max_frames, "size": None if probed[i] else (width, height),
+                                    "alone": len(job.targets) == 1})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
                                 frame_shape=(height, width), policy="latest"))
     options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)

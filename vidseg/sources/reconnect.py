@@ -53,8 +53,10 @@ class Reconnecting:
     duration, max_frames: end frames() after this many seconds or frames; the seconds count
         from the first open() or frames() call, whichever comes first.
     end_on_give_up: when an outage outlasts max_retries, end frames() (the reason goes to
-        `report` and to stats()["error"]) instead of raising SourceUnavailable, so the stage
-        reading it finishes normally and its frame counts are kept.
+        stats()["error"], and to `report` unless `alone`) instead of raising SourceUnavailable,
+        so the stage reading it finishes normally and its frame counts are kept.
+    alone: the run's only source, whose giving up ends the run: its reason is then said once,
+        by the run's last line, not also when it happens.
     size: (width, height) every frame is fitted to; None: the size of the first connection.
     reconnects: outages survived so far; skipped: undecodable packets of closed connections.
 
@@ -69,10 +71,11 @@ class Reconnecting:
                  max_retries: Optional[int] = None, first_delay: float = 1.0,
                  longest_delay: float = 30.0, report: Callable[[str], None] = report_line,
                  duration: Optional[float] = None, max_frames: Optional[int] = None,
-                 end_on_give_up: bool = False, size: Optional[tuple] = None):
+                 end_on_give_up: bool = False, size: Optional[tuple] = None, alone: bool = False):
         self.name = mask(name)
         self.error: Optional[str] = None
         self._end_on_give_up = end_on_give_up
+        self._alone = alone
         self._duration = duration
         self._deadline: Optional[float] = None
         self._max_frames = max_frames
@@ -160,7 +163,8 @@ class Reconnecting:
             if not self._end_on_give_up:
                 raise
             self.error = str(error)
-            self._report(self.error)
+            if not self._alone:
+                self._report(self.error)
 
     def _outage(self, cause: str):
         """Reports the outage, reopens the source until a frame arrives, yields that frame and
