@@ -146,13 +146,14 @@ def sidecar_path(path):
     return os.path.splitext(os.fspath(path))[0] + ".json"
 
 
-def write_sidecar(path, config, class_names):
+def write_sidecar(path, config, class_names, **extra):
     """Write the sidecar of weights file `path` (atomically, like save_weights):
     {"config": `mrcnn.config.inference_settings(config)`, "class_names": [str, ...]
-    ("BG" first)}, the layout `mrcnn.frame_model` reads (as the shipped model's)."""
+    ("BG" first), **extra}, the layout `mrcnn.frame_model` reads (as the shipped model's).
+    extra: more top-level keys, e.g. the shipped model's "batch_size" for video."""
     from mrcnn.config import inference_settings
 
-    meta = {"config": inference_settings(config), "class_names": [str(n) for n in class_names]}
+    meta = {"config": inference_settings(config), "class_names": [str(n) for n in class_names], **extra}
     target = sidecar_path(path)
     tmp = target + ".tmp"
     try:

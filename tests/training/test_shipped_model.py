@@ -24,6 +24,28 @@ def test_shipped_files_are_small_and_named():
     assert meta["config"]["IMAGE_MAX_DIM"] % 64 == 0
 
 
+def test_export_writes_the_sidecar_the_shipped_model_was_given(tmp_path):
+    """Re-exporting (train_shipped.export, through mrcnn.weights.write_sidecar) gives the model
+    the same inference settings, class names and video batch as the shipped shapes.json."""
+    from mrcnn.config import INFERENCE_FIELDS, Config
+    from mrcnn.frame_model import read_sidecar
+    from vidseg.samples.train_shipped import ShippedConfig, export
+
+    checkpoint = tmp_path / "mask_rcnn_shipped_0080.h5"
+    checkpoint.write_bytes(b"weights")
+    export(checkpoint, ShippedConfig(), tmp_path / "models")
+    assert (tmp_path / "models" / "shapes.h5").read_bytes() == b"weights"
+    new, shipped = read_sidecar(tmp_path / "models" / "shapes.h5"), read_sidecar(SHIPPED_WEIGHTS)
+
+    def settings(meta):
+        config = type("Loaded", (Config,), dict(meta["config"], NAME="x"))()
+        return {k: np.asarray(getattr(config, k)).tolist() for k in INFERENCE_FIELDS}
+
+    assert settings(new) == settings(shipped)
+    assert new["class_names"] == shipped["class_names"] and new["batch_size"] == shipped["batch_size"]
+    assert json.loads((tmp_path / "models" / "shapes.json").read_text())["source"] == checkpoint.name
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from mrcnn.frame_model import MaskRCNNFrameModel

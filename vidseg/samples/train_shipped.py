@@ -21,8 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from vidseg.samples.shapes import CLASS_NAMES, ShapesConfig, ShapesDataset
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -57,9 +55,6 @@ class ShippedConfig(ShapesConfig):
 
 
 # Settings the inference model needs beyond what the weight shapes say (see mrcnn.frame_model).
-EXPORTED_FIELDS = ["IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "RPN_ANCHOR_SCALES", "PRE_NMS_LIMIT",
-                   "POST_NMS_ROIS_INFERENCE", "DETECTION_MAX_INSTANCES", "DETECTION_MIN_CONFIDENCE",
-                   "DETECTION_NMS_THRESHOLD"]
 # Frames per model call in `vidseg file`: 4 costs 15-17 CPU ms a frame against 21-25 for 1
 # (1080p, docs/benchmarks/runtime.md); live sources still run one frame per source per call.
 VIDEO_BATCH = 4
@@ -83,16 +78,15 @@ def training_sets(seed, count=4000):
 
 
 def export(checkpoint, config, out_dir=MODELS_DIR):
-    """Copy `checkpoint` to out_dir/shapes.h5 and write shapes.json beside it."""
+    """Copy `checkpoint` to out_dir/shapes.h5 and write its sidecar shapes.json beside it (as
+    `vidseg train` does for its checkpoints), with VIDEO_BATCH and the checkpoint's name."""
+    from mrcnn.weights import write_sidecar
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, out_dir / "shapes.h5")
-    fields = {k: getattr(config, k) for k in EXPORTED_FIELDS}
-    fields = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v)
-              for k, v in fields.items()}
-    meta = {"config": fields, "class_names": CLASS_NAMES, "batch_size": VIDEO_BATCH,
-            "source": os.path.basename(checkpoint)}
-    (out_dir / "shapes.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_sidecar(out_dir / "shapes.h5", config, CLASS_NAMES, batch_size=VIDEO_BATCH,
+                  source=os.path.basename(checkpoint))
 
 
 def measure_fps(weights=None, frames=100, seed=7):
