@@ -4,6 +4,9 @@ Inputs whose streams do not start at 0 used to get their audio restarted at 0 s,
 with the video (which keeps its timestamps). The output audio must start where the input's
 did relative to the video, last as long, and be continuous: one AAC frame after another.
 
+Damaged input that loses audio packets gets silence in their place, so the audio after the
+loss still plays at its own time.
+
 Slack: the AAC encoder puts one frame (1024 samples) of priming before the first sample, so
 its packets start one frame early (as in any AAC track, a copied one too: content and video
 stay in sync), and the MP4 muxer writes the lead-in before the first packet in whole
@@ -15,6 +18,8 @@ import json
 import subprocess
 from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 
 from tests.conftest import run_vidseg
@@ -76,3 +81,32 @@ def test_reencoded_audio_keeps_its_start_time(name, tmp_path):
     ticks = [p * b["audio"]["time_base"] * b["audio"]["rate"] for p in audio_pts(out)]
     assert len(ticks) > 50
     assert {t1 - t0 for t0, t1 in zip(ticks, ticks[1:])} == {AAC_FRAME}
+
+
+
+def loudness(path, windows) -> list:
+    """RMS of the first channel of the decoded audio of `path` in each (t0, t1) window, in
+    seconds from its first sample (float samples, full scale 1)."""
+    with av.open(str(path)) as container:
+        rate = container.streams.audio[0].rate
+        chunks = [(float(f.pts * f.time_base), f.to_ndarray()[0].astype(np.float64)) for f in container.decode(audio=0)]
+    times = np.concatenate([t + np.arange(len(x)) / rate for t, x in chunks]) - chunks[0][0]
+    samples = np.concatenate([x for _, x in chunks])
+    return [float(np.sqrt(np.mean(samples[(times >= t0) & (times < t1)] ** 2))) for t0, t1 in windows]
+
+
+def test_reencoded_audio_keeps_its_time_after_lost_packets(tmp_path):
+    """The input's audio has no packets from 1 s to 1.5 s (their timestamps jump, as after
+    damage): the output is silent there and plays the rest at its own time."""
+    clip, out = tmp_path / "gap.ts", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", *VIDEO, *SINE, "-t", "3", "-af", "aselect='not(between(t,1,1.5))'",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "mp2", str(clip)], check=True)
+    ticks = audio_pts(clip)
+    assert max(t1 - t0 for t0, t1 in zip(ticks, ticks[1:])) > 0.4 * 90000  # the input's gap
+
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    a, b = streams(clip), streams(out)
+    assert abs(b["audio"]["duration"] - a["audio"]["duration"]) <= AAC_FRAME / b["audio"]["rate"] + 0.001
+    before, gap, after = loudness(out, [(0.5, 0.9), (1.1, 1.4), (1.6, 2.9)])
+    assert before > 0.05 and after > 0.05 and gap < 0.01 * before, (before, gap, after)

@@ -111,6 +111,7 @@ class _AudioCopy:
         self._out_stream = out_stream
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
         self._next_pts: Optional[int] = None  # re-encoded audio: pts of the next sample, in 1/rate s
+        self._input_end: Optional[float] = None  # re-encoded audio: where the last decoded frame ended, s
         self._packets: Iterator = resilient_demux(container, in_stream)
         self._pending = None
         self._last_dts = None
@@ -167,13 +168,24 @@ class _AudioCopy:
         except av.error.FFmpegError:
             return
         for frame in frames:
+            pts = frame.pts if frame.pts is not None else packet.pts
+            start = float(pts * (frame.time_base or packet.time_base)) if pts is not None else None
             if self._next_pts is None:  # the first sample keeps its time: the audio starts where it did
-                start = frame.pts if frame.pts is not None else packet.pts
-                time_base = frame.time_base or packet.time_base
-                self._next_pts = round(start * time_base * self._out_stream.rate) if start is not None else 0
-            frame.pts = None  # the resampler regroups samples: its output is stamped in _encode
-            for resampled in self._encoder.resample(frame):
-                self._encode(resampled)
+                self._next_pts = round(start * self._out_stream.rate) if start is not None else 0
+            elif start is not None and start - self._input_end > frame.samples / frame.sample_rate / 2:
+                # packets lost in damaged input: silence in their place keeps what follows in sync
+                missing = round((start - self._input_end) * frame.sample_rate)
+                while missing > 0:  # a second at a time
+                    self._resample(_silence(frame, min(missing, frame.sample_rate)))
+                    missing -= frame.sample_rate
+            duration = frame.samples / frame.sample_rate
+            self._input_end = start + duration if start is not None else (self._input_end or 0.0) + duration
+            self._resample(frame)
+
+    def _resample(self, frame) -> None:
+        frame.pts = None  # the resampler regroups samples: its output is stamped in _encode
+        for resampled in self._encoder.resample(frame):
+            self._encode(resampled)
 
     def _encode(self, frame) -> None:
         """Encode and mux one resampled frame, stamped with the sample count since the first
@@ -184,3 +196,13 @@ class _AudioCopy:
 
     def close(self) -> None:
         self._in.close()
+
+
+def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:
+    """`samples` samples of silence in the format, layout and rate of `like`."""
+    silent = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=samples)
+    zero = b"\x80" if like.format.name.startswith("u8") else b"\x00"  # unsigned 8-bit is centred on 128
+    for plane in silent.planes:
+        plane.update(zero * plane.buffer_size)
+    silent.sample_rate = like.sample_rate
+    return silent
