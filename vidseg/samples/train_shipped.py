@@ -54,7 +54,6 @@ class ShippedConfig(ShapesConfig):
     RPN_TRAIN_ANCHORS_PER_IMAGE = 64  # shapes give ~2 positive anchors per image: keep negatives few
 
 
-# Settings the inference model needs beyond what the weight shapes say (see mrcnn.frame_model).
 # Frames per model call in `vidseg file`: 4 costs 15-17 CPU ms a frame against 21-25 for 1
 # (1080p, docs/benchmarks/runtime.md); live sources still run one frame per source per call.
 VIDEO_BATCH = 4
