@@ -272,6 +272,65 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     assert b["audio"]["codec_name"] == "aac" and abs(float(b["audio"]["duration"]) - 1.0) < 0.05
 
 
+def ffprobe_streams(path) -> list:
+    """ffprobe's streams of `path` (frames counted) as dicts."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["streams"]
+
+
+@pytest.mark.parametrize("codec, layout, channels", [("pcm_s16le", "mono", 1), ("pcm_s24le", "5.1", 6),
+                                                     ("pcm_s16le", "stereo", 2)])
+def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):
+    clip, out = tmp_path / "in.mov", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "lavfi",
+                    "-i", f"anoisesrc=sample_rate=48000,aformat=channel_layouts={layout}", "-t", "1",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", codec, str(clip)], check=True)
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    audio = [st for st in ffprobe_streams(out) if st["codec_type"] == "audio"][0]
+    assert (audio["codec_name"], audio["channels"]) == ("aac", channels)
+
+
+def test_a_start_before_zero_is_shifted_not_cut(tmp_path):
+    """An MPEG-TS whose clock wrapped starts at a negative time: every frame and all the audio
+    are kept, video and audio moved by the same amount (an MP4 player skips what is before 0)."""
+    clip, out = tmp_path / "wrapped.ts", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
+                    "-i", "sine=sample_rate=48000", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-output_ts_offset", "95441", "-f", "mpegts", str(clip)], check=True)
+    a = {st["codec_type"]: st for st in ffprobe_streams(clip)}
+    assert float(a["video"]["start_time"]) < -1  # FFmpeg unwraps the clock to before 0
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    b = {st["codec_type"]: st for st in ffprobe_streams(out)}
+    assert b["video"]["nb_read_frames"] == a["video"]["nb_read_frames"] == "75"
+    assert float(b["video"]["duration"]) == pytest.approx(float(a["video"]["duration"]), abs=0.01)
+    assert float(b["audio"]["duration"]) == pytest.approx(3.0, abs=0.05)  # all 3 s of it (cut to 1.7 s before)
+    lead = float(a["video"]["start_time"]) - float(a["audio"]["start_time"])
+    assert float(b["video"]["start_time"]) - float(b["audio"]["start_time"]) == pytest.approx(lead, abs=0.025)
+
+
+def test_the_default_video_stream_is_the_one_segmented(tmp_path):
+    """A one-frame thumbnail first, the video second and marked default: the video is used."""
+    thumb, clip, out = tmp_path / "thumb.png", tmp_path / "two.mkv", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120", "-frames:v", "1",
+                    str(thumb)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", thumb, "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+                    "-t", "2", "-map", "0", "-map", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-disposition:v:0", "0", "-disposition:v:1", "default", str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0 and "damaged" not in r.stderr, r.stderr
+    video = probe(out)["video"]
+    assert (video["width"], video["height"], video["nb_read_frames"]) == (320, 240, "50")
+
+
+def test_pixel_aspect_ratio_is_kept(tmp_path):
+    clip, out = tmp_path / "anamorphic.mp4", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-t", "1",
+                    "-vf", "setsar=16/15", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    assert ffprobe_streams(out)[0]["sample_aspect_ratio"] == "16:15"
+
+
 @pytest.mark.slow
 def test_the_shipped_model_leaves_no_temporary_files(clip_480, tmp_path, monkeypatch):
     """TensorFlow's autograph writes a module per converted function to the temporary folder

@@ -18,6 +18,8 @@ from vidseg.sources.file import resilient_demux
 
 # Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+# FFmpeg's default layout for a channel count, for audio that gives a count but no order
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
 class Mp4Sink:
@@ -27,14 +29,18 @@ class Mp4Sink:
     width, height: frame size; odd sizes are cropped by one pixel (yuv420p needs even sizes).
     fps: nominal rate (stream metadata); time_base: Fraction the pts are kept in.
     audio_from: a file whose first audio stream is copied into the output, interleaved by time.
+    time_shift: seconds added to every timestamp, video and audio alike: an input that starts
+        before 0 (an MPEG-TS whose clock wrapped) must be moved, as players skip what an MP4
+        holds before 0. sar: the pixel aspect ratio (anamorphic video), None: square.
     """
 
     def __init__(self, path: str, width: int, height: int, fps: Optional[float],
                  time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
-                 audio_from: Optional[str] = None):
+                 audio_from: Optional[str] = None, time_shift: float = 0.0, sar: Optional[Fraction] = None):
         self.path = path
         self.width, self.height = width - width % 2, height - height % 2
         self.time_base = Fraction(time_base)
+        self.time_shift = time_shift
         self._out = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
         rate = Fraction(fps).limit_denominator(100000) if fps else Fraction(30)
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
@@ -46,13 +52,15 @@ class Mp4Sink:
         self._video.codec_context.thread_type = "AUTO"
         self._video.time_base = self.time_base
         self._video.codec_context.time_base = self.time_base
+        if sar and sar != 1:
+            self._video.codec_context.sample_aspect_ratio = Fraction(sar)
         self.trim_audio = False  # set for a partial run: audio stops with the last frame
         self._frame_s = 1.0 / float(rate)
         self._last_pts: Optional[int] = None
         self._end_time = 0.0
         self._audio: Optional[_AudioCopy] = None
         if audio_from:
-            self._audio = _AudioCopy.open(audio_from, self._out)
+            self._audio = _AudioCopy.open(audio_from, self._out, time_shift)
 
     def write(self, image: np.ndarray, pts: float) -> bool:
         import cv2  # here, not at the top: the main process imports this module and never needs OpenCV
@@ -64,12 +72,12 @@ class Mp4Sink:
         """i420: uint8 [H*3/2, W] C-contiguous at the sink's (even) size. libx264 copies the
         picture during encode(), so the buffer may be reused as soon as this returns."""
         frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
-        ticks = int(round(pts / self.time_base))
+        ticks = int(round((pts + self.time_shift) / self.time_base))
         if self._last_pts is not None and ticks <= self._last_pts:
             ticks = self._last_pts + 1  # damaged input: keep pts strictly increasing
         self._last_pts = ticks
         frame.pts, frame.time_base = ticks, self.time_base
-        self._end_time = float(ticks * self.time_base)
+        self._end_time = float(ticks * self.time_base) - self.time_shift  # the input's time, as the audio's
         if self._audio:
             self._audio.mux_until(self._end_time)
         self._out.mux(self._video.encode(frame))
@@ -105,10 +113,11 @@ def x264_threads() -> int:
 class _AudioCopy:
     """Copies the first audio stream of a file into an output container, as time advances."""
 
-    def __init__(self, container, in_stream, out_stream, encoder=None):
+    def __init__(self, container, in_stream, out_stream, encoder=None, time_shift: float = 0.0):
         self._in = container
         self._in_stream = in_stream
         self._out_stream = out_stream
+        self._shift = time_shift  # seconds added to the input's timestamps (see Mp4Sink)
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
         self._next_pts: Optional[int] = None  # re-encoded audio: pts of the next sample, in 1/rate s
         self._input_end: Optional[float] = None  # re-encoded audio: where the last decoded frame ended, s
@@ -118,18 +127,20 @@ class _AudioCopy:
         self._out = out_stream.container
 
     @classmethod
-    def open(cls, path: str, out) -> Optional["_AudioCopy"]:
+    def open(cls, path: str, out, time_shift: float = 0.0) -> Optional["_AudioCopy"]:
         container = av.open(path, metadata_errors="ignore")
         if not container.streams.audio:
             container.close()
             return None
         in_stream = container.streams.audio[0]
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
-            return cls(container, in_stream, out.add_stream_from_template(in_stream))
-        out_stream = out.add_stream("aac", rate=in_stream.codec_context.sample_rate or 48000)
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=out_stream.rate,
+            return cls(container, in_stream, out.add_stream_from_template(in_stream), time_shift=time_shift)
+        rate = in_stream.codec_context.sample_rate or 48000
+        layout = _aac_layout(in_stream.codec_context.layout, rate)
+        out_stream = out.add_stream("aac", rate=rate, layout=layout)
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate,
                                       frame_size=out_stream.codec_context.frame_size or 1024)
-        return cls(container, in_stream, out_stream, encoder=resampler)
+        return cls(container, in_stream, out_stream, encoder=resampler, time_shift=time_shift)
 
     def mux_until(self, t: float, final: bool = False) -> None:
         """Mux input audio packets that start before `t` seconds."""
@@ -157,6 +168,11 @@ class _AudioCopy:
             if self._last_dts is not None and packet.dts <= self._last_dts:
                 return  # damaged input: the muxer needs increasing timestamps
             self._last_dts = packet.dts
+            if self._shift:
+                ticks = round(self._shift / packet.time_base)
+                packet.dts += ticks
+                if packet.pts is not None:
+                    packet.pts += ticks
             packet.stream = self._out_stream
             try:
                 self._out.mux(packet)
@@ -171,7 +187,7 @@ class _AudioCopy:
             pts = frame.pts if frame.pts is not None else packet.pts
             start = float(pts * (frame.time_base or packet.time_base)) if pts is not None else None
             if self._next_pts is None:  # the first sample keeps its time: the audio starts where it did
-                self._next_pts = round(start * self._out_stream.rate) if start is not None else 0
+                self._next_pts = round((start + self._shift) * self._out_stream.rate) if start is not None else 0
             elif start is not None and start - self._input_end > frame.samples / frame.sample_rate / 2:
                 # packets lost in damaged input: silence in their place keeps what follows in sync
                 missing = round((start - self._input_end) * frame.sample_rate)
@@ -196,6 +212,22 @@ class _AudioCopy:
 
     def close(self) -> None:
         self._in.close()
+
+
+def _aac_layout(layout: av.AudioLayout, rate: int) -> str:
+    """The channel layout to encode AAC in: the input's (mono stays mono, 5.1 stays 5.1; a
+    count with no order, as PCM in AVI gives, takes FFmpeg's default layout for that count),
+    or stereo when the AAC encoder cannot take it."""
+    name = layout.name
+    if name.endswith(" channels"):
+        name = DEFAULT_LAYOUTS.get(layout.nb_channels, "stereo")
+    try:
+        encoder = av.CodecContext.create("aac", "w")
+        encoder.layout, encoder.sample_rate, encoder.format = name, rate, "fltp"
+        encoder.open()
+    except (av.FFmpegError, ValueError):
+        return "stereo"
+    return name
 
 
 def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:

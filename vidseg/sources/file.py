@@ -25,7 +25,10 @@ MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the
 
 def probe(path: str) -> dict:
     """Open `path` and describe its video: width, height (after rotation), fps, time_base,
-    frame_count (None if unknown), rotation (clockwise degrees), has_audio, codec.
+    frame_count (None if unknown), rotation (clockwise degrees), has_audio, codec,
+    stream (index of the video stream: FFmpeg's best, e.g. the one marked default), start (s,
+    the earliest start of it and of the first audio stream; None if unknown), sar (pixel
+    aspect ratio as a Fraction, after rotation; None if unknown).
     Raises InputError when the file is missing, not a video, or has no video stream."""
     if not os.path.exists(path):
         raise InputError(f"input not found: {path}")
@@ -38,7 +41,7 @@ def probe(path: str) -> dict:
     with container:
         if not container.streams.video:
             raise InputError(f"{path} has no video stream; give a file with video")
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         ctx = stream.codec_context
         if not ctx.width or not ctx.height:
             raise InputError(f"cannot read {path} as a video (no frame size in its video stream)")
@@ -49,9 +52,15 @@ def probe(path: str) -> dict:
         count = stream.frames or None
         if count is None and stream.duration and fps:
             count = int(round(float(stream.duration * stream.time_base) * fps))
+        starts = [float(s.start_time * s.time_base) for s in (stream, *container.streams.audio[:1])
+                  if s.start_time is not None]
+        sar = stream.sample_aspect_ratio
+        if sar and rotation in (90, 270):
+            sar = 1 / sar
         return dict(width=w, height=h, fps=fps, rate=Fraction(rate) if rate else None,
                     time_base=Fraction(stream.time_base), frame_count=count, rotation=rotation,
-                    has_audio=bool(container.streams.audio), codec=ctx.name)
+                    has_audio=bool(container.streams.audio), codec=ctx.name, stream=stream.index,
+                    start=min(starts) if starts else None, sar=Fraction(sar) if sar else None)
 
 
 def _reason(e: Exception) -> str:
@@ -124,7 +133,7 @@ class FileSource:
             self.frame_count = max_frames
         self.skipped = 0
         self._container = av.open(path, metadata_errors="ignore")
-        self._stream = self._container.streams.video[0]
+        self._stream = self._container.streams[info["stream"]]
         self._stream.thread_type = "AUTO"
         self._stream.codec_context.thread_count = decode_threads() if threads is None else threads
 
