@@ -93,6 +93,14 @@ def test_folder_to_folder_in_sorted_order(tmp_path):
     assert all(d["mask"]["size"] == [480, 640] for d in lines[1]["detections"])
 
 
+def test_a_picture_keeps_its_name_in_a_folder_capitals_too(tmp_path):
+    pictures = [save_rgb(tmp_path / name, red_square()) for name in ("UP.JPG", "b.Png")]
+    r = run_vidseg("image", *pictures, "-o", tmp_path / "out", "--model", BLOB_MODEL)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["UP.JPG", "b.Png"]
+    assert load_rgb(tmp_path / "out" / "UP.JPG").shape == (240, 320, 3)  # a JPEG, readable
+
+
 def test_one_picture_into_an_existing_folder(tmp_path):
     src = save_rgb(tmp_path / "in.jpg", red_square())
     (tmp_path / "out").mkdir()

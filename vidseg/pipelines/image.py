@@ -96,7 +96,7 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
     targets: list[str] = []
     for image in images:
         stem, ext = os.path.splitext(os.path.basename(image))
-        ext = ext.lower() if cv2.haveImageWriter("x" + ext.lower()) else ".png"
+        ext = ext if cv2.haveImageWriter("x" + ext.lower()) else ".png"  # its name as it was, UP.JPG too
         target, n = os.path.join(out_dir, stem + ext), 1
         while target in targets:
             n += 1
