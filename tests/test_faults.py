@@ -220,6 +220,25 @@ def test_second_ctrl_c_never_leaves_a_broken_mp4(clip_for, tmp_path):
     assert not shm_leaked(shm)
 
 
+def test_second_ctrl_c_keeps_an_mp4_finalised_in_the_grace(long_clip, tmp_path):
+    """A sink that finalises within its 2 s (a small clip at veryfast does) reports after the
+    run stopped waiting: its MP4 is kept, and the summary and stats count its frames."""
+    options, stages = PATHS["model"]
+    run = start("file", long_clip, "-o", tmp_path / "out.mp4", *options, "--stats", tmp_path / "s.json",
+                "--no-progress")
+    wait_for_stages(run.pid, stages)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    frames = int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"])
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["frames_out"] == frames >= 1, err
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
+    assert "not written" not in err and sorted(os.listdir(tmp_path)) == ["out.mp4", "s.json"]
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_supervisor_killed_leaves_no_orphans(path, clip_for, tmp_path):
     shm = shm_entries()

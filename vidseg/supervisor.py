@@ -77,6 +77,7 @@ class Supervisor:
         self._interrupts = 0
         self._signal = signal.SIGINT  # the last stop signal received, and when
         self._signalled_at = 0.0
+        self.late_reports: list[dict] = []  # reports sent after watch() returned (see close)
 
     def add_ring(self, ring: FrameRing) -> FrameRing:
         """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
@@ -185,7 +186,8 @@ class Supervisor:
 
     def close(self) -> None:
         """Stop every stage still running (its stop signal, SIGKILL after STOP_GRACE_S; at once
-        without one), then unlink every ring."""
+        without one), then unlink every ring. What the stopped stages reported is kept in
+        `late_reports` (after a second Ctrl-C, the sink that finalised its MP4 in the grace)."""
         self.stop.set()
         alive = {name: p for name, p in self._procs.items() if p.is_alive()}
         for name, p in alive.items():
@@ -201,6 +203,9 @@ class Supervisor:
                 p.join(1.0)
         for p in self._procs.values():
             p.join(0.1)
+        late: dict = {}
+        self._drain_ctrl(late, timeout=0.0)  # a stage's last message is in the pipe once it has ended
+        self.late_reports = list(late.values())
         for ring in self._rings:
             ring.close()
             ring.unlink()

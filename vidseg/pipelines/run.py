@@ -154,7 +154,9 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             bar.close()
         sup.close()
     names = [p.name for p in sources]
-    stats = build_stats(outcome.reports, names, time.monotonic() - t0, partial=outcome.status == "interrupted")
+    interrupted = outcome.status == "interrupted"
+    reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
+    stats = build_stats(reports, names, time.monotonic() - t0, partial=interrupted)
     for stage, cause in outcome.tolerated.items():
         stats["sources"][names[_source_index(stage)]]["error"] = cause
     if outcome.status == "failed":
