@@ -23,6 +23,7 @@ import gc
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -203,8 +204,14 @@ class Supervisor:
                 p.join(1.0)
         for p in self._procs.values():
             p.join(0.1)
+        # A stage's last message is in the pipe once it has ended, unless a kill cut it short:
+        # read without blocking, so a message left half-written is given up, not waited for.
+        os.set_blocking(self.ctrl._reader.fileno(), False)
         late: dict = {}
-        self._drain_ctrl(late, timeout=0.0)  # a stage's last message is in the pipe once it has ended
+        try:
+            self._drain_ctrl(late, timeout=0.0)
+        except (BlockingIOError, EOFError, pickle.UnpicklingError):
+            pass
         self.late_reports = list(late.values())
         for ring in self._rings:
             ring.close()
