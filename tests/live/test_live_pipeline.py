@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -266,6 +267,29 @@ def test_window_needs_a_display(rtsp_server):
         if env_display is not None:
             os.environ["DISPLAY"] = env_display
     assert run.returncode == 2 and "--no-window" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_window_needs_a_display_that_answers(tmp_path, monkeypatch):
+    """A DISPLAY nobody listens at (stale in an ssh or tmux session) used to abort the sink at
+    the first frame (Qt's SIGABRT, six lines of Qt, the recording lost): now one line, up front."""
+    monkeypatch.setenv("DISPLAY", ":97")
+    run = run_vidseg("rtsp", "rtsp://127.0.0.1:9/live", "--model", "none", "-o", tmp_path / "out.mp4", timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("vidseg: error: no X display answers at DISPLAY=:97") and run.stderr.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_x_display_answers(tmp_path):
+    from vidseg.sinks.window import x_display_answers
+
+    with socket.socket() as server:  # an X server over TCP, as ssh -X forwards one
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]  # an ephemeral port: above X's 6000
+        assert x_display_answers(f"127.0.0.1:{port - 6000}.0")
+    assert not x_display_answers(f"127.0.0.1:{port - 6000}")  # closed now
+    assert not x_display_answers(":97")
+    assert x_display_answers("some-form:we-do-not-know")
 
 
 def _live_plan(name, url, log, **limits):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import time
 from collections import deque
@@ -100,12 +101,43 @@ def check_library_order() -> None:
 
 
 def check_display() -> None:
-    """InputError unless a window can be opened here (a display, and OpenCV with a GUI)."""
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    """InputError unless a window can be opened here (a display that answers, and OpenCV with
+    a GUI). OpenCV's Qt would abort the process at the first frame on a display that does
+    not answer (a stale DISPLAY in an ssh or tmux session, a container without the X socket)."""
+    display = os.environ.get("DISPLAY")
+    if not (display or os.environ.get("WAYLAND_DISPLAY")):
         raise InputError("no display to open a window on; run with --no-window (and -o out.mp4)")
+    if display and not x_display_answers(display):
+        raise InputError(f"no X display answers at DISPLAY={display}; start one or fix DISPLAY, "
+                         "or run with --no-window (and -o out.mp4)")
     if re.search(r"GUI:\s+NONE", cv2.getBuildInformation()):
         raise InputError("this OpenCV has no GUI (opencv-python-headless); install opencv-python "
                          "or run with --no-window")
+
+
+def x_display_answers(display: str, timeout: float = 2.0) -> bool:
+    """True if an X server accepts connections at `display` ("[host]:N[.S]"): its local socket
+    (abstract or in /tmp/.X11-unix) for ":N", TCP port 6000+N for "host:N" (ssh -X gives
+    "localhost:10.0"). A form not understood here is left to the GUI library (True)."""
+    host, _, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not number.isdigit():
+        return True
+    if host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{number}"
+        for address in ("\0" + path, path):
+            with socket.socket(socket.AF_UNIX) as sock:
+                try:
+                    sock.connect(address)
+                    return True
+                except OSError:
+                    pass
+        return False
+    try:
+        socket.create_connection((host, 6000 + int(number)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def draw_label(bgr: np.ndarray, text: str) -> None:
