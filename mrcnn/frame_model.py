@@ -81,7 +81,7 @@ def read_sidecar(weights):
     {"config": {FIELD: value} (MEAN_PIXEL and the STD_DEVs as arrays), "class_names": [str] or
     None, "batch_size": int or None}; empty when there is none. Raises InputError when it is
     not such a JSON object."""
-    path = Path(weights).with_suffix(".json")
+    path = Path(weightslib.sidecar_path(weights))
     meta = {"config": {}, "class_names": None, "batch_size": None}
     if not path.is_file():
         return meta
