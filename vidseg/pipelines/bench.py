@@ -283,8 +283,7 @@ class _TimedFileSource(FileSource):
         yield from super().frames()
 
     def stats(self) -> dict:
-        own = getattr(super(), "stats", None)
-        return dict(own() if own else {}, bench_first_read=getattr(self, "first_read", None))
+        return {"bench_first_read": getattr(self, "first_read", None)}
 
 
 class _TimedMp4Sink(Mp4Sink):
