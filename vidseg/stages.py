@@ -64,7 +64,7 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked across the fork
-    _exit_with_parent()
+    exit_with_parent()
     meter = StageMeter(name)
     try:
         loop(*args, meter)
@@ -81,11 +81,12 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     ctrl.put(("done", name, meter.report()))
 
 
-def _exit_with_parent() -> None:
-    """A watchdog thread ends this process the moment the supervisor dies, even while the stage
-    is blocked in a read (a stalled camera), so no stage is ever orphaned. It first removes the
-    files the stage was writing (`_ORPHANED_FILES`): temporary names nobody will finalise or
-    rename now, which would otherwise stay beside the user's output."""
+def exit_with_parent() -> None:
+    """A watchdog thread ends this process the moment its parent (the supervisor, or the bench
+    waiting on `isolated.call_in_child`) dies, even while it is blocked in a read (a stalled
+    camera), so no child is ever orphaned. It first removes the files the stage was writing
+    (`_ORPHANED_FILES`): temporary names nobody will finalise or rename now, which would
+    otherwise stay beside the user's output."""
     parent = mp.parent_process()
     if parent is None:
         return

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional
 
 from vidseg.errors import InputError, Terminated
+from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -137,13 +138,7 @@ def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the start (call_in_child)
-    parent = mp.parent_process()
-    if parent is not None:
-        def watch():
-            mp.connection.wait([parent.sentinel])
-            os._exit(1)
-
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    exit_with_parent()
     try:
         reply = ("ok", target(*args, **kwargs))
     except BaseException as e:  # noqa: B902 - whatever it is, the parent reports it
