@@ -71,10 +71,12 @@ def make_clip(path, width=640, height=480, frames=50, fps=25, audio=True, codec=
 
 
 def probe(path) -> dict:
-    """ffprobe of the first video and audio streams: frames (counted), fps, duration, codec."""
+    """ffprobe of the first video and audio streams: frames (counted), fps, start and duration,
+    codec, size and pixel aspect ratio, channels."""
     def streams(kind):
         out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", kind, "-count_frames", "-show_entries",
-                              "stream=codec_name,nb_read_frames,r_frame_rate,duration,width,height",
+                              "stream=codec_name,nb_read_frames,r_frame_rate,start_time,duration,width,height,"
+                              "sample_aspect_ratio,channels",
                               "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
         import json
 

@@ -272,13 +272,6 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     assert b["audio"]["codec_name"] == "aac" and abs(float(b["audio"]["duration"]) - 1.0) < 0.05
 
 
-def ffprobe_streams(path) -> list:
-    """ffprobe's streams of `path` (frames counted) as dicts."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["streams"]
-
-
 @pytest.mark.parametrize("codec, layout, channels", [("pcm_s16le", "mono", 1), ("pcm_s24le", "5.1", 6),
                                                      ("pcm_s16le", "stereo", 2)])
 def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):
@@ -287,7 +280,7 @@ def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):
                     "-i", f"anoisesrc=sample_rate=48000,aformat=channel_layouts={layout}", "-t", "1",
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", codec, str(clip)], check=True)
     assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
-    audio = [st for st in ffprobe_streams(out) if st["codec_type"] == "audio"][0]
+    audio = probe(out)["audio"]
     assert (audio["codec_name"], audio["channels"]) == ("aac", channels)
 
 
@@ -298,10 +291,10 @@ def test_a_start_before_zero_is_shifted_not_cut(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
                     "-i", "sine=sample_rate=48000", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
                     "-output_ts_offset", "95441", "-f", "mpegts", str(clip)], check=True)
-    a = {st["codec_type"]: st for st in ffprobe_streams(clip)}
+    a = probe(clip)
     assert float(a["video"]["start_time"]) < -1  # FFmpeg unwraps the clock to before 0
     assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
-    b = {st["codec_type"]: st for st in ffprobe_streams(out)}
+    b = probe(out)
     assert b["video"]["nb_read_frames"] == a["video"]["nb_read_frames"] == "75"
     assert float(b["video"]["duration"]) == pytest.approx(float(a["video"]["duration"]), abs=0.01)
     assert float(b["audio"]["duration"]) == pytest.approx(3.0, abs=0.05)  # all 3 s of it (cut to 1.7 s before)
@@ -328,7 +321,7 @@ def test_pixel_aspect_ratio_is_kept(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-t", "1",
                     "-vf", "setsar=16/15", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
     assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
-    assert ffprobe_streams(out)[0]["sample_aspect_ratio"] == "16:15"
+    assert probe(out)["video"]["sample_aspect_ratio"] == "16:15"
 
 
 @pytest.mark.slow
