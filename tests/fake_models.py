@@ -2,7 +2,8 @@
 
 `BlobModel` finds saturated red, green and blue blobs (what the test clips draw) and returns
 their boxes and 28×28 masks; `SlowBlobModel` does the same after sleeping `delay` s per batch
-(a model slower than decode, without using CPU). Use them as `--model tests.fake_models:BlobModel`.
+(a model slower than decode, without using CPU); `CrowdedSlowModel` sleeps too and returns
+many whole-frame masks, which make drawing cost. Use them as `--model tests.fake_models:BlobModel`.
 """
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ class SlowBlobModel(BlobModel):
     def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         time.sleep(self.delay)
         return super().__call__(frames)
+
+
+class CrowdedSlowModel(SlowBlobModel):
+    """A crowded scene: after sleeping `delay` s per batch, `count` detections per frame, each
+    a whole-frame box with a disc mask, so drawing costs (~1.3 ms a detection at 640x480)."""
+
+    def __init__(self, batch_size: int = 1, delay: float = 0.1, count: int = 20, **_ignored):
+        super().__init__(batch_size, delay)
+        self.count = count
+        yy, xx = np.mgrid[:MASK_SIZE, :MASK_SIZE] - (MASK_SIZE - 1) / 2
+        self.disc = (np.hypot(yy, xx) < MASK_SIZE / 2).astype(np.float32)
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        time.sleep(self.delay)
+        n = self.count
+        return [Detections(np.tile(np.float32([0, 0, f.shape[0], f.shape[1]]), (n, 1)),
+                           np.arange(n, dtype=np.int32) % 3 + 1, np.linspace(0.95, 0.6, n, dtype=np.float32),
+                           np.repeat(self.disc[None], n, axis=0)) for f in frames]
 
 
 class FailingModel(SlowBlobModel):
