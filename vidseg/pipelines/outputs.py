@@ -2,6 +2,7 @@
 names they are written under until they are complete (see `temp_beside`)."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Iterable, Optional, Sequence
@@ -28,14 +29,17 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
 
 
 def check_writable(folder: str, what: str = "output directory") -> None:
-    """InputError unless a file can be made in `folder` (tried: access() says yes to root even
-    on a read-only file system)."""
+    """InputError unless a file can be made in the existing `folder` (tried: access() says yes
+    to root even on a read-only file system)."""
     try:
         fd, probe_path = tempfile.mkstemp(prefix=".vidseg-", dir=folder)
         os.close(fd)
         os.unlink(probe_path)
     except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}; choose a writable {what}") from None
+        # the folder exists (checked before), so ENOENT means a file system that makes no
+        # files (procfs, sysfs), not a missing path
+        reason = "it takes no new files" if e.errno == errno.ENOENT else e.strerror
+        raise InputError(f"cannot write to {folder}: {reason}; choose a writable {what}") from None
 
 
 def kept_partial(path: str, frames: int) -> str:
