@@ -213,14 +213,20 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
     assert sorted(os.listdir(tmp_path)) == before
 
 
-def test_damaged_picture_midway_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("name, keep", [("b.png", lambda n: 60),        # PNG signature, then cut
+                                        ("b.png", lambda n: n // 2),    # libpng says "Read Error"
+                                        ("b.jpg", lambda n: n // 2)])   # libjpeg warns, greys the rest
+def test_damaged_picture_midway_leaves_nothing(tmp_path, name, keep):
+    """A picture cut short is an error naming it, in one line, whichever decoder reads it
+    (a JPEG's decoder only warns and fills the missing part with grey)."""
     src = tmp_path / "pics"
     src.mkdir()
     save_rgb(src / "a.png", red_square())
-    good = open(save_rgb(src / "b.png", red_square()), "rb").read()
-    (src / "b.png").write_bytes(good[:60])                      # PNG signature, then cut
+    noisy = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)  # so half is many bytes
+    good = open(save_rgb(src / name, noisy), "rb").read()
+    (src / name).write_bytes(good[:keep(len(good))])
     r = run_vidseg("image", src, "-o", tmp_path / "out", "--model", BLOB_MODEL, "--detections", tmp_path / "d.jsonl")
-    assert_one_line_error(r, "b.png")
+    assert_one_line_error(r, name)
     assert sorted(os.listdir(tmp_path)) == ["pics"]              # no folder, no temporary files
 
 

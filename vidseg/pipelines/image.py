@@ -29,9 +29,11 @@ from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
 from vidseg.pipelines.outputs import check_output, check_writable, temp_beside
-from vidseg.quiet import native_stderr_filtered
+from vidseg.quiet import native_stderr_captured, native_stderr_filtered
 from vidseg.render import Renderer
 
+# libjpeg's warning for a JPEG whose end is missing; it decodes the rest as grey and carries on
+JPEG_CUT_SHORT = "Premature end of JPEG file"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -125,10 +127,17 @@ def check_weights_file(path: str, hdf5: bool) -> None:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] (EXIF orientation applied; gray and alpha made RGB)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    """uint8 RGB [H, W, 3] (EXIF orientation applied; gray and alpha made RGB). InputError for
+    a file that does not decode or a JPEG cut short; the decoders' own lines about those stay
+    off the terminal, their other warnings are passed on."""
+    with native_stderr_captured() as said:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"cannot decode {path}: the file is damaged or not an image")
+    if JPEG_CUT_SHORT in said[0]:
+        raise InputError(f"cannot decode {path}: the file is cut short (part of the picture is missing); "
+                         "give the complete file")
+    sys.stderr.write(said[0])
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
