@@ -94,10 +94,12 @@ def test_folder_to_folder_in_sorted_order(tmp_path):
 
 
 def test_a_picture_keeps_its_name_in_a_folder_capitals_too(tmp_path):
+    """...and its format, unless OpenCV cannot write that format in colour (PGM: gray only)."""
     pictures = [save_rgb(tmp_path / name, red_square()) for name in ("UP.JPG", "b.Png")]
-    r = run_vidseg("image", *pictures, "-o", tmp_path / "out", "--model", BLOB_MODEL)
+    assert cv2.imwrite(str(tmp_path / "scan.pgm"), np.full((240, 320), 90, np.uint8))
+    r = run_vidseg("image", *pictures, tmp_path / "scan.pgm", "-o", tmp_path / "out", "--model", BLOB_MODEL)
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["UP.JPG", "b.Png"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["UP.JPG", "b.Png", "scan.png"]
     assert load_rgb(tmp_path / "out" / "UP.JPG").shape == (240, 320, 3)  # a JPEG, readable
 
 
@@ -110,8 +112,9 @@ def test_one_picture_into_an_existing_folder(tmp_path):
 
 
 def test_gray_alpha_and_phone_rotated_pictures(tmp_path):
-    """Gray and RGBA pictures become RGB; a JPEG's EXIF orientation is applied (phone photos),
-    so boxes are in the picture as it is shown."""
+    """Gray and RGBA pictures become RGB; the orientation of a JPEG (phone photos) and of a
+    TIFF (scanners; OpenCV 5.0 cannot read those) is applied, so boxes are in the picture as
+    it is shown."""
     from PIL import Image
 
     src = tmp_path / "pics"
@@ -122,18 +125,22 @@ def test_gray_alpha_and_phone_rotated_pictures(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6                                              # stored landscape, shown rotated 90° CW
     Image.fromarray(red_square()).save(src / "phone.jpg", quality=95, exif=exif)
+    Image.fromarray(red_square()).save(src / "scan.tif", exif=exif)
     dets = tmp_path / "d.jsonl"
     r = run_vidseg("image", src, "-o", tmp_path / "out", "--model", BLOB_MODEL, "--detections", dets)
     assert r.returncode == 0, r.stderr
     assert load_rgb(tmp_path / "out" / "gray.png").shape == (50, 60, 3)
     assert load_rgb(tmp_path / "out" / "rgba.png").shape == (240, 320, 3)
     assert load_rgb(tmp_path / "out" / "phone.jpg").shape == (320, 240, 3)
+    assert load_rgb(tmp_path / "out" / "scan.tif").shape == (320, 240, 3)
     by_name = {os.path.basename(x["image"]): x["detections"] for x in read_lines(dets)}
     assert by_name["gray.png"] == []
     assert [d["box"] for d in by_name["rgba.png"]] == [[30, 40, 120, 150]]
     # Rotating 90° CW maps (x, y) → (H - 1 - y, x): the square's rows 40..150 become columns 90..200.
-    (d,) = by_name["phone.jpg"]
-    assert all(abs(a - b) <= 2 for a, b in zip(d["box"], [240 - 150, 30, 240 - 40, 120]))
+    for name in ("phone.jpg", "scan.tif"):
+        (d,) = by_name[name]
+        assert all(abs(a - b) <= 2 for a, b in zip(d["box"], [240 - 150, 30, 240 - 40, 120])), name
+    assert r.stderr.count("\n") == 1, r.stderr   # the summary line only, no OpenCV lines
 
 
 def test_batches_of_the_model_batch_size(tmp_path):
@@ -190,6 +197,7 @@ BAD_INPUTS = {
     "output dir missing": (lambda d: [d / "ok.png", "-o", d / "no" / "o.png"], "does not exist"),
     "folder output's parent missing": (lambda d: [d / "ok.png", d / "ok2.png", "-o", d / "no" / "o"], "does not exist"),
     "unknown output format": (lambda d: [d / "ok.png", "-o", d / "o.xyz"], ".xyz"),
+    "gray-only output format": (lambda d: [d / "ok.png", "-o", d / "o.pgm"], ".pgm"),
     "several pictures, output a file": (lambda d: [d / "ok.png", d / "ok2.png", "-o", d / "file.png"], "give a folder"),
     "weights file missing": (lambda d: [d / "ok.png", "-o", d / "o.png", "--weights", d / "w.h5"], "not found"),
     "weights not HDF5": (lambda d: [d / "ok.png", "-o", d / "o.png", "--weights", d / "junk.jpg",

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import cv2
@@ -80,12 +81,12 @@ def find_images(inputs: Sequence[str]) -> list[str]:
 def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bool) -> list[str]:
     """Absolute output path per image. folder=False: `output` is the file for the one image;
     folder=True: `<output>/<image name>` (names made unique; PNG when OpenCV cannot write the
-    input's format). InputError when an output is an input, exists without `overwrite`, or
+    input's format in colour). InputError when an output is an input, exists without `overwrite`, or
     its directory is missing."""
     if not folder:
-        if not cv2.haveImageWriter(output):
+        if not writes_colour(os.path.splitext(output)[1]):
             kind = os.path.splitext(output)[1] or "files without an extension"
-            raise InputError(f"cannot write pictures as {kind!r}: name the output .jpg or .png, "
+            raise InputError(f"cannot write colour pictures as {kind!r}: name the output .jpg or .png, "
                              "or give an existing folder")
         return [check_output(output, images[0], overwrite)]
     out_dir = os.path.abspath(output)
@@ -98,7 +99,7 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
     targets: list[str] = []
     for image in images:
         stem, ext = os.path.splitext(os.path.basename(image))
-        ext = ext if cv2.haveImageWriter("x" + ext.lower()) else ".png"  # its name as it was, UP.JPG too
+        ext = ext if writes_colour(ext) else ".png"  # its name as it was, UP.JPG too
         target, n = os.path.join(out_dir, stem + ext), 1
         while target in targets:
             n += 1
@@ -112,6 +113,17 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
             raise InputError(f"output {target} exists; pass --overwrite (-y) to replace it")
         targets.append(target)
     return targets
+
+
+@lru_cache(maxsize=None)
+def writes_colour(ext: str) -> bool:
+    """Whether OpenCV encodes a colour picture as `ext` (".jpg", ".PGM", ""): it has writers,
+    PGM and PBM for one, that take gray pictures only. Tried on a 64x64 picture, quietly."""
+    with native_stderr_captured():
+        try:
+            return bool(ext) and cv2.imencode(ext.lower(), np.zeros((64, 64, 3), np.uint8))[0]
+        except cv2.error:
+            return False
 
 
 def check_weights_file(path: str, hdf5: bool) -> None:
@@ -132,13 +144,24 @@ def read_rgb(path: str) -> np.ndarray:
     off the terminal, their other warnings are passed on."""
     with native_stderr_captured() as said:
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"cannot decode {path}: the file is damaged or not an image")
+    if bgr is None:  # damaged, not an image, or a TIFF with an orientation tag (OpenCV 5.0 fails on those)
+        return _read_with_pillow(path)
     if JPEG_CUT_SHORT in said[0]:
         raise InputError(f"cannot decode {path}: the file is cut short (part of the picture is missing); "
                          "give the complete file")
     sys.stderr.write(said[0])
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _read_with_pillow(path: str) -> np.ndarray:
+    """read_rgb's second try, with Pillow: uint8 RGB [H, W, 3], EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # writable: drawn on
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise InputError(f"cannot decode {path}: the file is damaged or not an image") from None
 
 
 def _save(rgb: np.ndarray, target: str) -> str:
