@@ -537,14 +537,20 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.mrcnn_model.save_weights(path)
 
 
-def _tf_dataset(generator, config):
-    """Wrap a `data_generator` as a tf.data.Dataset of ((7 inputs),) with static shapes."""
+def _tf_dataset(generator, failures):
+    """Wrap a `data_generator` as a tf.data.Dataset of ((7 inputs),) with static shapes. An
+    exception the generator raises is appended to `failures` too: tf.data hands `fit` an
+    UnknownError that only quotes it."""
     (first, _) = next(generator)
 
     def gen():
         yield (tuple(first),)
-        for inputs, _ in generator:
-            yield (tuple(inputs),)
+        try:
+            for inputs, _ in generator:
+                yield (tuple(inputs),)
+        except Exception as e:
+            failures.append(e)
+            raise
 
     dtypes = {np.dtype(bool): tf.bool, np.dtype(np.int32): tf.int32}
     spec = tuple(tf.TensorSpec(x.shape, dtypes.get(x.dtype, tf.float32)) for x in first)
@@ -586,13 +592,18 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
     print(f"Checkpoint Path: {mrcnn_model.checkpoint_path}")
     set_trainable(mrcnn_model, layer_regex)
     compile(mrcnn_model, learning_rate, config.LEARNING_MOMENTUM)
+    failures = []
     try:
-        data = [_tf_dataset(gen, config) for gen in gens]
+        data = [_tf_dataset(gen, failures) for gen in gens]
         mrcnn_model.keras_model.fit(
             data[0], initial_epoch=mrcnn_model.epoch, epochs=epochs, steps_per_epoch=config.STEPS_PER_EPOCH,
             callbacks=callbacks, shuffle=False, validation_data=data[1] if len(data) > 1 else None,
             validation_steps=config.VALIDATION_STEPS,
             verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    except Exception:
+        if failures:  # the data's own error (an image that cannot be read), not tf.data's wrapper
+            raise failures[0] from None
+        raise
     finally:
         for gen in gens:
             try:

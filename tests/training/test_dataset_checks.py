@@ -84,3 +84,43 @@ def test_a_dataset_problem_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0] == "vidseg: error: z.jpg region 0: region shape 'point' has no area; use one of " \
                        "polygon, polyline, rect, circle, ellipse"
+
+
+def _coco_with(tmp_path, change):
+    dataset = coco_dataset(tmp_path, {"train": [5], "val": [5]})
+    path = dataset / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return dataset
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][0].pop("segmentation"), r"1 annotation in .* has no segmentation \(the first: id 1\)"),
+    (lambda d: d["annotations"][0].update(segmentation=[]), "has no segmentation"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 10, 40, 10]]), "has no segmentation"),  # 2 points
+    (lambda d: d["images"].append({"id": 2, "file_name": "gone.jpg", "height": 64, "width": 64}),
+     r"1 image listed in .* not found \(the first: .*train2014/gone.jpg\); put it in"),
+], ids=["no segmentation key", "empty segmentation", "two-point polygon", "image missing"])
+def test_coco_annotations_without_masks_or_images_stop_training_before_it_starts(tmp_path, change, message):
+    """A bbox-only annotation crashed pycocotools in the first batch (KeyError: 'segmentation'),
+    a missing picture inside TensorFlow's data pipeline."""
+    dataset = _coco_with(tmp_path, change)
+    with pytest.raises(InputError, match=message):
+        _train("coco", dataset)
+    assert not (dataset / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_picture_that_cannot_be_read_midway_is_one_line_and_leaves_no_run_folder(tmp_path):
+    """z.jpg is read in the second batch, inside tf.data, which used to hand Keras an
+    UnknownError quoting the InputError: ~90 lines of traceback, exit 1, and a run folder with
+    TensorBoard logs and no checkpoint."""
+    dataset = via_dataset(tmp_path, {"a.jpg": [SQUARE], "b.jpg": [SQUARE], "y.jpg": [SQUARE], "z.jpg": [SQUARE]},
+                          {"c.jpg": [SQUARE]})
+    (dataset / "train" / "z.jpg").write_text("not a picture")
+    r = run_vidseg("train", "--kind", "via", "--dataset", dataset, "--class-name", "square", "--weights",
+                   SHIPPED_WEIGHTS, "--epochs", "1", "--steps", "2", "--val-steps", "1", "--model-dir", tmp_path / "logs")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [f"vidseg: error: not a readable image: {dataset / 'train' / 'z.jpg'}"]
+    assert not (tmp_path / "logs").exists()

@@ -57,6 +57,16 @@ def read_coco(annotation_file, verbose=False):
         raise InputError(f"{annotation_file}: not a COCO instances file ({e!r})") from None
 
 
+def _has_segmentation(annotation) -> bool:
+    """Whether a COCO annotation has a mask pycocotools can rasterise: an RLE, or polygons
+    (lists of at least three x, y points)."""
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, dict):
+        return "size" in segmentation and "counts" in segmentation
+    return bool(segmentation) and isinstance(segmentation, list) and all(
+        isinstance(polygon, list) and len(polygon) >= 6 for polygon in segmentation)
+
+
 class CocoDataset(FileDataset):
     """COCO instances; class ids follow the sorted COCO category ids (1 = person for COCO)."""
 
@@ -98,11 +108,24 @@ class CocoDataset(FileDataset):
         for i in class_ids:
             self.add_class("coco", i, coco.loadCats(i)[0]["name"])
         wanted = [c for c, target in self.category_map.items() if target in class_ids]
+        missing, maskless = [], []
         for i in image_ids:
             img = coco.imgs[i]
-            self.add_image("coco", image_id=i, path=os.path.join(image_dir, img["file_name"]),
-                           width=img["width"], height=img["height"],
-                           annotations=coco.loadAnns(coco.getAnnIds(imgIds=[i], catIds=wanted, iscrowd=None)))
+            path = os.path.join(image_dir, img["file_name"])
+            annotations = coco.loadAnns(coco.getAnnIds(imgIds=[i], catIds=wanted, iscrowd=None))
+            missing += [path] if not os.path.isfile(path) else []
+            maskless += [a["id"] for a in annotations if not _has_segmentation(a)]
+            self.add_image("coco", image_id=i, path=path, width=img["width"], height=img["height"],
+                           annotations=annotations)
+        if missing:
+            them = "them" if len(missing) > 1 else "it"
+            raise InputError(f"{len(missing)} image{'s' * (len(missing) > 1)} listed in {annotation_file} "
+                             f"not found (the first: {missing[0]}); put {them} in {image_dir} or remove {them} "
+                             "from the file")
+        if maskless:
+            raise InputError(f"{len(maskless)} annotation{'s' * (len(maskless) > 1)} in {annotation_file} "
+                             f"{'have' if len(maskless) > 1 else 'has'} no segmentation (the first: id {maskless[0]}); "
+                             "Mask R-CNN learns and is scored on masks: give each a polygon or RLE, or remove it")
         return coco
 
     def load_mask(self, image_id):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,7 @@ def run_train(job: TrainJob):
 def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     """run_train once the datasets are loaded: TensorFlow loads here. first_step_done() is
     called after every training step (it must be idempotent)."""
+    had_model_dir = os.path.isdir(job.model_dir)
     path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
     overrides = dict(arch)
     if job.steps:
@@ -219,8 +221,16 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     import keras
 
     step_done = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: first_step_done())
-    model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
-                augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
+    try:
+        model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
+                    augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
+    except InputError:  # a picture that cannot be read: a run folder with no checkpoint is of no use
+        if not any(Path(model.log_dir).glob("*.h5")):
+            shutil.rmtree(model.log_dir, ignore_errors=True)
+            if not had_model_dir:
+                with contextlib.suppress(OSError):  # made for this run; kept if another run uses it
+                    os.rmdir(job.model_dir)
+        raise
     print(f"checkpoints in {model.log_dir}")
     return 0
 
