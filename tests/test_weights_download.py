@@ -225,6 +225,16 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_missing_file_url_names_the_path_not_the_internet(tmp_path):
+    """It said 'cannot reach None (...): check the internet connection'."""
+    url = (tmp_path / "nowhere" / "w.h5").as_uri()
+    r = run_cli("weights", "download", "coco", "--dir", str(tmp_path), "--url", url)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"vidseg: error: cannot read {url} (") and line.endswith("; check the path"), line
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("url, env_url", [("notaurl", None), ("ftp://host/w.h5", None), (None, "http://[::1")])
 def test_a_malformed_url_is_one_line(tmp_path, url, env_url):
     """They ended in a ValueError traceback from urllib."""

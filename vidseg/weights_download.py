@@ -144,6 +144,8 @@ def _open(url: str, have: int, dest: str):
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         host = urlsplit(url).hostname
+        if host is None:  # a file: URL
+            raise InputError(f"cannot read {mask(url)} ({reason}); check the path") from None
         raise InputError(f"cannot reach {host} ({reason}): check the internet connection, or download "
                          f"{mask(url)} by hand and save it as {dest}") from None
 
