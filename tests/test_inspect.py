@@ -269,6 +269,30 @@ def test_overwrite_never_replaces_the_input_or_a_folder(tmp_path, astronaut, tin
 
 
 @pytest.mark.slow
+def test_a_file_that_appears_in_out_meanwhile_is_not_replaced(tmp_path, astronaut, tiny_weights, monkeypatch):
+    """--out was empty when checked; another program wrote detections.png there while the
+    model ran. It was replaced: the check compared against the listing made at the start."""
+    from vidseg.errors import InputError
+    from vidseg.pipelines import inspect
+
+    out = tmp_path / "pics"
+    out.mkdir()
+    real = inspect.write_pictures
+
+    def write_then_another_program_writes(*args, **kwargs):
+        names = real(*args, **kwargs)
+        (out / "detections.png").write_bytes(b"theirs")
+        return names
+
+    monkeypatch.setattr(inspect, "write_pictures", write_then_another_program_writes)
+    job = inspect.InspectJob(image=astronaut, out=str(out), weights=tiny_weights[0], layers=["fpn_p3"])
+    with pytest.raises(InputError, match="not empty any more; use --overwrite"):
+        inspect.run_inspect(job)
+    assert os.listdir(out) == ["detections.png"] and (out / "detections.png").read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["pics"]
+
+
+@pytest.mark.slow
 def test_a_phone_photo_is_inspected_upright(tmp_path, tiny_weights):
     """The EXIF orientation is applied, as `vidseg image` does (inspect showed it on its side)."""
     from PIL import Image

@@ -78,9 +78,8 @@ def parse_layers(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
-def check_job(job: InspectJob) -> list[str]:
-    """Check what can be checked before the model loads; returns the output file names that
-    already exist in job.out (to be replaced). Raises InputError."""
+def check_job(job: InspectJob) -> None:
+    """Check what can be checked before the model loads. Raises InputError."""
     if not os.path.isfile(job.image):
         raise InputError(f"image not found: {job.image}")
     if job.weights is not None and not os.path.isfile(job.weights):
@@ -91,10 +90,8 @@ def check_job(job: InspectJob) -> list[str]:
     if not os.path.isdir(os.path.dirname(out)):
         raise InputError(f"the folder holding --out {job.out} does not exist; create it first")
     check_writable(os.path.dirname(out), "folder for --out")  # the pictures are made there first
-    existing = os.listdir(out) if os.path.isdir(out) else []
-    if existing and not job.overwrite:
+    if os.path.isdir(out) and os.listdir(out) and not job.overwrite:
         raise InputError(f"--out {job.out} is not empty; give a new or empty folder, or --overwrite")
-    return existing
 
 
 def _figure_html(stem, heading, line, warnings=()):
@@ -180,7 +177,7 @@ def _write_index(folder, summary, body):
 
 def run_inspect(job: InspectJob) -> int:
     """Check the job, load the model, write the pictures and index.html into job.out. Returns 0."""
-    existing = check_job(job)
+    check_job(job)
     image = read_rgb(job.image)  # upright, as `vidseg image` reads it (EXIF orientation applied)
     start = time.monotonic()
     with native_stderr_filtered():
@@ -204,8 +201,9 @@ def run_inspect(job: InspectJob) -> int:
     try:
         with native_stderr_filtered():
             written = write_pictures(model, image, layers, tmp, model.config.DETECTION_MIN_CONFIDENCE)
-        clash = [n for n in written + ["index.html"] if n in existing]
-        if clash and not job.overwrite:   # appeared while we worked
+        there = set(os.listdir(out)) if os.path.isdir(out) else set()  # now: files may have come meanwhile
+        clash = [n for n in written + ["index.html"] if n in there]
+        if clash and not job.overwrite:
             raise InputError(f"--out {job.out} is not empty any more; use --overwrite")
         for name in clash:  # checked before any file is moved: none or all go into place
             target = os.path.join(out, name)
