@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import os
 import signal
 import sys
@@ -27,6 +28,12 @@ class VidsegGroup(click.Group):
     """A click group that turns usage errors and InputError into one line and exit 2, and an
     OSError (disk full, permission denied) into one line and exit 1; a password in a URL
     there is masked whatever the error (an RTSP URL given where a file was expected)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Terminated as e:  # as an exit code: click would print a blank line, as after a ^C
+            return e.exit_code
 
     def main(self, args=None, prog_name="vidseg", **kwargs):
         signal.signal(signal.SIGTERM, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
@@ -54,6 +61,17 @@ class VidsegGroup(click.Group):
             code = 130
         gc.freeze()  # the process ends: spare its last collection over all it loaded (~40 ms)
         sys.exit(code or 0)
+
+
+class Number(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf, which compare false with any bound
+    (`--duration inf` ran for ever, `--min-confidence nan` kept nothing)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 @click.group(cls=VidsegGroup, no_args_is_help=True)
@@ -95,7 +113,7 @@ def model_options(command):
     f = click.option("--batch", type=click.IntRange(1, 64), default=None,
                      help="Frames per model call (default: the model's batch size, 4 for the shipped "
                           "model; live sources: one frame per source).")(f)
-    f = click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+    f = click.option("--min-confidence", type=Number(0, 1), default=None,
                      help="Drop detections scoring below this (default: the model's).")(f)
     return f
 
@@ -191,8 +209,9 @@ def live_options(f):
     """Options shared by the live commands."""
     for option in reversed([
         click.option("--no-window", is_flag=True, help="Show no window (e.g. with -o on a server)."),
-        click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-                     help="Stop after this many seconds."),
+        click.option("--duration", type=Number(min=0, min_open=True), default=None, metavar="SECONDS",
+                     help="Record this many seconds, counted from each source's first frame (a source "
+                          "that is down is waited for no longer)."),
         click.option("--max-frames", type=click.IntRange(1), default=None, metavar="N",
                      help="Stop after N frames captured from each source."),
         click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True,
@@ -235,7 +254,7 @@ def camera_cmd(device, **options):
               help="RTSP transport.")
 @click.option("--max-retries", type=click.IntRange(0), default=None,
               help="Reconnect attempts per outage before giving up (default: never give up).")
-@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--read-timeout", type=Number(min=0.1), default=5.0, show_default=True,
               metavar="SECONDS", help="A stream silent this long is reconnected.")
 @live_options
 def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
@@ -255,7 +274,7 @@ def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
               help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")
 @click.option("--layers", default=None, metavar="L1,L2,...",
               help="Layers whose activations to show (default: backbone stages, FPN levels, RPN).")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+@click.option("--min-confidence", type=Number(0, 1), default=None,
               help="Keep detections scoring at least this (default: the model's).")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace files of the same name in --out.")
 def inspect_cmd(image, out, weights, classes, layers, min_confidence, overwrite):
@@ -296,7 +315,7 @@ def dataset_options(f):
               show_default=True, help="Which layers to train.")
 @click.option("--epochs", type=click.IntRange(1), required=True,
               help="Train up to this epoch (cumulative: a resumed run at epoch 10 with --epochs 15 runs 5).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=Number(min=0, min_open=True), default=None,
               help="Learning rate (default: the kind's config).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Steps per epoch (default: the config's).")
 @click.option("--val-steps", type=click.IntRange(1), default=None,
@@ -321,7 +340,7 @@ def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, la
 @click.option("--seed", type=int, default=2024, show_default=True, help="shapes: the generator's seed.")
 @click.option("--shifted", is_flag=True, help="shapes: sizes, colours and positions unlike the training set.")
 @click.option("--limit", type=click.IntRange(0), default=0, help="Evaluate only the first N images.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+@click.option("--min-confidence", type=Number(0, 1), default=None,
               help="Keep detections scoring at least this (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the AP tables as JSON.")
 def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, subset, images, seed, shifted,

@@ -6,6 +6,7 @@ Run with the SYSTEM python, which has python3-gi and gir1.2-gst-rtsp-server-1.0:
 
 Listens on 127.0.0.1 only and serves
   /live  a live test pattern (videotestsrc is-live=true → x264 zerolatency), never ends;
+  /sound the same with an AAC tone beside it;
   /file  the H.264 video of --file (an MP4), at its own rate, ends with the file.
 Prints "READY <port>" on stdout once it accepts connections (so --port 0 picks a free port),
 then "CLIENT" for each client that connects; with --auth every mount needs that user:pass (HTTP basic). Ends on SIGTERM/SIGINT.
@@ -29,6 +30,12 @@ def live_pipeline(width: int, height: int, fps: int) -> str:
         f"( videotestsrc is-live=true pattern=smpte ! video/x-raw,width={width},height={height},"
         f"framerate={fps}/1 ! {clock}x264enc tune=zerolatency speed-preset=ultrafast "
         f"key-int-max={fps} bframes=0 ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )")
+
+
+def sound_pipeline(width: int, height: int, fps: int) -> str:
+    """The live pattern with a 440 Hz tone in AAC beside it, as IP cameras with a microphone send."""
+    return (live_pipeline(width, height, fps)[:-2] + " audiotestsrc is-live=true wave=sine ! audioconvert ! "
+            "avenc_aac ! aacparse ! rtpmp4apay name=pay1 pt=97 )")
 
 
 def file_pipeline(path: str) -> str:
@@ -71,7 +78,11 @@ def main() -> int:
     live.set_launch(live_pipeline(width, height, args.fps))
     live.set_shared(True)
     mounts.add_factory("/live", live)
-    factories = [live]
+    sound = GstRtspServer.RTSPMediaFactory()
+    sound.set_launch(sound_pipeline(width, height, args.fps))
+    sound.set_shared(True)
+    mounts.add_factory("/sound", sound)
+    factories = [live, sound]
     if args.file:
         clip = GstRtspServer.RTSPMediaFactory()
         clip.set_launch(file_pipeline(args.file))

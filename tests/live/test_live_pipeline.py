@@ -70,6 +70,27 @@ def test_unreachable_url_fails_after_the_retries(tmp_path):
     assert "Hidden99" not in run.stderr and not list(tmp_path.iterdir())
 
 
+def test_duration_counts_recorded_seconds_from_the_first_frame(rtsp_server, tmp_path):
+    """Connecting (~1 s) counted: `--duration 0.5` recorded nothing, exited 0 and said nothing;
+    `--duration 4` gave 2.9 s."""
+    out = tmp_path / "out.mp4"
+    run = run_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out, "--duration", 1,
+                     timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert 25 <= int(probe(out)["video"]["nb_read_frames"]) <= 33  # a 30 fps camera's second
+
+
+def test_a_camera_with_sound_is_told_its_audio_is_not_recorded(rtsp_server, tmp_path):
+    """Live recordings are video only: the user is told, not left to find a silent MP4."""
+    out = tmp_path / "out.mp4"
+    run = run_vidseg("rtsp", rtsp_server.url("sound"), "--no-window", "--model", "none", "-o", out, "--duration", 1,
+                     timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert f"vidseg: {rtsp_server.url('sound')}: its audio is not recorded (vidseg records live video only)" \
+        in run.stderr.splitlines()
+    assert probe(out)["audio"] is None and int(probe(out)["video"]["nb_read_frames"]) > 20
+
+
 def test_duration_bounds_the_wait_for_a_camera_that_never_comes(tmp_path):
     """With no --max-retries a camera down at start is waited for, but no longer than --duration."""
     started = time.monotonic()
@@ -131,12 +152,61 @@ def test_a_stop_while_waiting_for_the_camera_at_the_start(signum, code):
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
+    if signum == signal.SIGTERM:  # no terminal echoed a ^C: no blank line after it either
+        assert "" not in stderr.splitlines(), stderr
+
+
+def test_a_stop_while_the_model_loads_says_the_mp4_was_not_written(rtsp_server, tmp_path):
+    """No frame reached the sink: the MP4 is not written, and a line says so (it said nothing)."""
+    out = tmp_path / "out.mp4"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "tests.live.helpers:slow_loading_model",
+                        "-o", out, "--no-progress")
+    rtsp_server.wait_clients(1)  # the probe: the model loads next, for 4 s
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == f"interrupted before a frame was recorded, so {out} was not written"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("status, code, line", [
+    ("complete", 1, "vidseg: error: no frame was recorded, so {out} was not written"),
+    ("interrupted", 130, "interrupted before a frame was recorded, so {out} was not written")])
+def test_an_mp4_asked_for_that_got_no_frame_is_named(tmp_path, capsys, status, code, line):
+    """However the run ended, -o that got nothing is not a silent success."""
+    from vidseg.metrics import build_stats
+    from vidseg.pipelines.live import finish
+    from vidseg.pipelines.run import RunResult
+
+    out = str(tmp_path / "out.mp4")
+    result = RunResult(status, 0 if status == "complete" else 130, "", build_stats([], ["cam"], 1.0, False))
+    assert finish(result, None, [out]) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line.format(out=out)
+
+
+def test_a_camera_that_does_not_answer_holds_the_others_back_3_s_not_10(make_rtsp_server):
+    """A camera that takes the TCP connection but says nothing fails only at its open timeout
+    (10 s); the others started only then."""
+    from vidseg.pipelines.live import LiveJob, probe_all
+
+    up, silent = make_rtsp_server(), make_rtsp_server()
+    silent.pause()  # the kernel still accepts the connection; RTSP never answers
+    try:
+        started = time.monotonic()
+        probed = probe_all(LiveJob(kind="rtsp", targets=[up.url("live"), silent.url("live")], window=False))
+        took = time.monotonic() - started
+    finally:
+        silent.resume()
+    assert probed[0][:2] == (320, 240) and probed[1] is None
+    assert took < 6, took
 
 
 @pytest.mark.slow
 def test_a_camera_down_at_the_start_does_not_hold_back_the_others(make_rtsp_server, tmp_path):
     """Two cameras, one off when the run starts: the other is recorded from the start, the late
-    one joins when it comes (fitted to the size of the one that is up), both MP4s play."""
+    one joins when it comes (fitted to the size of the one that is up), both MP4s play, each
+    with its --duration from its own first frame."""
     up, late = make_rtsp_server(), make_rtsp_server(size="160x120")
     late.kill()  # its port stays known; it comes up during the run
     stats_path = tmp_path / "stats.json"
@@ -153,7 +223,9 @@ def test_a_camera_down_at_the_start_does_not_hold_back_the_others(make_rtsp_serv
     on_time, joined = stats["sources"][up.url("live")], stats["sources"][late.url("live")]
     for source in (on_time, joined):
         assert source["frames_in"] == source["frames_out"] + sum(source["dropped"].values()) > 0
-    assert on_time["frames_in"] > joined["frames_in"] + 60  # 2 s and more ahead at 30 fps
+    for source in (on_time, joined):
+        assert source["frames_in"] >= 0.9 * 14 * 30  # 14 s at 30 fps each
+    assert stats["wall_s"] > 14 + 3  # the late one's 14 s began 3 s and more after the other's
     for server, frames in ((up, on_time["frames_out"]), (late, joined["frames_out"])):
         video = probe(tmp_path / f"127.0.0.1_{server.port}_live.mp4")["video"]
         assert (int(video["width"]), int(video["height"])) == (320, 240)
@@ -211,9 +283,12 @@ def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
     (["-o", "cam.mp4", "--stats", "cam.mp4"], ["both name", "give each its own file"]),
     (["-o", "cam.mp4", "--stats", "no/s.json"], ["stats file directory does not exist"]),
     (["-o", "old.mp4"], ["old.mp4 exists", "--overwrite"]),
+    (["--duration", "inf"], ["'inf' is not a finite number"]),       # ran for ever
+    (["--duration", "nan"], ["'nan' is not a finite number"]),
+    (["--min-confidence", "nan"], ["'nan' is not a finite number"]),  # kept no detection
 ])
 def test_bad_outputs_are_refused_before_connecting(tmp_path, options, words):
-    """Checked before the stream is opened (nothing listens on port 9): one line, exit 2, and
+    """Outputs and options are checked before the stream is opened (nothing listens on port 9): one line, exit 2, and
     nothing written, the user's file untouched (a --stats file used to replace the recording)."""
     (tmp_path / "old.mp4").write_bytes(b"keep me")
     run = run_vidseg("rtsp", "rtsp://127.0.0.1:9/live", "--no-window", "--model", "none", "--max-retries", 0,
@@ -372,6 +447,8 @@ def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
     assert report["frames_offered"] == report["frames_processed"] + sum(report["dropped"].values())
     assert report["drop_rate"]["infer_busy"] > 0.5  # a 300 ms model keeps about 3 of 30 frames a second
     assert 0 < report["fps"] < report["fps_offered"]
+    # per second of streaming, connecting left out (it counted: 60 frames of 30 fps read as 19.6)
+    assert report["fps_offered"] == pytest.approx(30, rel=0.15)
     assert 300 <= report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
     assert "B3nchPass" not in run.stdout + run.stderr
 
@@ -410,7 +487,7 @@ def test_lone_source_giving_up_says_why_once_and_keeps_the_recording(rtsp_server
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 1, stderr
     lines = stderr.strip().splitlines()
-    assert lines[-1].startswith("vidseg: error: cannot open ") and lines[-1].endswith("gave up after 1 retries")
+    assert lines[-1].startswith("vidseg: error: cannot open ") and lines[-1].endswith("gave up after 1 retry")
     assert stderr.count("gave up") == 1, stderr
     assert int(probe(out)["video"]["nb_read_frames"]) > 20  # what came before is recorded and plays
 
@@ -427,7 +504,7 @@ def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_pa
     assert proc.returncode == 1
     error = stderr.strip().splitlines()[-1]
     assert error.startswith(f"vidseg: error: cannot open rtsp://erin:***@127.0.0.1:{a.port}/live")
-    assert error.endswith("gave up after 1 retries (the other sources ran to the end)")
+    assert error.endswith("gave up after 1 retry (the other sources ran to the end)")
     stats = json.loads(stats_path.read_text())
     for name, source in stats["sources"].items():  # every frame accounted for, per source
         assert source["frames_in"] == source["frames_out"] + sum(source["dropped"].values()) > 0

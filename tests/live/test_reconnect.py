@@ -123,7 +123,7 @@ def test_interrupt_ends_the_first_wait_at_once_without_an_error():
     started = time.monotonic()
     assert list(source.frames()) == []
     assert time.monotonic() - started < 2
-    assert source.stats() == {"reconnects": 0}
+    assert source.stats() == {"reconnects": 0, "streamed_s": 0.0}
 
 
 def test_close_ends_a_long_backoff_wait_at_once():
@@ -135,6 +135,49 @@ def test_close_ends_a_long_backoff_wait_at_once():
     started = time.monotonic()
     assert list(frames) == []
     assert time.monotonic() - started < 2
+
+
+def test_interrupt_ends_an_open_that_gets_no_answer_at_once():
+    """An RTSP open that gets no answer blocks in FFmpeg for its whole timeout (10 s), deaf to
+    signals: Ctrl-C while reconnecting took 7-8 s. The source it opens late is closed."""
+    late = ScriptedSource(5)
+
+    def open_without_answer():
+        time.sleep(1.5)
+        return late
+
+    script = [ScriptedSource(1, SourceLost("cam: gone"))]
+    source = Reconnecting(lambda: script.pop(0) if script else open_without_answer(), "cam",
+                          first_delay=0.01, report=lambda m: None)
+    frames = source.frames()
+    next(frames)
+    threading.Timer(0.3, source.interrupt).start()
+    started = time.monotonic()
+    assert list(frames) == []
+    assert time.monotonic() - started < 1
+    time.sleep(1.5)
+    assert late.closed
+
+
+class TimedSource(ScriptedSource):
+    """Frames every 10 ms for ever."""
+
+    def frames(self):
+        while True:
+            time.sleep(0.01)
+            yield SourceFrame(np.full((self.height, self.width, 3), 7, np.uint8), 0.0, time.monotonic())
+
+
+def test_duration_counts_from_the_first_frame_not_from_connecting():
+    """`--duration 0.5` on a camera that takes ~1 s to connect gave no frame and no file."""
+    def slow_open():
+        time.sleep(0.6)
+        return TimedSource(0)
+
+    source = Reconnecting(slow_open, "cam", duration=0.3, report=lambda m: None)
+    pts = [f.pts for f in source.frames()]
+    assert 20 <= len(pts) <= 31 and pts[-1] == pytest.approx(0.3, abs=0.05)
+    assert source.stats()["streamed_s"] == pytest.approx(0.3, abs=0.05)
 
 
 @pytest.mark.rtsp
@@ -201,7 +244,9 @@ def test_end_on_give_up_ends_the_frames_and_keeps_the_reason():
     source = Reconnecting(opener(script), "cam", max_retries=2, first_delay=0.01, report=reports.append,
                           end_on_give_up=True)
     assert len(list(source.frames())) == 2
-    assert source.stats() == {"reconnects": 0, "error": "cam: refused; gave up after 2 retries"}
+    stats = source.stats()
+    assert stats.pop("streamed_s") < 0.1
+    assert stats == {"reconnects": 0, "error": "cam: refused; gave up after 2 retries"}
     assert reports == ["cam: stream ended; reconnecting", "cam: refused; gave up after 2 retries"]
 
 

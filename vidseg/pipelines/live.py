@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 from vidseg.errors import InputError
@@ -85,13 +85,19 @@ def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: fl
                         end_on_give_up=True, size=size, report=report, alone=alone)
 
 
+# a camera answers in about a second (4K included); one silent for longer (no RTSP answer
+# until its 10 s open timeout) does not hold the others back beyond this
+STRAGGLER_S = 3.0
+
+
 def probe_all(job: LiveJob) -> list:
     """Opens every source once, side by side; returns [(width, height, fps) or None] in order.
 
-    None: a source that is down (its first attempt failed) once every other one has answered
-    and one at least is up: the run starts without it, and it joins when it comes. A single
-    source, or several all down, are waited for (--max-retries and --duration bound the wait).
-    Raises InputError naming the first source that cannot be used."""
+    None: a source that is down (its first attempt failed), or has not answered within
+    STRAGGLER_S, once every other one has answered and one at least is up: the run starts
+    without it, and it joins when it comes. A single source, or several all down, are waited
+    for (--max-retries and --duration bound the wait). Raises InputError naming the first
+    source that cannot be used."""
     results: list = [None] * len(job.targets)
     down = [False] * len(job.targets)
 
@@ -113,9 +119,12 @@ def probe_all(job: LiveJob) -> list:
             results[i] = error
             return
         results[i] = (sources[i].width, sources[i].height, sources[i].fps)
+        if sources[i].audio and job.output:
+            report_line(f"{sources[i].name}: its audio is not recorded (vidseg records live video only)")
         sources[i].close()
 
     threads = [threading.Thread(target=probe, args=(i,), daemon=True) for i in range(len(sources))]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
@@ -124,7 +133,8 @@ def probe_all(job: LiveJob) -> list:
         up = [isinstance(r, tuple) for r in answers]
         if any(isinstance(r, Exception) for r in answers):
             break
-        if any(up) and all(u or d for u, d in zip(up, down)):
+        late = time.monotonic() - started > STRAGGLER_S
+        if any(up) and all(u or d or late for u, d in zip(up, down)):
             for i, u in enumerate(up):
                 if not u:
                     sources[i].interrupt()  # its probe thread ends at its next retry
@@ -170,7 +180,7 @@ def check_targets(job: LiveJob) -> None:
     if job.kind != "rtsp":
         return
     expected = ("expected rtsp://host[:port]/path, with user:password@ before the host if the camera "
-                "asks for them (a '/', '@' or space in the password written %2F, %40, %20)")
+                "asks for them (in the password write '/' as %2F, '@' %40, '#' %23, '?' %3F, a space %20)")
     targets = []
     for target in job.targets:
         scheme, _, rest = target.partition(":")
@@ -235,11 +245,12 @@ def run_live(job: LiveJob) -> int:
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
     if result.status == "failed":
         result.message += "".join(kept_partial(path, n) for path, n in kept.items())
-    return finish(result, job.stats)
+    return finish(result, job.stats, [p for p in paths if p and p not in kept])
 
 
-def finish(result: RunResult, stats_path: Optional[str]) -> int:
-    """Print the summary (and the failure, if any); write --stats; return the exit code."""
+def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = ()) -> int:
+    """Print the summary (and the failure, if any); write --stats; return the exit code.
+    unwritten: the MP4s asked for that got no frame (a run with one is not a success)."""
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
@@ -251,6 +262,12 @@ def finish(result: RunResult, stats_path: Optional[str]) -> int:
     if code == 0 and lost:  # sources that gave up after --max-retries ended their part cleanly
         code = 1
         message = "; ".join(lost) + ("" if len(lost) == len(sources) else " (the other sources ran to the end)")
+    if unwritten:
+        names = f"{' and '.join(unwritten)} {'was' if len(unwritten) == 1 else 'were'} not written"
+        if result.status == "interrupted":
+            print(f"interrupted before a frame was recorded, so {names}", file=sys.stderr)
+        elif code == 0:  # otherwise the message says why already
+            code, message = 1, f"no frame was recorded, so {names}"
     if code != 0 and result.status != "interrupted" and message:
         print(f"vidseg: error: {mask(message)}", file=sys.stderr)
     if stats_path:
@@ -305,9 +322,10 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
 
 
 def live_report(stats: dict, name: str, shape: tuple) -> dict:
-    """Live bench numbers from run stats; rates are per second of streaming (the capture stage's
-    time, which excludes start-up and model loading)."""
-    streamed = stats["stages"].get("capture[0]", {}).get("busy_s", 0.0) or stats["wall_s"]
+    """Live bench numbers from run stats; rates are per second of streaming (from the first
+    frame to the last: connecting and the model's loading left out)."""
+    source = next(iter(stats.get("sources", {}).values()), {})
+    streamed = source.get("streamed_s") or stats["wall_s"]
     offered = stats["frames_in"]
     return {
         "source": name,

@@ -50,8 +50,10 @@ class Reconnecting:
     max_retries: reopen attempts per outage before giving up with SourceUnavailable
         (None = never give up). The first open is retried the same way.
     report: called with one line when an outage starts and one when it ends.
-    duration, max_frames: end frames() after this many seconds or frames; the seconds count
-        from the first open() or frames() call, whichever comes first.
+    duration, max_frames: end frames() `duration` seconds after the first frame, or after
+        `max_frames` frames. Before the first frame `duration` bounds the wait for a source that
+        is down, counted from the first open() or frames() call; a first connection that works
+        always gets its `duration` of frames, however long it took.
     end_on_give_up: when an outage outlasts max_retries, end frames() (the reason goes to
         stats()["error"], and to `report` unless `alone`) instead of raising SourceUnavailable,
         so the stage reading it finishes normally and its frame counts are kept.
@@ -60,8 +62,9 @@ class Reconnecting:
     size: (width, height) every frame is fitted to; None: the size of the first connection.
     reconnects: outages survived so far; skipped: undecodable packets of closed connections.
 
-    Nothing is opened until `open()` or `frames()`; width, height, fps and time_base are known
-    after `open()` (width and height at once when `size` is given).
+    Nothing is opened until `open()` or `frames()`; width, height, fps, time_base and audio
+    (whether the stream carries sound) are known after `open()` (width and height at once when
+    `size` is given).
     """
 
     live = True
@@ -77,7 +80,8 @@ class Reconnecting:
         self._end_on_give_up = end_on_give_up
         self._alone = alone
         self._duration = duration
-        self._deadline: Optional[float] = None
+        self._wait_until: Optional[float] = None    # before the first frame
+        self._deadline: Optional[float] = None      # from the first frame on
         self._max_frames = max_frames
         self._count = 0
         self.reconnects = 0
@@ -88,10 +92,12 @@ class Reconnecting:
         self._report = report
         self._closed = threading.Event()
         self._origin: Optional[float] = None
+        self._last: Optional[float] = None
         self._source: Optional[FrameSource] = None
         self.width, self.height = size or (None, None)
         self.fps: Optional[float] = None
         self.time_base: Optional[Fraction] = None
+        self.audio = False
 
     def open(self) -> "Reconnecting":
         """The first connection, retried as after an outage. Raises SourceUnavailable when the
@@ -99,7 +105,9 @@ class Reconnecting:
         ends) before it comes. Returns self."""
         self._start_clock()
         try:
-            self._source = self._open_source()
+            self._source = self._open_heeding_close()
+            if self._source is None:
+                raise SourceUnavailable(f"{self.name}: stopped before it came")
         except SourceLost as error:
             if self._max_retries == 0:
                 raise SourceUnavailable(mask(error)) from None
@@ -113,6 +121,7 @@ class Reconnecting:
             self.width, self.height = self._source.width, self._source.height
         self.fps = self._source.fps
         self.time_base = self._source.time_base
+        self.audio = getattr(self._source, "audio", False)
         return self
 
     def _open_with_retries(self, cause: str) -> Optional[FrameSource]:
@@ -121,15 +130,51 @@ class Reconnecting:
         cause: why the source is down, quoted if we give up."""
         for attempt, delay in enumerate(backoff_delays(*self._delays), start=1):
             if self._max_retries is not None and attempt > self._max_retries:
-                raise SourceUnavailable(f"{mask(cause)}; gave up after {self._max_retries} retries")
-            if self._deadline is not None:
-                delay = min(delay, max(0.0, self._deadline - time.monotonic()))
-            if self._closed.wait(delay) or self._done():
+                retries = f"{self._max_retries} retr{'y' if self._max_retries == 1 else 'ies'}"
+                raise SourceUnavailable(f"{mask(cause)}; gave up after {retries}")
+            limit = self._deadline if self._deadline is not None else self._wait_until
+            if limit is not None:
+                delay = min(delay, max(0.0, limit - time.monotonic()))
+            if self._closed.wait(delay) or self._done() or limit is not None and time.monotonic() >= limit:
                 return None
             try:
-                return self._open_source()
+                source = self._open_heeding_close()
             except SourceLost as error:
                 cause = str(error)
+                continue
+            return source
+
+    def _open_heeding_close(self) -> Optional[FrameSource]:
+        """open_source() in a thread of its own, so that close() ends the wait for it at once: an
+        RTSP connection that gets no answer blocks in FFmpeg, deaf to signals, for its whole open
+        timeout. None when closed meanwhile (a source opened after that is closed at once)."""
+        outcome: list = []
+        lock, done = threading.Lock(), threading.Event()
+
+        def attempt() -> None:
+            try:
+                result = (self._open_source(), None)
+            except BaseException as error:  # noqa: BLE001 - raised in the waiting thread
+                result = (None, error)
+            with lock:
+                if done.is_set():  # given up on: nobody will take it
+                    if result[0] is not None:
+                        result[0].close()
+                    return
+                outcome.append(result)
+                done.set()
+
+        threading.Thread(target=attempt, name="open", daemon=True).start()
+        while not done.wait(0.05):
+            if self._closed.is_set():
+                with lock:
+                    if not done.is_set():
+                        done.set()
+                        return None
+        source, error = outcome[0]
+        if error is not None:
+            raise error
+        return source
 
     def frames(self) -> Iterator[SourceFrame]:
         """Yields frames until close(), the duration or the frame limit; an outage only pauses
@@ -190,8 +235,8 @@ class Reconnecting:
         return frames
 
     def _start_clock(self) -> None:
-        if self._deadline is None and self._duration is not None:
-            self._deadline = time.monotonic() + self._duration
+        if self._wait_until is None and self._duration is not None:
+            self._wait_until = time.monotonic() + self._duration
 
     def _done(self) -> bool:
         """close() was called, or the duration or frame limit is reached."""
@@ -202,6 +247,9 @@ class Reconnecting:
         """Re-times a frame on this source's clock and keeps its size constant."""
         if self._origin is None:
             self._origin = frame.capture_time
+            if self._duration is not None:
+                self._deadline = frame.capture_time + self._duration
+        self._last = frame.capture_time
         self._count += 1
         image = frame.image
         if image.shape[:2] != (self.height, self.width):
@@ -209,8 +257,11 @@ class Reconnecting:
         return SourceFrame(image, frame.capture_time - self._origin, frame.capture_time)
 
     def stats(self) -> dict:
-        """For the run's --stats (per source)."""
-        return {"reconnects": self.reconnects, **({"error": self.error} if self.error else {})}
+        """For the run's --stats (per source): reconnects; streamed_s, the seconds from the first
+        frame to the last plus one frame's interval (0 with fewer than two frames); error."""
+        span = self._last - self._origin if self._count > 1 else 0.0
+        return {"reconnects": self.reconnects, "streamed_s": round(span * self._count / (self._count - 1), 3)
+                if span else 0.0, **({"error": self.error} if self.error else {})}
 
     def _release(self) -> None:
         self.skipped += int(getattr(self._source, "decode_errors", 0))

@@ -57,16 +57,21 @@ class RtspSource:
         except socket.gaierror as error:
             raise SourceLost(f"cannot open {self.name}: cannot resolve {host} ({error.strerror}); "
                              "check the host name") from None
+        started = time.monotonic()
         try:
             self._container = av.open(url, options=options, timeout=(open_timeout, read_timeout))
         except _PERMANENT as error:
             raise SourceUnavailable(f"cannot open {self.name}: {error.strerror}") from None
         except (av.FFmpegError, OSError) as error:
-            raise SourceLost(f"cannot open {self.name}: {_reason(error)}") from None
+            # cut by the timeout, FFmpeg says "Invalid data found" or "Immediate exit requested"
+            timed_out = time.monotonic() - started >= 0.9 * open_timeout
+            raise SourceLost(f"cannot open {self.name}: "
+                             + (f"no answer within {open_timeout:g} s" if timed_out else _reason(error))) from None
         if not self._container.streams.video:
             self._container.close()
             raise SourceUnavailable(f"{self.name} has no video stream")
         self._stream = self._container.streams.video[0]
+        self.audio = bool(self._container.streams.audio)  # not recorded: live MP4s are video only
         codec = self._stream.codec_context
         codec.flags |= av.codec.context.Flags.low_delay  # also turns off frame threading's lag
         codec.thread_type = "SLICE"
