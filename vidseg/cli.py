@@ -258,7 +258,9 @@ def camera_cmd(device, **options):
               metavar="SECONDS", help="A stream silent this long is reconnected.")
 @live_options
 def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
-    """Segment RTSP cameras rtsp://[user:pass@]host[:port]/path live (several at once)."""
+    """Segment RTSP cameras rtsp://[user:pass@]host[:port]/path live (several at once).
+    With rtsp://user@host/path the password comes from $VIDSEG_RTSP_PASSWORD (off the command
+    line, which `ps` shows to every local user)."""
     return _live("rtsp", urls, transport=transport, max_retries=max_retries, read_timeout=read_timeout,
                  open_timeout=max(10.0, read_timeout), **options)
 

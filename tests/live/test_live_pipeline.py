@@ -48,6 +48,19 @@ def test_stream_to_mp4_accounts_for_every_frame_and_hides_the_password(make_rtsp
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()  # as any new file, like `vidseg file`
 
 
+def test_the_password_can_stay_off_the_command_line(make_rtsp_server, tmp_path, monkeypatch):
+    """`ps` shows every user the command line, password included: rtsp://user@host takes it
+    from $VIDSEG_RTSP_PASSWORD (percent-encoded on the way, so any character goes)."""
+    server = make_rtsp_server(auth="alice:S3cret/#?x")
+    monkeypatch.setenv("VIDSEG_RTSP_PASSWORD", "S3cret/#?x")
+    out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
+    run = run_vidseg("rtsp", server.url("live", credentials="alice"), "--no-window", "--model", "none", "-o", out,
+                     "--duration", 1, "--stats", stats_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert int(probe(out)["video"]["nb_read_frames"]) > 20
+    assert "S3cret" not in run.stdout + run.stderr + stats_path.read_text()
+
+
 def test_wrong_password_is_one_masked_line_and_exit_2(make_rtsp_server, tmp_path):
     server = make_rtsp_server(auth="alice:Sup3rS3cret")
     run = run_vidseg("rtsp", server.url("live", credentials="alice:Wr0ngPass"), "--no-window", "--model", "none",

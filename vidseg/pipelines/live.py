@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
@@ -84,6 +84,9 @@ def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: fl
     return Reconnecting(opener, target, max_retries=max_retries, duration=duration, max_frames=max_frames,
                         end_on_give_up=True, size=size, report=report, alone=alone)
 
+
+# the password of rtsp://user@host URLs: kept out of the command line, which `ps` shows to all
+PASSWORD_ENV = "VIDSEG_RTSP_PASSWORD"
 
 # a camera answers in about a second (4K included); one silent for longer (no RTSP answer
 # until its 10 s open timeout) does not hold the others back beyond this
@@ -174,7 +177,7 @@ def slug(kind: str, target: str) -> str:
 
 def check_targets(job: LiveJob) -> None:
     """One line for a target that cannot work; RTSP URLs get their scheme in lower case (FFmpeg
-    knows no `RTSP://`)."""
+    knows no `RTSP://`), and those with a user but no password get $VIDSEG_RTSP_PASSWORD."""
     if not job.targets:
         raise InputError("give at least one source")
     if job.kind != "rtsp":
@@ -195,6 +198,9 @@ def check_targets(job: LiveJob) -> None:
             _, at, host = target.rpartition("@")
             shown = f"{scheme}://***@{host}" if at else target
             raise InputError(f"not a valid RTSP URL: {shown}; {expected}")
+        user, at, host = parts.netloc.rpartition("@")
+        if at and ":" not in user and os.environ.get(PASSWORD_ENV):
+            rest = rest.replace(parts.netloc, f"{user}:{quote(os.environ[PASSWORD_ENV], safe='')}@{host}", 1)
         targets.append(f"{scheme.lower()}:{rest}")
     job.targets = targets
 
