@@ -456,7 +456,7 @@ def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["source"] == server.url("live").replace("B3nchPass", "***")
-    assert report["frames_offered"] == 60
+    assert report["frames_offered"] == 60 and report["partial"] is False
     assert report["frames_offered"] == report["frames_processed"] + sum(report["dropped"].values())
     assert report["drop_rate"]["infer_busy"] > 0.5  # a 300 ms model keeps about 3 of 30 frames a second
     assert 0 < report["fps"] < report["fps_offered"]
@@ -464,6 +464,19 @@ def test_bench_rtsp_reports_fps_latency_and_drops(make_rtsp_server):
     assert report["fps_offered"] == pytest.approx(30, rel=0.15)
     assert 300 <= report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
     assert "B3nchPass" not in run.stdout + run.stderr
+
+
+def test_bench_rtsp_stopped_says_its_numbers_are_partial(rtsp_server):
+    """Ctrl-C gave the numbers as if the measurement had run its course."""
+    proc = start_vidseg("bench", rtsp_server.url("live"), "--model", "none", "--frames", 900, "--json")
+    rtsp_server.wait_clients(2)  # the probe, then the capture
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    report = json.loads(stdout)
+    assert report["partial"] is True and 0 < report["frames_offered"] < 900
+    assert "interrupted: a partial measurement" in stderr
 
 
 def test_bench_rtsp_gives_up_on_an_unreachable_stream():

@@ -320,7 +320,10 @@ def bench_live(url: str, model: str = "none", weights: Optional[str] = None, bat
         print(f"vidseg: error: {mask(result.message)}", file=sys.stderr)
         return result.exit_code
     report = live_report(result.stats, mask(url), (width, height, fps))
+    report["partial"] = result.status == "interrupted"
     print(json.dumps(report, indent=2) if as_json else format_live_report(report))
+    if report["partial"]:
+        print("interrupted: a partial measurement, of the frames streamed so far", file=sys.stderr)
     if report["error"]:
         print(f"vidseg: error: {report['error']}", file=sys.stderr)
         return 1
