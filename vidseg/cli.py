@@ -87,6 +87,9 @@ def prepare_pipeline(model: str, window: bool = False) -> None:
     beside this process's (vidseg.stage_server); without one, file stages fork from this
     process (vidseg.supervisor). window: a stage may open an OpenCV window."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # handed to the resource tracker as -W: when this process is killed the tracker unlinks the
+    # rings and semaphores it left, as designed, without a "leaked objects" warning per kind
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     if model != "none":
         stage_server.start(window)  # starts the resource tracker too
     else:  # the process that unlinks the rings should this one die: start it while a CPU is idle

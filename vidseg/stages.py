@@ -33,6 +33,10 @@ from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_inp
 STOP_SIGNAL = signal.SIGUSR1  # the supervisor asks a sink stage to end now, cleanly (see sink_loop)
 INTERRUPT_SIGNAL = signal.SIGUSR2  # an infer stage interrupts its own model loading (see _interruptible)
 _ORPHANED_FILES: list = []  # what this stage writes for the supervisor to finalise; removed if it dies
+_KEPT_IF_ORPHANED: list = []  # sinks whose file the stage itself finalises and renames then (keep_as)
+_ORPHANED = threading.Event()  # the supervisor died: a sink stage stops, finalises, renames
+_KEPT = threading.Event()      # ... and has done so
+ORPHAN_GRACE_S = 5.0  # for that: an encoder's flush at a slow preset and a 4K frame included
 _EXIT_HANDLERS: list = []  # C callbacks given to the C library's atexit, kept alive here
 DISPLAY_LOST = "the window's display was lost (its X server ended or the connection to it broke)"
 
@@ -69,7 +73,8 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     try:
         loop(*args, meter)
     except Terminated:  # a sink stopped by STOP_SIGNAL (see sink_loop): its sinks are closed, its count stands
-        pass
+        if _ORPHANED.is_set():  # nobody to report to: the watchdog ends the process
+            threading.Event().wait()
     except InputError as e:
         ctrl.put(("error", name, str(e), 2))
         sys.exit(2)
@@ -84,15 +89,21 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
 def exit_with_parent() -> None:
     """A watchdog thread ends this process the moment its parent (the supervisor, or the bench
     waiting on `isolated.call_in_child`) dies, even while it is blocked in a read (a stalled
-    camera), so no child is ever orphaned. It first removes the files the stage was writing
-    (`_ORPHANED_FILES`): temporary names nobody will finalise or rename now, which would
-    otherwise stay beside the user's output."""
+    camera), so no child is ever orphaned. A sink stage with recordings to keep (`keep_as`)
+    is first stopped between frames (STOP_SIGNAL), finalises them and puts them in place
+    (see sink_loop), within ORPHAN_GRACE_S. Then the files the stage was writing
+    (`_ORPHANED_FILES`) are removed: temporary names nobody will finalise or rename now,
+    which would otherwise stay beside the user's output."""
     parent = mp.parent_process()
     if parent is None:
         return
 
     def watch():
         mp.connection.wait([parent.sentinel])
+        if _KEPT_IF_ORPHANED:
+            _ORPHANED.set()
+            os.kill(os.getpid(), STOP_SIGNAL)
+            _KEPT.wait(ORPHAN_GRACE_S)
         for path in _ORPHANED_FILES:
             try:
                 os.unlink(path)
@@ -349,6 +360,7 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
     ends the loop between frames, never in the middle of one."""
     sinks = [spec.build() for spec in sink_specs]
     _ORPHANED_FILES.extend(sink.path for sink in sinks if getattr(sink, "path", None))
+    _KEPT_IF_ORPHANED.extend(sink for sink in sinks if getattr(sink, "keep_as", None))
     if any(getattr(sink, "exits_on_display_loss", False) for sink in sinks):
         _finalise_on_display_loss(sinks, meter.name, ctrl)
     stop = _StopBetweenFrames()
@@ -399,8 +411,25 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
         try:
             for sink in sinks:
                 sink.close()
+            if _ORPHANED.is_set():
+                _keep_recordings()
         finally:
             port.close()
+
+
+def _keep_recordings() -> None:
+    """The supervisor died and the sinks are closed: each finalised file with frames in it goes
+    to its `keep_as` (a live recording up to the moment of the crash); then the watchdog may
+    end the process."""
+    from vidseg.sinks.mp4 import video_frames
+
+    try:
+        for sink in _KEPT_IF_ORPHANED:
+            if video_frames(sink.path):
+                os.replace(sink.path, sink.keep_as)
+                _ORPHANED_FILES.remove(sink.path)
+    finally:
+        _KEPT.set()
 
 
 def _finalise_on_display_loss(sinks: list, name: str, ctrl) -> None:

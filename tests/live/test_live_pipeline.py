@@ -136,6 +136,25 @@ def test_server_killed_and_restarted_run_continues(rtsp_server, tmp_path):
     assert float(video["duration"]) > stats["frames_out"] / 30 + 1.0
 
 
+def test_a_killed_supervisor_leaves_the_recording_in_place(rtsp_server, tmp_path):
+    """kill -9 (or the OOM killer) of vidseg's main process: the sink stage finalises the MP4
+    and puts it under its name (it was removed with the temporary files), and the resource
+    tracker's clean-up prints no "leaked objects" warnings."""
+    out = tmp_path / "out.mp4"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "none", "-o", out, "--no-progress")
+    rtsp_server.wait_clients(2)  # the probe, then the capture
+    time.sleep(3)
+    proc.kill()
+    stdout, stderr = proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert int(probe(out)["video"]["nb_read_frames"]) > 45  # plays: 2 s and more at 30 fps
+    time.sleep(1)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temporary file left
+    assert "leaked" not in stderr, stderr
+
+
 def test_ctrl_c_during_an_outage_stops_at_once(rtsp_server, tmp_path):
     """The camera is gone and vidseg waits seconds between attempts: Ctrl-C still ends the run
     within seconds (it went on retrying for ever), exit 130, the recording plays."""

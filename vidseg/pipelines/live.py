@@ -233,7 +233,7 @@ def run_live(job: LiveJob) -> int:
             sinks.append(Spec(WindowSink, {"title": names[i], "slot": i}))
         if temps[i]:
             sinks.append(Spec(Mp4Sink, {"path": temps[i], "width": width, "height": height, "fps": fps,
-                                        "preset": job.preset, "crf": job.crf}))
+                                        "preset": job.preset, "crf": job.crf, "keep_as": paths[i]}))
         source = Spec(live_source, {"kind": job.kind, "target": target, "transport": job.transport,
                                     "open_timeout": job.open_timeout, "read_timeout": job.read_timeout,
                                     "max_retries": job.max_retries, "duration": job.duration,

@@ -32,12 +32,16 @@ class Mp4Sink:
     time_shift: seconds added to every timestamp, video and audio alike: an input that starts
         before 0 (an MPEG-TS whose clock wrapped) must be moved, as players skip what an MP4
         holds before 0. sar: the pixel aspect ratio (anamorphic video), None: square.
+    keep_as: where the sink stage puts the finalised file if the run's supervisor dies (a live
+        recording, kept as a partial); None: the file is removed then (see vidseg.stages).
     """
 
     def __init__(self, path: str, width: int, height: int, fps: Optional[float],
                  time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
-                 audio_from: Optional[str] = None, time_shift: float = 0.0, sar: Optional[Fraction] = None):
+                 audio_from: Optional[str] = None, time_shift: float = 0.0, sar: Optional[Fraction] = None,
+                 keep_as: Optional[str] = None):
         self.path = path
+        self.keep_as = keep_as
         self.width, self.height = width - width % 2, height - height % 2
         self.time_base = Fraction(time_base)
         self.time_shift = time_shift
