@@ -81,8 +81,8 @@ def find_images(inputs: Sequence[str]) -> list[str]:
 def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bool) -> list[str]:
     """Absolute output path per image. folder=False: `output` is the file for the one image;
     folder=True: `<output>/<image name>` (names made unique; PNG when OpenCV cannot write the
-    input's format in colour). InputError when an output is an input, exists without `overwrite`, or
-    its directory is missing."""
+    input's format in colour). InputError when an output is an input, exists without
+    `overwrite`, or its directory is missing."""
     if not folder:
         if not writes_colour(os.path.splitext(output)[1]):
             kind = os.path.splitext(output)[1] or "files without an extension"

@@ -140,7 +140,7 @@ def probe_all(job: LiveJob) -> list:
         if any(up) and all(u or d or late for u, d in zip(up, down)):
             for i, u in enumerate(up):
                 if not u:
-                    sources[i].interrupt()  # its probe thread ends at its next retry
+                    sources[i].interrupt()  # its probe thread ends at once
             return [r if u else None for r, u in zip(answers, up)]
     for result in results:
         if isinstance(result, Exception):
