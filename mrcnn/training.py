@@ -522,7 +522,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, write all weights to `checkpoint_path` (mask_rcnn_<name>_<epoch:04d>.h5,
     1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads, and its sidecar
     mask_rcnn_<name>_<epoch:04d>.json (inference settings and class_names, see
-    `weights.write_sidecar`) first, so a checkpoint never lacks it."""
+    `weights.write_sidecar`) first, so a checkpoint never lacks it; the sidecar is removed
+    again when the weights cannot be written (a full disk, Ctrl-C)."""
 
     def __init__(self, mrcnn_model, class_names):
         super().__init__()
@@ -534,7 +535,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
         path = self.mrcnn_model.checkpoint_path.format(epoch=epoch + 1)
         weightslib.write_sidecar(path, self.mrcnn_model.config, self.class_names)
-        self.mrcnn_model.save_weights(path)
+        try:
+            self.mrcnn_model.save_weights(path)
+        except BaseException:
+            os.remove(weightslib.sidecar_path(path))
+            raise
 
 
 def _tf_dataset(generator, failures):

@@ -10,8 +10,10 @@ Our own checkpoints are written in the same layout, so one loader serves both.
 A checkpoint's sidecar `<stem>.json` beside it (`write_sidecar`) holds what the weights do
 not: the inference settings of the config it was trained with and the class names.
 """
+import contextlib
 import json
 import os
+import re
 
 import h5py
 import keras
@@ -121,11 +123,13 @@ def load_weights(model, path, exclude=None, require_all=False):
 
 
 def save_weights(model, path):
-    """Write every layer's weights to `path` in the Keras 2 layout (atomically)."""
+    """Write every layer's weights to `path` in the Keras 2 layout (atomically). A failure of
+    the file system (full, over the file size limit) is an OSError naming `path` in one line,
+    not HDF5's report of it (a RuntimeError or a multi-line OSError quoting an errno)."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     try:
-        with h5py.File(tmp, "w") as f:
+        with _plain_os_errors(path), h5py.File(tmp, "w") as f:
             f.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers], dtype="S")
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = keras.__version__.encode("utf8")
@@ -139,6 +143,19 @@ def save_weights(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _plain_os_errors(path):
+    """HDF5's 'errno = 28, error message = ...' (h5py raises it as RuntimeError or OSError)
+    as OSError(errno, strerror, path)."""
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        code = re.search(r"errno = (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), path) from None
 
 
 def sidecar_path(path):

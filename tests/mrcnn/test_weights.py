@@ -172,3 +172,40 @@ def test_frozen_layers_load_the_same_tensors(r50):
         km.trainable = True
         for layer in km.get_layer("rpn_model").layers:
             layer.trainable = True
+
+
+def test_a_file_system_that_refuses_the_checkpoint_is_one_plain_oserror(tmp_path):
+    """Over the file size limit, h5py raised RuntimeError("Can't decrement id ref count (unable
+    to extend file properly, errno = 27, ...)"), which the CLI showed as a 50-line traceback; a
+    full disk, a two-line OSError of HDF5's internals."""
+    script = f"""
+import errno, os, resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+from tests.mrcnn.test_weights import build
+path = {str(tmp_path / 'ckpt.h5')!r}
+try:
+    build("resnet18").save_weights(path)
+except OSError as e:
+    print(e.errno == errno.EFBIG, e.filename == path, e.strerror)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).parents[2])
+    assert r.stdout.strip() == "True True File too large", r.stdout + r.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # no .tmp left
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_sidecar(tmp_path):
+    """The sidecar is written first; it stayed beside no weights after a full disk or Ctrl-C."""
+    from mrcnn.training import EpochCheckpoint
+
+    class Model:
+        checkpoint_path = str(tmp_path / "mask_rcnn_x_{epoch:04d}.h5")
+        config = type("X", (Config,), {"NAME": "x", "NUM_CLASSES": 2})()
+
+        def save_weights(self, path):
+            raise OSError(28, "No space left on device", path)
+
+    with pytest.raises(OSError, match="No space left"):
+        EpochCheckpoint(Model(), ["BG", "a"]).on_epoch_end(0)
+    assert list(tmp_path.iterdir()) == []
