@@ -315,7 +315,9 @@ def dataset_options(f):
 @main.command("train")
 @dataset_options
 @click.option("--weights", required=True, metavar="coco|last|none|PATH",
-              help="Start from matterport's COCO weights, the last checkpoint, nothing, or a file.")
+              help="Start from matterport's COCO weights, the last checkpoint (its run resumed, on the "
+                   "same classes; give --layers and --lr again, as matterport's train() takes them per "
+                   "call), nothing, or a file.")
 @click.option("--layers", type=click.Choice(["heads", "3+", "4+", "5+", "all"]), default="heads",
               show_default=True, help="Which layers to train.")
 @click.option("--epochs", type=click.IntRange(1), required=True,

@@ -124,3 +124,80 @@ def test_a_picture_that_cannot_be_read_midway_is_one_line_and_leaves_no_run_fold
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.strip().splitlines() == [f"vidseg: error: not a readable image: {dataset / 'train' / 'z.jpg'}"]
     assert not (tmp_path / "logs").exists()
+
+
+def test_resuming_a_run_on_other_classes_is_refused(tmp_path):
+    """--weights last after the classes changed reset the class heads and carried on under the
+    old run's folder and epochs, its checkpoints then of two class lists."""
+    import shutil
+
+    from mrcnn.weights import sidecar_path
+
+    dataset = via_dataset(tmp_path, {"a.jpg": [SQUARE]}, {"c.jpg": [SQUARE]})
+    run = dataset / "logs" / "via20260101T0000"
+    run.mkdir(parents=True)
+    shutil.copy(SHIPPED_WEIGHTS, run / "mask_rcnn_via_0001.h5")   # learnt square, circle, triangle
+    shutil.copy(sidecar_path(SHIPPED_WEIGHTS), sidecar_path(run / "mask_rcnn_via_0001.h5"))
+    with pytest.raises(InputError, match=r"learnt square, circle, triangle, the dataset has square; to start from "
+                                         r"it on these classes, give --weights .*mask_rcnn_via_0001.h5"):
+        run_train(TrainJob(kind="via", dataset=str(dataset), class_name="square", weights="last", layers="heads",
+                           epochs=2, model_dir=str(dataset / "logs")))
+
+
+def test_training_from_nothing_with_frozen_layers_is_warned_about(tmp_path, monkeypatch, capsys):
+    from vidseg.samples import train
+
+    monkeypatch.setattr(train, "_train", lambda *args, **kwargs: 0)
+    dataset = via_dataset(tmp_path, {"a.jpg": [SQUARE]}, {"c.jpg": [SQUARE]})
+    for layers, warned in (("heads", True), ("all", False)):
+        run_train(TrainJob(kind="via", dataset=str(dataset), class_name="square", weights="none", layers=layers,
+                           epochs=1, model_dir=str(dataset / "logs")))
+        assert ("the backbone is random, and --layers heads leaves it so" in capsys.readouterr().err) == warned
+
+
+def test_a_ctrl_c_keras_wrapped_is_still_a_ctrl_c():
+    """Ctrl-C while Keras traces a layer came out as SystemError ('... returned a result with an
+    exception set'), exit 1 and a traceback, about one time in twenty."""
+    from vidseg.errors import Terminated
+    from vidseg.samples.train import interrupt_in
+
+    for stop in (KeyboardInterrupt(), Terminated()):
+        try:
+            try:
+                try:
+                    raise stop
+                except KeyboardInterrupt as e:
+                    raise SystemError("<built-in method> returned a result with an exception set") from e
+            except SystemError:
+                raise SystemError("Exception encountered when calling DetectionTargetLayer.call()") from None
+        except SystemError as wrapped:
+            assert interrupt_in(wrapped) is stop
+    assert interrupt_in(ValueError("x")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure, expected", [
+    ("disk full", OSError), ("ctrl-c while tracing", KeyboardInterrupt)])
+def test_a_run_stopped_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch, failure, expected):
+    """TensorFlow's log writer on a full disk raised ResourceExhaustedError (a traceback), and
+    the run folder stayed with empty event files."""
+    import tensorflow as tf
+
+    from mrcnn import model as modellib
+
+    def train(self, *args, **kwargs):
+        if failure == "disk full":
+            raise tf.errors.ResourceExhaustedError(None, None, "Could not initialize events writer: "
+                                                               "No space left on device")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise SystemError("returned a result with an exception set") from e
+
+    monkeypatch.setattr(modellib.MaskRCNN, "train", train)
+    dataset = via_dataset(tmp_path, {"a.jpg": [SQUARE]}, {"c.jpg": [SQUARE]})
+    with pytest.raises(expected) as caught:
+        _train("via", dataset, class_name="square")
+    if expected is OSError:
+        assert caught.value.strerror == "No space left on device"
+    assert not (dataset / "logs").exists()

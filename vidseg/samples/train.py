@@ -24,8 +24,10 @@ shipped model's small ResNet-18 and the other kinds matterport's ResNet-101.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +153,29 @@ def check_datasets(train_ds, val_ds, dataset):
                          "list the same categories in both")
 
 
+def check_resumable(path, class_names) -> None:
+    """InputError unless the checkpoint `path` (`--weights last`) was trained on `class_names`:
+    resuming its run on other classes would reset the class heads mid-run, under the old
+    run's name and epochs."""
+    from mrcnn.frame_model import read_sidecar
+
+    trained = read_sidecar(path)["class_names"]
+    if trained is not None and list(trained) != list(class_names):
+        raise InputError(f"the last checkpoint {path} learnt {', '.join(trained[1:])}, the dataset has "
+                         f"{', '.join(class_names[1:])}; to start from it on these classes, give --weights {path}")
+
+
+def interrupt_in(error: BaseException):
+    """The Ctrl-C or SIGTERM (a KeyboardInterrupt) `error` is or stands for, else None: one
+    that lands while Keras traces a layer comes out as a SystemError ('returned a result with
+    an exception set') caused by it."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def resolve_weights(weights, model_dir, name):
     """(path or None, architecture overrides read from the file, file's NUM_CLASSES)."""
     if weights == "none":
@@ -174,6 +199,9 @@ def run_train(job: TrainJob):
         raise InputError("--epochs must be at least 1")
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
     check_datasets(train_ds, val_ds, job.dataset)
+    if job.weights == "none" and job.layers != "all":
+        print(f"vidseg: warning: with --weights none the backbone is random, and --layers {job.layers} "
+              "leaves it so; train from scratch with --layers all", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as quiet:
         # TensorFlow's native log lines (its start-up, tracing and first step) stay off the
         # terminal; from the second step on stderr is live again, so nothing later is held back.
@@ -186,6 +214,8 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     called after every training step (it must be idempotent)."""
     had_model_dir = os.path.isdir(job.model_dir)
     path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
+    if job.weights == "last":
+        check_resumable(path, train_ds.class_names)
     overrides = dict(arch)
     if job.steps:
         overrides["STEPS_PER_EPOCH"] = job.steps
@@ -224,12 +254,17 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     try:
         model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
                     augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
-    except InputError:  # a picture that cannot be read: a run folder with no checkpoint is of no use
+    except BaseException as error:  # failed or stopped: a run folder with no checkpoint is of no use
         if not any(Path(model.log_dir).glob("*.h5")):
             shutil.rmtree(model.log_dir, ignore_errors=True)
             if not had_model_dir:
                 with contextlib.suppress(OSError):  # made for this run; kept if another run uses it
                     os.rmdir(job.model_dir)
+        interrupt = interrupt_in(error)
+        if interrupt is not None and interrupt is not error:
+            raise interrupt from None
+        if "No space left on device" in str(error) and not isinstance(error, OSError):  # TensorFlow's log writer
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), model.log_dir) from None
         raise
     print(f"checkpoints in {model.log_dir}")
     return 0
