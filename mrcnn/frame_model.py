@@ -102,6 +102,12 @@ def read_sidecar(weights):
         raise InputError(f"sidecar {path}: unknown config field(s) {', '.join(unknown)}; {fix}")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise InputError(f'sidecar {path}: "class_names" must be a list of names, "BG" first; {fix}')
+    if names is not None and class_names_problem(names):
+        raise InputError(f'sidecar {path}: "class_names": {class_names_problem(names)}; {fix}')
+    for key, value in config.items():
+        problem = _config_value_problem(key, value, config)
+        if problem:
+            raise InputError(f"sidecar {path}: {key} {problem}, got {value!r}; {fix}")
     if batch is not None and (type(batch) is not int or batch < 1):
         raise InputError(f'sidecar {path}: "batch_size" must be a positive whole number; {fix}')
     meta["config"] = {k: np.array(v) if k in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV") else v
@@ -109,8 +115,41 @@ def read_sidecar(weights):
     return meta
 
 
+def _config_value_problem(key, value, config):
+    """What is wrong with a sidecar's config value, or None: of the kind of the Config default
+    (a number, text, a list, true/false), IMAGE_MAX_DIM a multiple of 64, and one
+    RPN_ANCHOR_SCALES entry per BACKBONE_STRIDES entry."""
+    default = getattr(Config, key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(default, int) and value != int(value):
+            return f"must be a {'whole ' if isinstance(default, int) else ''}number"
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            return "must be text"
+    elif isinstance(default, (list, tuple, np.ndarray)) and not isinstance(value, list):
+        return "must be a list"
+    if key == "IMAGE_MAX_DIM" and (value <= 0 or value % 64):
+        return "must be a positive multiple of 64, such as 512 or 1024"
+    strides = config.get("BACKBONE_STRIDES", Config.BACKBONE_STRIDES)
+    if key == "RPN_ANCHOR_SCALES" and len(value) != len(strides):
+        return f"needs one scale per backbone stride ({len(strides)})"
+    return None
+
+
+def class_names_problem(names):
+    """What is wrong with a list of class names, or None: "BG" first, then one distinct name
+    per class (without BG first every label would be the next class's)."""
+    if not names or names[0] != "BG":
+        return f"the first class name must be BG (the background), got {names[0] if names else 'none'!r}"
+    twice = [name for i, name in enumerate(names) if name in names[:i]]
+    return f"{twice[0]!r} is named twice; give each class its own name" if twice else None
+
+
 def _read_class_names(class_names):
-    """A list, or a file: JSON list or one name per line (entry 0 must be 'BG')."""
+    """A list, or a file: JSON list of names or one name per line, "BG" first (checked)."""
     if isinstance(class_names, (str, os.PathLike)):
         path = Path(class_names)
         if not path.is_file():
@@ -120,10 +159,17 @@ def _read_class_names(class_names):
             names = json.loads(text)
         except ValueError:
             names = None
+        if isinstance(names, list) and not all(isinstance(n, str) for n in names):
+            raise InputError(f"class names file {path}: a JSON list must hold names only, like [\"BG\", \"cat\"]")
         if not isinstance(names, list):
             names = [line.strip() for line in text.splitlines() if line.strip()]
-        return [str(n) for n in names]
-    return [str(n) for n in class_names]
+        if class_names_problem(names):
+            raise InputError(f"class names file {path}: {class_names_problem(names)}")
+        return names
+    names = [str(n) for n in class_names]
+    if class_names_problem(names):
+        raise InputError(f"class_names: {class_names_problem(names)}")
+    return names
 
 
 class MaskRCNNFrameModel:
@@ -133,7 +179,8 @@ class MaskRCNNFrameModel:
     batch_size: frames per call (short batches are padded); default: the sidecar's
         "batch_size" (the shipped model: 4, cheaper per frame than 1), else 1.
     min_confidence: DETECTION_MIN_CONFIDENCE; max_dim: IMAGE_MAX_DIM (multiple of 64);
-    backbone: override the backbone found in the file; class_names: list or file path.
+    backbone: the backbone the file must hold (it is read from the file; another is an error);
+    class_names: list or file path ("BG" first).
     """
 
     def __init__(self, weights=None, batch_size=None, min_confidence=None, max_dim=None, backbone=None,
@@ -147,12 +194,13 @@ class MaskRCNNFrameModel:
                                  "or pass --weights FILE")
             raise InputError(f"weights file not found: {weights}")
         overrides = architecture_from_file(weights)
+        if backbone is not None and backbone != overrides["BACKBONE"]:
+            raise InputError(f"{weights} holds a {overrides['BACKBONE']} backbone, not {backbone}: "
+                             "leave out --backbone (the file says which)")
         meta = read_sidecar(weights)
         overrides.update(meta["config"])
-        names = meta["class_names"]
+        names, names_from = meta["class_names"], f"sidecar {weightslib.sidecar_path(weights)}"
         batch_size = batch_size or meta["batch_size"]
-        if backbone is not None:
-            overrides["BACKBONE"] = backbone
         if min_confidence is not None:
             overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
         if max_dim is not None:
@@ -165,14 +213,17 @@ class MaskRCNNFrameModel:
 
         if class_names is not None:
             names = _read_class_names(class_names)
+            names_from = f"class names file {class_names}" if isinstance(class_names, (str, os.PathLike)) \
+                else "class_names"
         elif names is None and self.config.NUM_CLASSES == 81:
             names = json.loads(COCO_CLASS_NAMES.read_text(encoding="utf8"))["class_names"]
         if names is None:
-            raise InputError(f"{weights} has {self.config.NUM_CLASSES} classes but no class names; "
-                             "pass --classes FILE (one name per line, 'BG' first)")
+            raise InputError(f"{weights} has {self.config.NUM_CLASSES} classes but no class names; give them "
+                             "with --classes FILE (one name per line, 'BG' first), or in a sidecar "
+                             f'{weightslib.sidecar_path(weights)} holding {{"class_names": ["BG", ...]}}')
         if len(names) != self.config.NUM_CLASSES:
-            raise InputError(f"{len(names)} class names given but {weights} has {self.config.NUM_CLASSES} "
-                             "classes (count 'BG' as the first)")
+            raise InputError(f"{len(names)} class names in {names_from} but {weights} has "
+                             f"{self.config.NUM_CLASSES} classes (count 'BG' as the first)")
         self.class_names = names
         self.batch_size = self.config.BATCH_SIZE
         # "square" mode shrinks every larger frame to this long side (vidseg.detections.FrameModel)
@@ -182,8 +233,7 @@ class MaskRCNNFrameModel:
         try:
             self.model.load_weights(str(weights), by_name=False)
         except weightslib.WeightsError as e:
-            hint = f"; --backbone {backbone} does not match them: leave it out" if backbone is not None else ""
-            raise InputError(str(e).replace(weightslib.BY_NAME_HINT, "") + hint) from None
+            raise InputError(str(e).replace(weightslib.BY_NAME_HINT, "")) from None
         self.warm_up()
 
     def warm_up(self):

@@ -127,3 +127,13 @@ class BrokenFileSource:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def broken_factory(**_ignored):
+    """A model factory that fails as it builds (a plug-in's own bug)."""
+    raise RuntimeError("boom while building")
+
+
+def not_a_model(**_ignored) -> int:
+    """A factory that returns something else than a frame model."""
+    return 5

@@ -191,6 +191,26 @@ def test_unloadable_model_plugin(workdir):
     assert not shm_leaked(shm)
 
 
+@pytest.mark.parametrize("command", ["image", "bench"])
+@pytest.mark.parametrize("factory, words", [
+    ("broken_factory", "cannot load model 'tests.fake_models:broken_factory': RuntimeError: boom while building"),
+    ("not_a_model", "model 'tests.fake_models:not_a_model' gave a int, not a frame model"),
+])
+def test_a_plugin_that_fails_is_one_line_in_every_command(workdir, command, factory, words):
+    """image and bench showed the plug-in's traceback (file already said it in one line)."""
+    source = workdir / "in.mp4"
+    if command == "image":
+        import cv2
+        import numpy as np
+
+        source = workdir / "in.png"
+        cv2.imwrite(str(source), np.zeros((32, 32, 3), np.uint8))
+    args = ["-o", workdir / "out.png"] if command == "image" else []
+    r = run_vidseg(command, source, *args, "--model", f"tests.fake_models:{factory}")
+    assert_one_line_error(r, words)
+    assert not (workdir / "out.png").exists()
+
+
 def test_not_enough_shared_memory(workdir, monkeypatch):
     from vidseg.errors import InputError
     from vidseg.pipelines import run

@@ -5,6 +5,7 @@ Runs the shipped model in-process through `vidseg image` (one TensorFlow import)
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import pytest
@@ -48,7 +49,7 @@ def test_wrong_class_count_and_bad_max_dim_are_one_line_errors(shapes_picture, t
     line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "b.png", "--max-dim", "100"))
     assert "multiple of 64" in line
     line = one_line_error(run_vidseg("image", shapes_picture, "-o", tmp_path / "c.png", "--backbone", "resnet50"))
-    assert line.endswith("; --backbone resnet50 does not match them: leave it out")  # not API advice (by_name)
+    assert line.endswith("holds a resnet18 backbone, not resnet50: leave out --backbone (the file says which)")
 
 
 @pytest.mark.slow
@@ -82,6 +83,13 @@ def mine(tmp_path):
     ('{"config": [128]}', r'"config" must be an object'),
     ('{"class_names": "BG square"}', r'"class_names" must be a list'),
     ('{"batch_size": 0}', r'"batch_size" must be a positive'),
+    # these went through: every label shifted by one, or a traceback from deep in the model
+    ('{"class_names": ["square", "circle", "triangle", "x"]}', r'"class_names": the first class name must be BG'),
+    ('{"class_names": ["BG", "sq", "sq", "sq"]}', r"'sq' is named twice"),
+    ('{"config": {"IMAGE_MAX_DIM": 100}}', r"IMAGE_MAX_DIM must be a positive multiple of 64.*got 100"),
+    ('{"config": {"IMAGE_MAX_DIM": "128"}}', r"IMAGE_MAX_DIM must be a whole number, got '128'"),
+    ('{"config": {"RPN_ANCHOR_SCALES": [8, 16, 32]}}', r"RPN_ANCHOR_SCALES needs one scale per backbone stride \(5\)"),
+    ('{"config": {"USE_MINI_MASK": "yes"}}', r"USE_MINI_MASK must be true or false"),
 ])
 def test_a_bad_sidecar_is_an_input_error(mine, sidecar, message):
     from mrcnn.frame_model import MaskRCNNFrameModel
@@ -90,6 +98,41 @@ def test_a_bad_sidecar_is_an_input_error(mine, sidecar, message):
     mine.with_suffix(".json").write_text(sidecar)
     with pytest.raises(InputError, match=message + ".*fix it, or move it away to use mine.h5 without it"):
         MaskRCNNFrameModel(weights=mine)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("square\ncircle\ntriangle\nx\n", "the first class name must be BG (the background), got 'square'"),  # labels shifted by one
+    ("BG\nsq\nsq\nsq\n", "'sq' is named twice"),
+    ('[["BG"], ["a"], ["b"], ["c"]]', "a JSON list must hold names only"),             # labels like "['a']"
+])
+def test_a_classes_file_without_bg_first_or_with_twins_is_refused(mine, tmp_path, text, message):
+    from mrcnn.frame_model import MaskRCNNFrameModel
+    from vidseg.errors import InputError
+
+    names = tmp_path / "names.txt"
+    names.write_text(text)
+    with pytest.raises(InputError, match=r"class names file .*names.txt: " + re.escape(message)):
+        MaskRCNNFrameModel(weights=mine, class_names=names)
+
+
+def test_a_backbone_other_than_the_files_is_refused(tmp_path):
+    """--backbone resnet50 on ResNet-101 weights loaded silently (R50's layers are a subset of
+    R101's) and ran a network cut short; the file says which backbone it holds."""
+    import h5py
+    import numpy as np
+
+    from mrcnn.frame_model import MaskRCNNFrameModel
+    from vidseg.errors import InputError
+
+    path = tmp_path / "r101.h5"
+    with h5py.File(path, "w") as f:  # the layers architecture_from_file reads, in matterport's layout
+        names = ["conv1", "res4w_branch2a", "mrcnn_class_logits"]
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for name in names:
+            f.create_group(name).attrs["weight_names"] = np.array([b"bias:0"])
+            f[name].create_dataset("bias:0", data=np.zeros(81 if name == "mrcnn_class_logits" else 64))
+    with pytest.raises(InputError, match="r101.h5 holds a resnet101 backbone, not resnet50: leave out --backbone"):
+        MaskRCNNFrameModel(weights=path, backbone="resnet50")
 
 
 def test_a_classes_file_not_in_utf8_is_an_input_error(mine, tmp_path):

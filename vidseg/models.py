@@ -53,8 +53,14 @@ def load_frame_model(spec: str, **model_options) -> FrameModel:
     module_name, factory_name = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # like `python -m`: a plug-in module may sit in the current directory
-    try:
+    try:  # a plug-in's own failure, as it loads or builds, is one line naming it (not a traceback)
         factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as e:
-        raise InputError(f"cannot load model {spec!r}: {e}") from None
-    return factory(**options)
+        model = factory(**options)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ImportError, SyntaxError, whatever the module raises
+        raise InputError(f"cannot load model {spec!r}: {type(e).__name__}: {e}") from None
+    if not (callable(model) and hasattr(model, "class_names")):
+        raise InputError(f"model {spec!r} gave a {type(model).__name__}, not a frame model (class_names, "
+                         "batch_size and __call__(frames) -> detections; see vidseg.detections.FrameModel)")
+    return model
