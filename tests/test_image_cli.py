@@ -156,10 +156,20 @@ def test_batches_of_the_model_batch_size(tmp_path):
     assert len(os.listdir(tmp_path / "out")) == 5
 
 
+def test_a_batch_larger_than_the_pictures_is_built_no_larger(tmp_path):
+    """--batch 64 for one picture built (and warmed up) the model for 64: 18 s instead of 5."""
+    path = save_rgb(tmp_path / "one.png", red_square())
+    RecordingModel.sizes.clear()
+    assert run_image(ImageJob(inputs=[path], output=str(tmp_path / "out.png"), model=f"{__name__}:RecordingModel",
+                              batch=64, progress=False)) == 0
+    assert RecordingModel.sizes == [1]
+
+
 class RecordingModel:
     """BlobModel-like model that records the frame shapes of each call."""
 
     calls: list = []
+    sizes: list = []  # the batch_size of each model built
     built = 0
     class_names = ("BG", "red")
 
@@ -167,6 +177,7 @@ class RecordingModel:
         from tests.fake_models import BlobModel
 
         RecordingModel.built += 1
+        RecordingModel.sizes.append(batch_size)
         self.batch_size = batch_size
         self._inner = BlobModel(batch_size)
 
