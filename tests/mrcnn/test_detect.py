@@ -161,7 +161,7 @@ def test_frame_model_options_and_user_errors(weights_file, tmp_path, monkeypatch
     assert parts["total"] > 0 and parts["mask_head"] >= 0
     with pytest.raises(InputError, match="multiple of 64"):
         fm.MaskRCNNFrameModel(weights=weights_file, max_dim=100)
-    with pytest.raises(InputError, match="2 class names given but .* has 81 classes"):
+    with pytest.raises(InputError, match="2 class names in class_names but .* has 81 classes"):
         fm.MaskRCNNFrameModel(weights=weights_file, class_names=["BG", "thing"])
     with pytest.raises(InputError, match="weights file not found"):
         fm.MaskRCNNFrameModel(weights=tmp_path / "nope.h5")
