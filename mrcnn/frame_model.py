@@ -131,12 +131,17 @@ def _config_value_problem(key, value, config):
             return "must be text"
     elif isinstance(default, (list, tuple, np.ndarray)) and not isinstance(value, list):
         return "must be a list"
-    if key == "IMAGE_MAX_DIM" and (value <= 0 or value % 64):
-        return "must be a positive multiple of 64, such as 512 or 1024"
+    if key == "IMAGE_MAX_DIM":
+        return _max_dim_problem(value)
     strides = config.get("BACKBONE_STRIDES", Config.BACKBONE_STRIDES)
     if key == "RPN_ANCHOR_SCALES" and len(value) != len(strides):
         return f"needs one scale per backbone stride ({len(strides)})"
     return None
+
+
+def _max_dim_problem(value):
+    """What is wrong with an IMAGE_MAX_DIM (a sidecar's or --max-dim), or None."""
+    return "must be a positive multiple of 64, such as 512 or 1024" if value <= 0 or value % 64 else None
 
 
 def class_names_problem(names):
@@ -204,8 +209,8 @@ class MaskRCNNFrameModel:
         if min_confidence is not None:
             overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
         if max_dim is not None:
-            if int(max_dim) % 64 or int(max_dim) <= 0:
-                raise InputError(f"max dim (--max-dim) must be a positive multiple of 64, such as 512 or 1024, got {max_dim}")
+            if _max_dim_problem(int(max_dim)):
+                raise InputError(f"max dim (--max-dim) {_max_dim_problem(int(max_dim))}, got {max_dim}")
             overrides["IMAGE_MAX_DIM"] = int(max_dim)
             overrides["IMAGE_MIN_DIM"] = min(int(max_dim), overrides.get("IMAGE_MIN_DIM", Config.IMAGE_MIN_DIM))
         overrides.update(NAME="vidseg", GPU_COUNT=1, IMAGES_PER_GPU=int(batch_size or 1))
