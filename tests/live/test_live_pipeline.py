@@ -335,6 +335,8 @@ def test_bad_outputs_are_refused_before_connecting(tmp_path, options, words):
     ("rtsp", "rtsp://alice:Pw9@[::1/live", "not a valid RTSP URL: rtsp://***@[::1/live"),  # unclosed IPv6
     ("rtsp", "rtsp://alice:Pw9/x@127.0.0.1:8554/live", "not a valid RTSP URL: rtsp://***@127.0.0.1:8554/live"),
     ("rtsp", "rtsp://alice:Pw9 x@cam/live", "not a valid RTSP URL: rtsp://***@cam/live"),
+    # a password of digits then '/': parsed as host "alice", port 123 (a lookup of "alice")
+    ("rtsp", "rtsp://alice:123/Pw9@127.0.0.1:8554/live", "not a valid RTSP URL: rtsp://***@127.0.0.1:8554/live"),
     ("rtsp", "rtsp://cam:99999/live", "not a valid RTSP URL: rtsp://cam:99999/live"),
     ("rtsp", "rtsp:/alice:Pw9@cam/live", "not an RTSP URL: rtsp:/alice:***@cam/live"),
     ("file", "rtsp:/alice:Pw9@cam/live", "input not found: rtsp:/alice:***@cam/live"),

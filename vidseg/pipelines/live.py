@@ -191,7 +191,10 @@ def check_targets(job: LiveJob) -> None:
             raise InputError(f"not an RTSP URL: {mask(target)}; {expected}")
         try:
             parts = urlsplit(target)
-            valid = bool(parts.hostname) and (parts.port is None or parts.port > 0) and " " not in target
+            # an "@" in the path: a '/' left in a password that starts with digits, which
+            # parses as user@host:port (rtsp://admin:123/x@cam → host "admin", port 123)
+            valid = (bool(parts.hostname) and (parts.port is None or parts.port > 0) and " " not in target
+                     and "@" not in parts.path)
         except ValueError:  # an unclosed [IPv6], a port not a number (a '/' in the password) or too big
             valid = False
         if not valid:  # shown without what precedes its last "@": it may not parse as a password
