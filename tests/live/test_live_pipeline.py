@@ -291,7 +291,7 @@ def test_a_camera_that_never_comes_is_named_at_the_end(rtsp_server, tmp_path):
     assert proc.returncode == 1, stderr
     assert stderr.strip().splitlines()[-1] == (
         "vidseg: error: cannot open rtsp://kim:***@127.0.0.1:9/cam: Connection refused; stopped before it came "
-        "back (the other sources ran to the end)")
+        "back; the other sources ran to the end")
     assert [p.name for p in tmp_path.iterdir()] == [f"127.0.0.1_{rtsp_server.port}_live.mp4"]
     assert "N3verThere" not in stdout + stderr
 
@@ -534,9 +534,11 @@ def test_lone_source_giving_up_says_why_once_and_keeps_the_recording(rtsp_server
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 1, stderr
     lines = stderr.strip().splitlines()
-    assert lines[-1].startswith("vidseg: error: cannot open ") and lines[-1].endswith("gave up after 1 retry")
+    frames = int(probe(out)["video"]["nb_read_frames"])
+    assert frames > 20  # what came before is recorded and plays, and the error says so (it did not)
+    assert lines[-1].startswith("vidseg: error: cannot open ")
+    assert lines[-1].endswith(f"gave up after 1 retry; {out} keeps the {frames} frames encoded before it (partial)")
     assert stderr.count("gave up") == 1, stderr
-    assert int(probe(out)["video"]["nb_read_frames"]) > 20  # what came before is recorded and plays
 
 
 def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_path):
@@ -551,7 +553,9 @@ def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_pa
     assert proc.returncode == 1
     error = stderr.strip().splitlines()[-1]
     assert error.startswith(f"vidseg: error: cannot open rtsp://erin:***@127.0.0.1:{a.port}/live")
-    assert error.endswith("gave up after 1 retry (the other sources ran to the end)")
+    recording = tmp_path / f"127.0.0.1_{a.port}_live.mp4"
+    assert error.endswith(f"gave up after 1 retry; {recording} keeps the {probe(recording)['video']['nb_read_frames']} "
+                          "frames encoded before it (partial); the other sources ran to the end")
     stats = json.loads(stats_path.read_text())
     for name, source in stats["sources"].items():  # every frame accounted for, per source
         assert source["frames_in"] == source["frames_out"] + sum(source["dropped"].values()) > 0

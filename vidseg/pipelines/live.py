@@ -254,12 +254,16 @@ def run_live(job: LiveJob) -> int:
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
     if result.status == "failed":
         result.message += "".join(kept_partial(path, n) for path, n in kept.items())
-    return finish(result, job.stats, [p for p in paths if p and p not in kept])
+    recorded = {name: (path, kept[path]) for name, path in zip(names, paths) if path in kept}
+    return finish(result, job.stats, [p for p in paths if p and p not in kept], recorded)
 
 
-def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = ()) -> int:
+def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = (),
+           recorded: Optional[dict] = None) -> int:
     """Print the summary (and the failure, if any); write --stats; return the exit code.
-    unwritten: the MP4s asked for that got no frame (a run with one is not a success)."""
+    unwritten: the MP4s asked for that got no frame (a run with one is not a success).
+    recorded: {source name: (MP4 path, frames)} of the recordings kept, named in the error
+    of a source that gave up."""
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
@@ -267,10 +271,12 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
         print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
               file=sys.stderr)
     code, message = result.exit_code, result.message
-    lost = [s["error"] for s in sources.values() if s.get("error")]
+    recorded = recorded or {}
+    lost = [s["error"] + (kept_partial(*recorded[name]) if name in recorded else "")
+            for name, s in sources.items() if s.get("error")]
     if code == 0 and lost:  # sources that gave up after --max-retries ended their part cleanly
         code = 1
-        message = "; ".join(lost) + ("" if len(lost) == len(sources) else " (the other sources ran to the end)")
+        message = "; ".join(lost) + ("" if len(lost) == len(sources) else "; the other sources ran to the end")
     if unwritten:
         names = f"{' and '.join(unwritten)} {'was' if len(unwritten) == 1 else 'were'} not written"
         if result.status == "interrupted":
