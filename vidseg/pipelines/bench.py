@@ -116,7 +116,10 @@ def _run_bench(job: BenchJob, stop: StopSignals) -> int:
         "sequential_fps": round(stages["sequential"], 2),
     }
     if job.profile:
-        result["model_parts_s"] = stages.get("parts")
+        parts = stages.get("parts")
+        result["model_parts_s"] = parts
+        if parts and "detections" in parts:  # a count, not seconds
+            result["detections_per_frame"] = parts.pop("detections")
     if job.as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -152,6 +155,8 @@ def format_table(r: dict) -> str:
         else:
             lines.append(f"{'model part':<12}{'s/batch':>10}")
             lines.extend(f"{k:<12}{v:>10.4f}" for k, v in parts.items())
+            if "detections_per_frame" in r:
+                lines.append(f"(with {r['detections_per_frame']:g} detections per frame)")
     return "\n".join(lines)
 
 

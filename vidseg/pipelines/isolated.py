@@ -139,6 +139,10 @@ def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the start (call_in_child)
     exit_with_parent()
+    # Temporary files too go into the parent's directory: libraries that remove theirs only at
+    # interpreter exit (TensorFlow's autograph writes a module per converted function) would
+    # leave them, as this process ends with os._exit.
+    tempfile.tempdir = kwargs["workdir"]
     try:
         reply = ("ok", target(*args, **kwargs))
     except BaseException as e:  # noqa: B902 - whatever it is, the parent reports it
