@@ -148,9 +148,11 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 @click.argument("input", type=click.Path(dir_okay=True))
 @model_options
 @click.option("--frames", type=click.IntRange(1), default=None, help="Frames to use (default: the whole clip).")
-@click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help="libx264 preset (files only). [default: veryfast]")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--profile", is_flag=True, help="Also time each part of the model (backbone, FPN, RPN, heads, ...).")
+@click.option("--profile", is_flag=True,
+              help="Also time each part of the model (backbone, FPN, RPN, heads, ...; files only).")
 def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames, preset, as_json, profile):
     """Measure each stage alone (fps, CPU per frame), the pipeline, its efficiency, the CPU limit
     and a sequential loop.
@@ -160,12 +162,16 @@ def bench_cmd(input, model, weights, batch, min_confidence, model_extra, frames,
     if input.lower().startswith(("rtsp://", "rtsps://")):
         from vidseg.pipelines.live import bench_live
 
+        if preset or profile:  # a stream is measured through the model into no sink, as a whole
+            raise InputError(f"{'--preset' if preset else '--profile'} is for files: a stream's bench encodes "
+                             "nothing and times the model as a whole; bench a recorded clip for it")
+
         return bench_live(input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
                           model_extra=model_extra, frames=frames, as_json=as_json)
     from vidseg.pipelines.bench import BenchJob, run_bench
 
     return run_bench(BenchJob(input=input, model=model, weights=weights, batch=batch, min_confidence=min_confidence,
-                              frames=frames, preset=preset, as_json=as_json, model_options=model_extra,
+                              frames=frames, preset=preset or "veryfast", as_json=as_json, model_options=model_extra,
                               profile=profile))
 
 

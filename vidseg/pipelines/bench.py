@@ -93,7 +93,7 @@ def run_bench(job: BenchJob) -> int:
 def _run_bench(job: BenchJob, stop: StopSignals) -> int:
     check_spec(job.model)
     info = probe(job.input)
-    n = job.frames or info["frame_count"] or 300
+    n = job.frames or info["frame_count"]  # None: the whole clip, counted as it is decoded
     options = dict(job.model_options, weights=job.weights, min_confidence=job.min_confidence)
     stages = call_in_child(stop, "the process measuring the stages", measure_stages, job.input, n, job.model,
                            options, job.batch, job.preset, job.profile)
@@ -169,9 +169,10 @@ def _decoded(path: str, n: int) -> list:
         source.close()
 
 
-def measure_stages(path: str, n: int, model_spec: str, options: dict, batch: Optional[int], preset: str,
+def measure_stages(path: str, n: Optional[int], model_spec: str, options: dict, batch: Optional[int], preset: str,
                    profile: bool = False, workdir: Optional[str] = None) -> dict:
-    """fps of decode, infer, render and encode alone, and of the sequential loop (child process);
+    """fps of decode, infer, render and encode alone, and of the sequential loop (child process),
+    on the first n frames (None: all, and "frames" in the result says how many there were);
     cpu_ms: each stage's CPU milliseconds per frame (process_time: all its threads); with
     `profile`, also the model's seconds per batch in each of its parts (None when the model has
     no `profile_parts`). workdir: where the encoded MP4s go (default: a temporary directory)."""
