@@ -115,7 +115,8 @@ def ctrl_c(run, how: str, sig=signal.SIGINT) -> None:
 
 def assert_stops_at_once(run, sig, shm, tmpdir) -> None:
     """Exit 128+sig within EXIT_S, no process of the run left, nothing in /dev/shm or TMPDIR,
-    no error line (an interruption is not an error)."""
+    no error line (an interruption is not an error) but one saying it was interrupted (there
+    was only a blank line)."""
     try:
         _, err = run.communicate(timeout=EXIT_S)
         stuck = None
@@ -131,6 +132,7 @@ def assert_stops_at_once(run, sig, shm, tmpdir) -> None:
         assert run.returncode == 128 + sig, err
         assert not left, describe(left)
         assert "error" not in err, err
+        assert err.startswith("interrupted: nothing to report") and err.count("\n") == 1, err
         assert not shm_leaked(shm)
         assert os.listdir(tmpdir) == []
     finally:

@@ -85,9 +85,15 @@ class BenchJob:
 
 def run_bench(job: BenchJob) -> int:
     """Measure, print the table (or JSON on stdout); returns the exit code. Ctrl-C or SIGTERM
-    raise KeyboardInterrupt or Terminated once what was started has ended (module doc)."""
+    end it once what was started has ended (module doc), with a line saying so: 130 or 143."""
     with StopSignals() as stop:
-        return _run_bench(job, stop)
+        try:
+            return _run_bench(job, stop)
+        except (KeyboardInterrupt, Terminated) as stopped:
+            after_echo = "\n" if sys.stderr.isatty() else ""  # a terminal shows ^C where the line would start
+            print(f"{after_echo}interrupted: nothing to report (the figures are compared with one another, so "
+                  "they come when every measurement is made)", file=sys.stderr)
+            return getattr(stopped, "exit_code", 130)
 
 
 def _run_bench(job: BenchJob, stop: StopSignals) -> int:
