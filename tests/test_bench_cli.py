@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.conftest import run_vidseg
 
 
@@ -15,7 +17,26 @@ def test_bench_uses_the_whole_clip_when_its_container_gives_no_frame_count(tmp_p
                     "-c:v", "libx264", "-preset", "ultrafast", str(clip)], check=True)
     r = run_vidseg("bench", clip, "--model", "none", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["frames"] == 330
+    report = json.loads(r.stdout)
+    assert report["frames"] == 330
+    # --model none runs capture into the sink: infer and render have no figures (they had
+    # a no-op's hundred thousand fps), and the CPU limit is of the two stages that run
+    assert report["stages"]["infer"] is None and report["stages"]["render"] is None
+    assert report["slowest"] in ("decode", "encode")
+    cpu = report["stages_cpu_ms"]
+    assert report["cpu_limit_fps"] == pytest.approx(1000 * report["cpus"] / (cpu["decode"] + cpu["encode"]), rel=0.01)
+
+
+def test_bench_table_says_which_stages_did_not_run(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30", "-frames:v", "20",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(clip)], check=True)
+    r = run_vidseg("bench", clip, "--model", "none", "--batch", 8)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "vidseg bench clip.mp4: 160x120, 20 frames, model none, preset veryfast"  # no batch: no model
+    assert lines[3].split() == ["infer", "alone", "-", "-", "(not", "run", "with", "--model", "none)"]
+    assert lines[4].split()[:4] == ["render", "alone", "-", "-"]
 
 
 def test_bench_of_a_stream_refuses_the_options_it_cannot_use():

@@ -53,6 +53,7 @@ from vidseg.sources.file import FileSource, probe
 from vidseg.stages import input_side
 
 KEEP_FRAMES = 16  # distinct decoded frames kept for the infer/render/encode measurements
+STAGES = ("decode", "infer", "render", "encode")
 
 
 class _Clock:
@@ -105,20 +106,23 @@ def _run_bench(job: BenchJob, stop: StopSignals) -> int:
                            options, job.batch, job.preset, job.profile)
     n = stages.pop("frames")
     pipeline = measure_pipeline(job.input, info, n, job.model, options, job.batch, job.preset)
-    slowest = min(("decode", "infer", "render", "encode"), key=lambda k: stages[k])
+    # --model none: capture feeds the sink (vidseg.pipelines.run.passthrough); infer and render
+    # do not run, and their rows are None
+    ran = STAGES if job.model != "none" else ("decode", "encode")
+    slowest = min(ran, key=lambda k: stages[k])
     cpu_ms = stages.pop("cpu_ms")
     cpus = len(os.sched_getaffinity(0))
     result = {
         "input": os.path.basename(job.input), "width": info["width"], "height": info["height"], "frames": n,
         "model": job.model, "batch": stages.pop("batch"), "preset": job.preset,
-        "stages": {k: round(stages[k], 2) for k in ("decode", "infer", "render", "encode")},
+        "stages": {k: round(stages[k], 2) if k in ran else None for k in STAGES},
         "slowest": slowest,
         "pipeline_fps": round(pipeline["fps"], 2),
         "pipeline_wall_s": round(pipeline["wall_s"], 2),
         "efficiency": round(pipeline["fps"] / stages[slowest], 3),
-        "stages_cpu_ms": {k: round(v, 2) for k, v in cpu_ms.items()},
+        "stages_cpu_ms": {k: round(cpu_ms[k], 2) if k in ran else None for k in STAGES},
         "cpus": cpus,
-        "cpu_limit_fps": round(1000.0 * cpus / sum(cpu_ms.values()), 2),
+        "cpu_limit_fps": round(1000.0 * cpus / sum(cpu_ms[k] for k in ran), 2),
         "sequential_fps": round(stages["sequential"], 2),
     }
     if job.profile:
@@ -144,15 +148,20 @@ def _profile_parts(model, frames: list, max_dim: int) -> Optional[dict]:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"vidseg bench {r['input']}: {r['width']}x{r['height']}, {r['frames']} frames, model {r['model']}, "
-             f"batch {r['batch']}, preset {r['preset']}",
+    model = f"model {r['model']}" + (f", batch {r['batch']}" if r["model"] != "none" else "")
+    lines = [f"vidseg bench {r['input']}: {r['width']}x{r['height']}, {r['frames']} frames, {model}, "
+             f"preset {r['preset']}",
              f"{'measure':<12}{'fps':>10}{'CPU ms/frame':>15}"]
     for k, v in r["stages"].items():
+        if v is None:
+            lines.append(f"{k + ' alone':<12}{'-':>10}{'-':>15}   (not run with --model {r['model']})")
+            continue
         lines.append(f"{k + ' alone':<12}{v:>10.1f}{r['stages_cpu_ms'][k]:>15.1f}"
                      + ("   <- slowest" if k == r["slowest"] else ""))
     lines.append(f"{'pipeline':<12}{r['pipeline_fps']:>10.1f}   efficiency {r['efficiency']:.2f}")
+    cpu_total = sum(v for v in r["stages_cpu_ms"].values() if v is not None)
     lines.append(f"{'CPU limit':<12}{r['cpu_limit_fps']:>10.1f}   ({r['cpus']} CPUs / "
-                 f"{sum(r['stages_cpu_ms'].values()):.1f} CPU ms per frame, all stages)")
+                 f"{cpu_total:.1f} CPU ms per frame, all stages)")
     lines.append(f"{'sequential':<12}{r['sequential_fps']:>10.1f}   (one process, stage after stage)")
     if "model_parts_s" in r:
         parts = r["model_parts_s"]

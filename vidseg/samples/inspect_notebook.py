@@ -117,7 +117,7 @@ def write(nb, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", default=NOTEBOOK, help="Notebook to write (default: %(default)s).")
     parser.add_argument("--weights", default=None, help="Weights file (default: the shipped model).")
     parser.add_argument("--image", default=None, help="Picture (default: scikit-image's astronaut).")
