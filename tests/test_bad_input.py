@@ -51,6 +51,17 @@ def test_random_bytes_are_not_a_video(workdir, seed):
     assert listing(workdir) == ["in.mp4", "noise.mp4"]
 
 
+@pytest.mark.parametrize("command", ["file", "bench"])
+def test_a_named_pipe_is_refused_not_waited_on(workdir, command):
+    """A FIFO with no writer: FFmpeg's open blocked for ever, and neither Ctrl-C nor SIGTERM
+    (timeout's) ended it. Even with a writer, the input is read more than once."""
+    os.mkfifo(workdir / "fifo")
+    args = ["-o", workdir / "out.mp4"] if command == "file" else []
+    r = run_vidseg(command, workdir / "fifo", *args, "--model", "none", timeout=60)
+    assert_one_line_error(r, "fifo is a pipe or a device, not a file", "save the video to a file first")
+    assert listing(workdir) == ["fifo", "in.mp4"]
+
+
 def test_file_without_video_stream(workdir):
     import av
     import numpy as np

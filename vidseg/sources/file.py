@@ -34,6 +34,9 @@ def probe(path: str) -> dict:
         raise InputError(f"input not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"input is a directory, not a video file: {path}")
+    if not os.path.isfile(path):  # FFmpeg's open of a pipe with no writer blocks, deaf to Ctrl-C
+        raise InputError(f"{path} is a pipe or a device, not a file: vidseg reads its input more than once "
+                         "(to probe it, to decode it, for its audio); save the video to a file first")
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
