@@ -196,6 +196,29 @@ def test_model_none_keeps_pixels(clips, tmp_path):
     assert stats["frames_in"] == stats["frames_out"] == 30
 
 
+@pytest.mark.parametrize("size, pix_fmt", [("480x270", "yuv420p"), ("480x270", "yuv444p"), ("640x2", "yuv420p")])
+def test_every_plane_survives_at_heights_not_a_multiple_of_four(tmp_path, size, pix_fmt):
+    """PyAV's from_numpy_buffer takes an I420 buffer's rows // 6 * 4 as its height, so 270
+    became 268 (scaled back by the encoder: chroma PSNR 15-20 dB, colours wrong) and 2 became 0
+    (exit 1). Compared plane by plane on ffmpeg's colourful test pattern, through the I420 path
+    (yuv420p) and the RGB one (yuv444p)."""
+    clip, out = tmp_path / f"in_{size}.mp4", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", "10",
+                    "-c:v", "libx264", "-crf", "10", "-pix_fmt", pix_fmt, str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress", "--crf", "10")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(clip)) as a, av.open(str(out)) as b:
+        pairs = list(zip(a.decode(video=0), b.decode(video=0)))
+        assert len(pairs) == 10
+        for src, got in pairs:
+            assert (got.width, got.height) == (src.width, src.height)
+            src_planes = src.reformat(format="yuv420p").to_ndarray()
+            diff = np.abs(got.to_ndarray().astype(int) - src_planes)
+            h = src.height
+            for name, rows in (("Y", diff[:h]), ("U and V", diff[h:])):
+                assert rows.mean() < 3, (name, rows.mean())
+
+
 def test_decoded_planes_are_the_decoders_picture(clips):
     """FileSource's I420 frames copy themselves into a slot exactly as PyAV's to_ndarray()."""
     from vidseg.sources.file import FileSource

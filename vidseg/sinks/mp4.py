@@ -75,7 +75,10 @@ class Mp4Sink:
     def write_yuv420p(self, i420: np.ndarray, pts: float) -> bool:
         """i420: uint8 [H*3/2, W] C-contiguous at the sink's (even) size. libx264 copies the
         picture during encode(), so the buffer may be reused as soon as this returns."""
-        frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
+        if self.height % 4 == 0:
+            frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")  # no copy
+        else:  # PyAV's from_numpy_buffer takes rows // 6 * 4 as the height: 268 for 270, 0 for 2
+            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         ticks = int(round((pts + self.time_shift) / self.time_base))
         if self._last_pts is not None and ticks <= self._last_pts:
             ticks = self._last_pts + 1  # damaged input: keep pts strictly increasing
