@@ -307,17 +307,25 @@ def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):
     assert (audio["codec_name"], audio["channels"]) == ("aac", channels)
 
 
-def test_a_start_before_zero_is_shifted_not_cut(tmp_path):
-    """An MPEG-TS whose clock wrapped starts at a negative time: every frame and all the audio
-    are kept, video and audio moved by the same amount (an MP4 player skips what is before 0)."""
-    clip, out = tmp_path / "wrapped.ts", tmp_path / "out.mp4"
+@pytest.mark.parametrize("offset", [95441, 3600])
+def test_an_mpeg_ts_clock_is_moved_to_start_at_zero(tmp_path, offset):
+    """An MPEG-TS starts where its clock was: before 0 when the clock wrapped (an MP4 player
+    skips what is before 0: the frames there were lost), an hour in for a broadcast (the MP4
+    opened with an hour of nothing). Every frame and all the audio are kept, video and audio
+    moved by the same amount, so the output starts at 0, as ffmpeg's does."""
+    clip, out = tmp_path / "clock.ts", tmp_path / "out.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
                     "-i", "sine=sample_rate=48000", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                    "-output_ts_offset", "95441", "-f", "mpegts", str(clip)], check=True)
+                    "-output_ts_offset", str(offset), "-f", "mpegts", str(clip)], check=True)
     a = probe(clip)
-    assert float(a["video"]["start_time"]) < -1  # FFmpeg unwraps the clock to before 0
+    start = float(a["video"]["start_time"])
+    assert start < -1 if offset == 95441 else start > 3600  # FFmpeg unwraps a wrapped clock to before 0
     assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
     b = probe(out)
+    assert min(float(b["video"]["start_time"]), float(b["audio"]["start_time"])) == pytest.approx(0, abs=0.03)
+    length = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(out)],
+                            capture_output=True, text=True, check=True).stdout
+    assert float(length) == pytest.approx(3.0, abs=0.1)  # what a player shows
     assert b["video"]["nb_read_frames"] == a["video"]["nb_read_frames"] == "75"
     assert float(b["video"]["duration"]) == pytest.approx(float(a["video"]["duration"]), abs=0.01)
     assert float(b["audio"]["duration"]) == pytest.approx(3.0, abs=0.05)  # all 3 s of it (cut to 1.7 s before)

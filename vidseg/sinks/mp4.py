@@ -29,9 +29,11 @@ class Mp4Sink:
     width, height: frame size; odd sizes are cropped by one pixel (yuv420p needs even sizes).
     fps: nominal rate (stream metadata); time_base: Fraction the pts are kept in.
     audio_from: a file whose first audio stream is copied into the output, interleaved by time.
-    time_shift: seconds added to every timestamp, video and audio alike: an input that starts
-        before 0 (an MPEG-TS whose clock wrapped) must be moved, as players skip what an MP4
-        holds before 0. sar: the pixel aspect ratio (anamorphic video), None: square.
+    time_shift: seconds added to every timestamp, video and audio alike, so that the output
+        starts at 0 as ffmpeg's does: players skip what an MP4 holds before 0 (an MPEG-TS whose
+        clock wrapped starts below it) and show a blank for a late start (an MPEG-TS's clock:
+        1.4 s from ffmpeg, hours from a broadcast). sar: the pixel aspect ratio (anamorphic
+        video), None: square.
     keep_as: where the sink stage puts the finalised file if the run's supervisor dies (a live
         recording, kept as a partial); None: the file is removed then (see vidseg.stages).
     """
