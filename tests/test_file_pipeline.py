@@ -347,6 +347,19 @@ def test_the_default_video_stream_is_the_one_segmented(tmp_path):
     assert (video["width"], video["height"], video["nb_read_frames"]) == (320, 240, "50")
 
 
+@pytest.mark.parametrize("name, codec", [("raw.h264", "libx264"), ("raw.hevc", "libx265")])
+def test_a_raw_stream_plays_at_its_own_rate(tmp_path, name, codec):
+    """An elementary stream has no timestamps: its frames were timed at FFmpeg's default 25 fps
+    (a 30 fps, 2 s clip became 2.4 s); ffprobe and ffmpeg read the bitstream's own rate."""
+    clip, out = tmp_path / name, tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", "2",
+                    "-c:v", codec, "-pix_fmt", "yuv420p", str(clip)], check=True)
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    video = probe(out)["video"]
+    assert (video["nb_read_frames"], video["r_frame_rate"]) == ("60", "30/1")
+    assert float(video["duration"]) == pytest.approx(2.0, abs=0.04)
+
+
 def test_pixel_aspect_ratio_is_kept(tmp_path):
     clip, out = tmp_path / "anamorphic.mp4", tmp_path / "out.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-t", "1",

@@ -51,6 +51,10 @@ def probe(path: str) -> dict:
         rotation = _stream_rotation(container, stream)
         w, h = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if container.format.flags & av.format.Flags.no_timestamps.value:
+            # a raw stream (.h264, .hevc): frames come without pts and are timed by this rate;
+            # the average is FFmpeg's 25 fps default there, the guess the bitstream's own
+            rate = stream.guessed_rate or rate
         fps = float(rate) if rate else None
         count = stream.frames or None
         if count is None and stream.duration and fps:
