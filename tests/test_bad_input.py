@@ -62,6 +62,23 @@ def test_a_named_pipe_is_refused_not_waited_on(workdir, command):
     assert listing(workdir) == ["fifo", "in.mp4"]
 
 
+def test_a_song_with_cover_art_has_no_video(workdir):
+    """An MP3's album art is a one-frame "video" stream: the song was accepted, and written as a
+    one-frame video of 0.00001 s under a 'damaged input' warning."""
+    import subprocess
+
+    cover, song = workdir / "cover.png", workdir / "song.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120", "-frames:v", "1", str(cover)],
+                   check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=2", "-i", str(cover), "-map", "0",
+                    "-map", "1", "-c:a", "libmp3lame", "-c:v", "mjpeg", "-disposition:v", "attached_pic", str(song)],
+                   check=True)
+    cover.unlink()
+    r = run_vidseg("file", song, "-o", workdir / "out.mp4", "--model", "none")
+    assert_one_line_error(r, "song.mp3 has no video stream")
+    assert listing(workdir) == ["in.mp4", "song.mp3"]
+
+
 def test_file_without_video_stream(workdir):
     import av
     import numpy as np

@@ -42,9 +42,13 @@ def probe(path: str) -> dict:
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {path} as a video ({_reason(e)}); give a video file FFmpeg can decode") from None
     with container:
-        if not container.streams.video:
+        # a cover picture (an MP3's or M4A's album art) is a one-frame "video" stream: not video
+        videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not videos:
             raise InputError(f"{path} has no video stream; give a file with video")
         stream = container.streams.best("video")
+        if stream not in videos:
+            stream = videos[0]
         ctx = stream.codec_context
         if not ctx.width or not ctx.height:
             raise InputError(f"cannot read {path} as a video (no frame size in its video stream)")
