@@ -239,6 +239,29 @@ def test_second_ctrl_c_keeps_an_mp4_finalised_in_the_grace(long_clip, tmp_path):
     assert "not written" not in err and sorted(os.listdir(tmp_path)) == ["out.mp4", "s.json"]
 
 
+def test_ctrl_c_pressed_on_and_on_changes_nothing_after_the_second(clip_for, tmp_path):
+    """Ctrl-C after Ctrl-C, while the sink finalises in its grace (x264 medium flushing its
+    lookahead): the third one ended the command at once, exit 130 with no word, the MP4 it was
+    finishing removed and the stages' clean-up cut short."""
+    shm = shm_entries()
+    run = start("file", clip_for["transcode"], "-o", tmp_path / "out.mp4", "--model", "none", "--preset", "medium",
+                "--no-progress")
+    procs = wait_for_stages(run.pid, PATHS["transcode"][1])
+    time.sleep(1.0)
+    for _ in range(8):
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.25)  # more than REPEAT_S: each one a press of its own
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    assert "frames: in" in err, err  # the summary
+    if os.listdir(tmp_path):
+        assert os.listdir(tmp_path) == ["out.mp4"] and int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) >= 1
+    else:
+        assert f"so {tmp_path / 'out.mp4'} was not written" in err
+    assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_supervisor_killed_leaves_no_orphans(path, clip_for, tmp_path):
     shm = shm_entries()

@@ -12,7 +12,8 @@ left to load and no server has to load it all a second time.
   the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage).
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
   drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
-  timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once.
+  timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once;
+  later ones are only counted until the stages are stopped and the rings unlinked.
   Stages ignore both themselves, so a signal sent to the whole process group (a terminal's
   Ctrl-C, timeout, systemd) reaches only this logic.
 - A stage asking to quit (a window closed) drains like Ctrl-C but ends with exit 0.
@@ -79,6 +80,7 @@ class Supervisor:
         self._signal = signal.SIGINT  # the last stop signal received, and when
         self._signalled_at = 0.0
         self.late_reports: list[dict] = []  # reports sent after watch() returned (see close)
+        self._previous_handlers: dict = {}  # the stop signals' handlers before watch(), back after close()
 
     def add_ring(self, ring: FrameRing) -> FrameRing:
         """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
@@ -118,35 +120,33 @@ class Supervisor:
         tolerated: dict[str, str] = {}
         failure: Optional[tuple] = None
         quit_requested = False
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while failure is None and self._interrupts < 2:
-                # wake at once when a stage ends (its last report is in the pipe by then)
-                mp.connection.wait([p.sentinel for p in self._procs.values() if p.exitcode is None], TICK_S)
-                failures, quit = self._drain_ctrl(reports, timeout=0.0)
+        # Kept until close() has ended: a third Ctrl-C while the sinks finalise (a user pressing
+        # it again and again) must not cut that short, nor the unlinking of the rings.
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        while failure is None and self._interrupts < 2:
+            # wake at once when a stage ends (its last report is in the pipe by then)
+            mp.connection.wait([p.sentinel for p in self._procs.values() if p.exitcode is None], TICK_S)
+            failures, quit = self._drain_ctrl(reports, timeout=0.0)
+            quit_requested |= quit
+            on_tick()
+            ended = [n for n, p in self._procs.items() if p.exitcode is not None]
+            unreported = [n for n in ended if n not in reports and n not in tolerated
+                          and n not in (f[0] for f in failures)]
+            if unreported:
+                # Its last message may still be in the pipe: read what is there first.
+                more, quit = self._drain_ctrl(reports, timeout=0.5)
+                failures += more
                 quit_requested |= quit
-                on_tick()
-                ended = [n for n, p in self._procs.items() if p.exitcode is not None]
-                unreported = [n for n in ended if n not in reports and n not in tolerated
-                              and n not in (f[0] for f in failures)]
-                if unreported:
-                    # Its last message may still be in the pipe: read what is there first.
-                    more, quit = self._drain_ctrl(reports, timeout=0.5)
-                    failures += more
-                    quit_requested |= quit
-                    failures += [(n, describe_exit(self._procs[n].exitcode), 1, True)
-                                 for n in unreported if n not in reports and n not in (f[0] for f in failures)]
-                for name, message, code, died in failures:
-                    if tolerate(name, died):
-                        tolerated[name] = message
-                    elif failure is None:
-                        failure = (name, message, code)
-                done = len(reports) + len(tolerated)
-                if failure is None and len(ended) == len(self._procs) and done == len(self._procs):
-                    break
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                failures += [(n, describe_exit(self._procs[n].exitcode), 1, True)
+                             for n in unreported if n not in reports and n not in (f[0] for f in failures)]
+            for name, message, code, died in failures:
+                if tolerate(name, died):
+                    tolerated[name] = message
+                elif failure is None:
+                    failure = (name, message, code)
+            done = len(reports) + len(tolerated)
+            if failure is None and len(ended) == len(self._procs) and done == len(self._procs):
+                break
         report_list = list(reports.values())
         if failure is not None:
             name, message, code = failure
@@ -187,8 +187,18 @@ class Supervisor:
 
     def close(self) -> None:
         """Stop every stage still running (its stop signal, SIGKILL after STOP_GRACE_S; at once
-        without one), then unlink every ring. What the stopped stages reported is kept in
-        `late_reports` (after a second Ctrl-C, the sink that finalised its MP4 in the grace)."""
+        without one), then unlink every ring; then put back the stop signals' handlers that
+        watch() replaced (until then a further Ctrl-C is only counted). What the stopped stages
+        reported is kept in `late_reports` (after a second Ctrl-C, the sink that finalised its
+        MP4 in the grace)."""
+        try:
+            self._close()
+        finally:
+            for sig, handler in self._previous_handlers.items():
+                signal.signal(sig, handler)
+            self._previous_handlers = {}
+
+    def _close(self) -> None:
         self.stop.set()
         alive = {name: p for name, p in self._procs.items() if p.is_alive()}
         for name, p in alive.items():
