@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -259,6 +260,32 @@ def test_ctrl_c_pressed_on_and_on_changes_nothing_after_the_second(clip_for, tmp
     else:
         assert f"so {tmp_path / 'out.mp4'} was not written" in err
     assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_closing_the_terminal_keeps_a_playable_partial_mp4(path, clip_for, tmp_path):
+    """The terminal closing (a terminal window shut, an ssh session dropped) hangs up the run's
+    process group: every process died at once, the MP4 was lost, and the ring, its semaphores
+    and a hidden .part file were left behind. SIGHUP now drains like SIGTERM, and what is still
+    printed goes nowhere instead of failing on the terminal that is gone."""
+    shm = shm_entries()
+    options, stages = PATHS[path]
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    command = shlex.join(map(str, [sys.executable, "-c", "from vidseg.cli import main; main()", "file",
+                                   clip_for[path], "-o", out, *options, "--stats", stats]))
+    terminal = subprocess.Popen(["script", "-qefc", command, "/dev/null"], cwd=REPO, start_new_session=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_stages(terminal.pid, stages)
+    everyone = psutil.Process(terminal.pid).children(recursive=True)
+    terminal.kill()  # the terminal's end goes: the kernel hangs up the session
+    terminal.wait()
+    assert all_gone(everyone, timeout=20)
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "s.json"]
+    frames = int(probe(out)["video"]["nb_read_frames"])
+    report = json.loads(stats.read_text())
+    assert report["partial"] and report["frames_out"] == frames >= 1
     assert not shm_leaked(shm)
 
 

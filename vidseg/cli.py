@@ -18,7 +18,7 @@ from multiprocessing import resource_tracker
 import click
 
 from vidseg import stage_server
-from vidseg.errors import InputError, Terminated, raise_terminated
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, raise_terminated
 from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -36,7 +36,8 @@ class VidsegGroup(click.Group):
             return e.exit_code
 
     def main(self, args=None, prog_name="vidseg", **kwargs):
-        signal.signal(signal.SIGTERM, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:
@@ -93,7 +94,12 @@ def prepare_pipeline(model: str, window: bool = False) -> None:
     if model != "none":
         stage_server.start(window)  # starts the resource tracker too
     else:  # the process that unlinks the rings should this one die: start it while a CPU is idle
-        resource_tracker.ensure_running()
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}  # it inherits them
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def model_options(command):

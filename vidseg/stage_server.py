@@ -7,7 +7,7 @@ run a model — imports the stage modules once while the main process imports an
 every stage is then a fork of it (milliseconds). It keeps what `spawn` was for: the server
 never imports TensorFlow (only the infer stage does, after the fork), runs no thread
 (OpenBLAS is limited to one, which also spares the stages its thread pool: they do no linear
-algebra), and ignores SIGINT and SIGTERM (the supervisor's). Stages inherit the server's
+algebra), and ignores SIGINT, SIGTERM and SIGHUP (the supervisor's). Stages inherit the server's
 environment, that of the command when it started.
 
 A run with no model and only files does without the server: capture and sink, which only
@@ -29,6 +29,8 @@ import signal
 import sys
 from multiprocessing import forkserver
 
+from vidseg.errors import STOP_SIGNALS
+
 PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
 # loaded first OpenCV's Qt window hangs connecting to the X server (xcb_wait_for_reply).
@@ -44,8 +46,8 @@ def start(window: bool = True):
     that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
-    # inherited through exec: Ctrl-C and SIGTERM are the supervisor's (vidseg.supervisor)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # inherited through exec: Ctrl-C, SIGTERM and SIGHUP are the supervisor's (vidseg.supervisor)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     saved = {k: os.environ.get(k) for k in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from vidseg.errors import InputError, Terminated
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated
 from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
@@ -63,11 +63,11 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     """Process entry: run `loop(*args, meter)`; report ("done", name, report) or
     ("error", name, message, exit_code) on `ctrl`, then exit 0/1/2."""
     _set_process_name(name)
-    # Ctrl-C and SIGTERM are the supervisor's, also when sent to the whole process group (a
+    # Ctrl-C, SIGTERM and SIGHUP are the supervisor's, also when sent to the whole process group (a
     # terminal, timeout, systemd): it drains the stages. It ends them with STOP_SIGNAL or SIGKILL.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked across the fork
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork
     exit_with_parent()
     meter = StageMeter(name)
     try:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vidseg import stage_server
+from vidseg.errors import STOP_SIGNALS, leave_terminal
 from vidseg.ring import FrameRing
 
 STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is killed
@@ -98,11 +99,11 @@ class Supervisor:
             gc.freeze()
         # A forked stage would inherit this process's handlers until it ignores the signals:
         # held back here, a Ctrl-C or SIGTERM in between reaches the supervisor just after the fork.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             proc.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self._procs[name] = proc
         self._stop_signals[name] = stop_signal
 
@@ -122,7 +123,7 @@ class Supervisor:
         quit_requested = False
         # Kept until close() has ended: a third Ctrl-C while the sinks finalise (a user pressing
         # it again and again) must not cut that short, nor the unlinking of the rings.
-        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         while failure is None and self._interrupts < 2:
             # wake at once when a stage ends (its last report is in the pipe by then)
             mp.connection.wait([p.sentinel for p in self._procs.values() if p.exitcode is None], TICK_S)
@@ -156,6 +157,8 @@ class Supervisor:
         return Outcome("quit" if quit_requested else "complete", 0, "", report_list, "", tolerated)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:
+            leave_terminal()
         now = time.monotonic()
         if self._interrupts and now - self._signalled_at < REPEAT_S:
             return  # one stop delivered twice: timeout signals the command, then its process group

@@ -336,7 +336,7 @@ def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, b
                           sinks=[sink], frame_shape=(info["height"], info["width"]))
         result = run_pipeline([plan], model=model, model_options=options, batch=batch, progress=False)
         if result.status == "interrupted":
-            raise Terminated() if result.exit_code == 128 + signal.SIGTERM else KeyboardInterrupt()
+            raise KeyboardInterrupt() if result.exit_code == 128 + signal.SIGINT else Terminated(result.exit_code - 128)
         if result.exit_code != 0:
             print(f"vidseg: error: {result.message}", file=sys.stderr)
             raise SystemExit(result.exit_code)

@@ -22,18 +22,17 @@ import traceback
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from vidseg.errors import InputError, Terminated
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal
 from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 TICK_S = 0.1  # how often the wait for the child looks for a stop signal
 
 
 class StopSignals:
-    """SIGINT and SIGTERM while the block runs (in the main thread).
+    """SIGINT, SIGTERM and SIGHUP while the block runs (in the main thread).
 
-    The first one raises KeyboardInterrupt (SIGINT) or Terminated (SIGTERM), or, while
+    The first one raises KeyboardInterrupt (SIGINT) or Terminated (the others), or, while
     `polled`, is only recorded in `signum` for the code waiting on a process to act on; any
     later one is ignored, so that nothing cuts the clean-up short. While a pipeline runs, its
     supervisor has its own handlers and puts these back when it is done."""
@@ -56,11 +55,13 @@ class StopSignals:
         if self.signum is not None:
             return
         self.signum = signum
+        if signum == signal.SIGHUP:
+            leave_terminal()
         if not self.polled:
             raise self.exception()
 
     def exception(self) -> KeyboardInterrupt:
-        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else Terminated(self.signum)
 
     @contextmanager
     def deferred(self):
@@ -132,7 +133,7 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
 
 
 def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
-    """The child process: ignores Ctrl-C and SIGTERM (its parent acts on them), ends
+    """The child process: ignores the stop signals (its parent acts on them), ends
     if its parent dies, sends ("ok", result) or ("error", exception, traceback) and exits at once
     (TensorFlow's teardown is no use to anyone)."""
     for sig in STOP_SIGNALS:

@@ -150,9 +150,11 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
 
         outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)), tolerate)
     finally:
-        if bar is not None:
-            bar.close()
-        sup.close()
+        try:
+            if bar is not None:
+                bar.close()  # may fail writing to a terminal that is gone
+        finally:
+            sup.close()
     names = [p.name for p in sources]
     interrupted = outcome.status == "interrupted"
     reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
