@@ -154,6 +154,48 @@ def test_two_outputs_naming_one_file(workdir, options):
     assert listing(workdir) == ["in.mp4", "x.mp4"]
 
 
+def test_an_output_name_ending_in_a_slash_is_refused_up_front(workdir):
+    """`--stats out/dir/` lost its slash to abspath and passed the checks; after the whole run
+    writing it failed with 'Is a directory'."""
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "x.mp4", "--stats", f"{workdir}/dir/", "--model", "none")
+    assert_one_line_error(r, "names a folder", "give a file name")
+    assert listing(workdir) == ["in.mp4"]
+
+
+def test_long_output_names(workdir):
+    """A 246-byte name is legal, but its hidden temporary name (15 bytes more) was not: the run
+    failed at the end naming that temporary file. A name past the file system's limit is
+    refused up front."""
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / ("a" * 256 + ".mp4"), "--model", "none")
+    assert_one_line_error(r, "output name too long", "give a shorter one")
+    long_name = "b" * 242 + ".mp4"
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / long_name, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert listing(workdir) == sorted(["in.mp4", long_name])
+
+
+def test_a_file_written_whole_or_not_at_all(tmp_path):
+    """--stats was written in place: a full disk left an empty file under its name, and with -y
+    emptied the one it replaced. A file size limit stands in for the full disk."""
+    from vidseg.pipelines.outputs import write_whole
+
+    target = tmp_path / "s.json"
+    target.write_text("the previous stats\n")
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, previous[1]))
+    try:
+        with pytest.raises(OSError, match="cannot write the stats file: File too large") as failed:
+            write_whole(str(target), "x" * 100, "stats file")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert failed.value.filename == str(target)
+    assert listing(tmp_path) == ["s.json"] and target.read_text() == "the previous stats\n"
+    write_whole(str(target), "new\n", "stats file")
+    assert listing(tmp_path) == ["s.json"] and target.read_text() == "new\n"
+
+
 def test_a_full_disk_is_one_line_naming_the_file(workdir):
     """/dev/full fails every write with ENOSPC, as a full disk does (and gives Python no file
     name): the error names the stats file, no traceback, exit 1; the MP4 was done and stays."""

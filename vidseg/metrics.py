@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from vidseg.pipelines.outputs import write_whole
+
 
 class StageMeter:
     """Frames handled and time spent working (not waiting) in one stage process."""
@@ -119,14 +121,9 @@ def summary(stats: dict) -> str:
 
 
 def write_stats(path: str, stats: dict) -> None:
-    """`stats` as indented JSON in `path`; an OSError names the path (a full disk reports
-    itself on write, where Python gives no file name)."""
-    try:
-        with open(path, "w") as f:
-            json.dump(stats, f, indent=2)
-            f.write("\n")
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write the stats file: {e.strerror}", path) from None
+    """`stats` as indented JSON in `path`, written whole or not at all; an OSError names the
+    path (a full disk reports itself on write, where Python gives no file name)."""
+    write_whole(path, json.dumps(stats, indent=2) + "\n", "stats file")
 
 
 class Progress:

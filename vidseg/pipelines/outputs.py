@@ -12,7 +12,9 @@ from vidseg.errors import InputError
 
 def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
     """Absolute output path, or InputError: same as the input, directory missing or not
-    writable, or existing without `overwrite`."""
+    writable, a name too long, or existing without `overwrite`."""
+    if path.endswith(os.sep):  # abspath would take the slash off and name a file
+        raise InputError(f"{what} {path} names a folder; give a file name")
     path = os.path.abspath(path)
     if os.path.exists(input_path) and os.path.exists(path) and os.path.samefile(path, input_path) \
             or path == os.path.abspath(input_path):
@@ -24,8 +26,18 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
         raise InputError(f"{what} {path} is a directory; give a file name")
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
+    if len(os.fsencode(os.path.basename(path))) > _name_max(folder):
+        raise InputError(f"{what} name too long: {os.path.basename(path)[:40]}...; give a shorter one")
     check_writable(folder, f"{what} directory")
     return path
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name, in bytes, the folder's file system takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def check_writable(folder: str, what: str = "output directory") -> None:
@@ -70,13 +82,37 @@ def check_distinct(named: Sequence[tuple[str, Optional[str]]]) -> None:
 
 
 def temp_beside(path: str) -> str:
-    """An empty temp file next to `path`, with the permissions a new file would get."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    """An empty temp file next to `path`, with the permissions a new file would get: a hidden
+    `.NAME.XXXXXXXX.part`, NAME cut short when the whole would be too long a file name."""
+    folder = os.path.dirname(path)
+    room = _name_max(folder) - len(".." + "X" * 8 + ".part")
+    name = os.fsencode(os.path.basename(path))[:room].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return tmp
+
+
+def write_whole(path: str, text: str, what: str) -> None:
+    """`text` into `path` under a temporary name, renamed into place once written: a full disk
+    or a stop never leaves a half-written file (nor empties the one it would replace). A path
+    that is not a file (/dev/stdout, a pipe) is written as it is. An OSError names `path` and
+    `what` it is."""
+    special = os.path.exists(path) and not os.path.isfile(path)
+    tmp = path if special else temp_beside(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        if not special:
+            os.replace(tmp, path)
+    except BaseException as e:
+        if not special:
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write the {what}: {e.strerror}", path) from None
+        raise
 
 
 def named_as_given(message: str, temps: Iterable[tuple[str, str]]) -> str:
