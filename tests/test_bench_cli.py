@@ -24,7 +24,8 @@ def test_bench_uses_the_whole_clip_when_its_container_gives_no_frame_count(tmp_p
     assert report["stages"]["infer"] is None and report["stages"]["render"] is None
     assert report["slowest"] in ("decode", "encode")
     cpu = report["stages_cpu_ms"]
-    assert report["cpu_limit_fps"] == pytest.approx(1000 * report["cpus"] / (cpu["decode"] + cpu["encode"]), rel=0.01)
+    limit = 1000 * report["cpus"] / (cpu["decode"] + cpu["encode"])
+    assert report["cpu_limit_fps"] == pytest.approx(limit, rel=0.05)  # the CPU figures are rounded to 0.01 ms
 
 
 def test_bench_table_says_which_stages_did_not_run(tmp_path):
