@@ -219,6 +219,34 @@ def test_every_plane_survives_at_heights_not_a_multiple_of_four(tmp_path, size, 
                 assert rows.mean() < 3, (name, rows.mean())
 
 
+@pytest.mark.parametrize("kind", ["as decoded", "rotated", "4:4:4"])
+def test_bt709_video_keeps_its_colours_and_tags(tmp_path, kind):
+    """HD video is BT.709. Frames that go through RGB (a phone clip's rotation, 4:4:4, 10-bit)
+    were decoded in BT.709 but encoded back with OpenCV's BT.601 (mean error ~10-14 levels of
+    255), and no output carried the colour tags, so players guessed. Compared in YUV, upright,
+    against the source's first frame as ffmpeg decodes it."""
+    clip, out = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    pix_fmt = "yuv444p" if kind == "4:4:4" else "yuv420p"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-frames:v", "5",
+                    "-vf", f"scale=out_color_matrix=bt709:out_range=tv,format={pix_fmt}", "-c:v", "libx264",
+                    "-crf", "10", "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+                    *(["-metadata:s:v", "rotate=180"] if kind == "rotated" else []), str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress", "--crf", "10")
+    assert r.returncode == 0, r.stderr
+    tags = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                           "stream=color_space,color_primaries,color_transfer,color_range", "-of", "json", str(out)],
+                          capture_output=True, text=True, check=True).stdout
+    assert json.loads(tags)["streams"][0] == {"color_range": "tv", "color_space": "bt709", "color_transfer": "bt709",
+                                              "color_primaries": "bt709"}
+
+    def first_yuv(path):
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt",
+                              "yuv420p", "-"], capture_output=True, check=True).stdout
+        return np.frombuffer(raw, np.uint8).astype(int)
+
+    assert np.abs(first_yuv(out) - first_yuv(clip)).mean() < 1.5
+
+
 def test_decoded_planes_are_the_decoders_picture(clips):
     """FileSource's I420 frames copy themselves into a slot exactly as PyAV's to_ndarray()."""
     from vidseg.sources.file import FileSource

@@ -249,7 +249,7 @@ def measure_stages(path: str, n: Optional[int], model_spec: str, options: dict, 
     info = probe(path)
     with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
         sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
-                       preset=preset)
+                       preset=preset, colour=info["colour"])
         with clocks["encode"]:
             for i in range(n):
                 image, fmt, _ = kept[i % len(kept)]
@@ -269,7 +269,8 @@ def _sequential(path, n, model, names, size, pixels, max_dim, info, preset, out_
     from vidseg.ring import FrameMeta
 
     source = FileSource(path, max_frames=n)
-    sink = Mp4Sink(out_path, info["width"], info["height"], info["fps"], info["time_base"], preset=preset)
+    sink = Mp4Sink(out_path, info["width"], info["height"], info["fps"], info["time_base"], preset=preset,
+                   colour=info["colour"])
     renderer = Renderer()
     pending, done = [], 0
     t0 = time.perf_counter()
@@ -330,7 +331,7 @@ def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, b
         done_path = os.path.join(tmp, "pipe.done")
         sink = Spec(_TimedMp4Sink, dict(done_path=done_path, path=os.path.join(tmp, "pipe.mp4"), width=info["width"],
                                         height=info["height"], fps=info["fps"], time_base=info["time_base"],
-                                        preset=preset))
+                                        preset=preset, colour=info["colour"]))
         source = Spec(_TimedFileSource, {"path": path, "max_frames": n, "info": info})
         plan = SourcePlan(name=os.path.basename(path), source=source,
                           sinks=[sink], frame_shape=(info["height"], info["width"]))

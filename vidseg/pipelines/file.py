@@ -71,7 +71,7 @@ def run_file(job: FileJob) -> int:
         sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
                                   time_base=info["time_base"], preset=job.preset, crf=job.crf,
                                   audio_from=job.input if info["has_audio"] else None,
-                                  time_shift=-(info["start"] or 0.0), sar=info["sar"])) \
+                                  time_shift=-(info["start"] or 0.0), sar=info["sar"], colour=info["colour"])) \
             if job.output else Spec(NullSink)
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input, "info": info}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",

@@ -1,7 +1,8 @@
 """H.264 MP4 sink: PyAV libx264, yuv420p, source timestamps kept, audio remuxed untouched.
 
-RGB→I420 is done with OpenCV (about twice as fast as PyAV's swscale path); libx264 runs its
-own threads. The file is written with `+faststart` (index at the front) and is always
+RGB→I420 is done with OpenCV (about twice as fast as PyAV's swscale path) in BT.601, its only
+matrix; a source in another (BT.709 for HD) is converted back in its own with swscale, and
+its colour tags are kept. libx264 runs its own threads. The file is written with `+faststart` (index at the front) and is always
 finalised by `close()` (encoder flushed, remaining audio muxed, trailer written), so a run
 stopped early still leaves a playable file.
 """
@@ -13,11 +14,17 @@ from typing import Iterator, Optional
 
 import av
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
 
 from vidseg.sources.file import resilient_demux
 
 # Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+# AVColorSpace values (a source's matrix) that OpenCV's BT.601 conversion does not match,
+# and swscale's name for each; unspecified (2) is BT.601 to swscale too
+SWSCALE_MATRICES = {1: Colorspace.ITU709, 4: Colorspace.FCC, 7: Colorspace.SMPTE240M, 9: Colorspace.BT2020,
+                    10: Colorspace.BT2020}
+BT601_MATRICES = {5, 6}  # bt470bg, smpte170m
 # FFmpeg's default layout for a channel count, for audio that gives a count but no order
 DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
@@ -36,12 +43,15 @@ class Mp4Sink:
         video), None: square.
     keep_as: where the sink stage puts the finalised file if the run's supervisor dies (a live
         recording, kept as a partial); None: the file is removed then (see vidseg.stages).
+    colour: the source's {"primaries", "trc", "space", "range"} (FFmpeg's AVColor* numbers,
+        `sources.file.probe`): tagged on the output, and the matrix RGB frames are converted
+        back to YUV in; None: untagged, BT.601.
     """
 
     def __init__(self, path: str, width: int, height: int, fps: Optional[float],
                  time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
                  audio_from: Optional[str] = None, time_shift: float = 0.0, sar: Optional[Fraction] = None,
-                 keep_as: Optional[str] = None):
+                 keep_as: Optional[str] = None, colour: Optional[dict] = None):
         self.path = path
         self.keep_as = keep_as
         self.width, self.height = width - width % 2, height - height % 2
@@ -60,6 +70,8 @@ class Mp4Sink:
         self._video.codec_context.time_base = self.time_base
         if sar and sar != 1:
             self._video.codec_context.sample_aspect_ratio = Fraction(sar)
+        self._colour = colour
+        self._matrix = SWSCALE_MATRICES.get(colour["space"]) if colour else None  # None: OpenCV's BT.601
         self.trim_audio = False  # set for a partial run: audio stops with the last frame
         self._frame_s = 1.0 / float(rate)
         self._last_pts: Optional[int] = None
@@ -69,18 +81,42 @@ class Mp4Sink:
             self._audio = _AudioCopy.open(audio_from, self._out, time_shift)
 
     def write(self, image: np.ndarray, pts: float) -> bool:
+        """image: uint8 RGB [H, W, 3], converted to limited-range YUV in the source's matrix."""
+        image = np.ascontiguousarray(image[: self.height, : self.width])
+        self._tag(limited=True)
+        if self._matrix is not None:
+            frame = av.VideoFrame.from_numpy_buffer(image, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=self._matrix, dst_color_range=ColorRange.MPEG)
+            return self._encode(frame, pts)
         import cv2  # here, not at the top: the main process imports this module and never needs OpenCV
 
-        image = image[: self.height, : self.width]
-        return self.write_yuv420p(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), pts)
+        return self._encode(self._i420_frame(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)), pts)
 
     def write_yuv420p(self, i420: np.ndarray, pts: float) -> bool:
-        """i420: uint8 [H*3/2, W] C-contiguous at the sink's (even) size. libx264 copies the
-        picture during encode(), so the buffer may be reused as soon as this returns."""
+        """i420: the source's own YUV, uint8 [H*3/2, W] C-contiguous at the sink's (even) size.
+        libx264 copies the picture during encode(), so the buffer may be reused as soon as this
+        returns."""
+        self._tag(limited=False)
+        return self._encode(self._i420_frame(i420), pts)
+
+    def _i420_frame(self, i420: np.ndarray) -> av.VideoFrame:
         if self.height % 4 == 0:
-            frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")  # no copy
-        else:  # PyAV's from_numpy_buffer takes rows // 6 * 4 as the height: 268 for 270, 0 for 2
-            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+            return av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")  # no copy
+        # PyAV's from_numpy_buffer takes rows // 6 * 4 as the height: 268 for 270, 0 for 2
+        return av.VideoFrame.from_ndarray(i420, format="yuv420p")
+
+    def _tag(self, limited: bool) -> None:
+        """Before the first frame (the encoder opens with it): the source's colour tags; the
+        range is the source's for its own YUV, limited for YUV made here from RGB."""
+        if self._colour is None or self._last_pts is not None:
+            return
+        context = self._video.codec_context
+        context.color_primaries, context.color_trc = self._colour["primaries"], self._colour["trc"]
+        if self._colour["space"] in SWSCALE_MATRICES or self._colour["space"] in BT601_MATRICES:
+            context.colorspace = self._colour["space"]
+        context.color_range = ColorRange.MPEG.value if limited else self._colour["range"]
+
+    def _encode(self, frame: av.VideoFrame, pts: float) -> bool:
         ticks = int(round((pts + self.time_shift) / self.time_base))
         if self._last_pts is not None and ticks <= self._last_pts:
             ticks = self._last_pts + 1  # damaged input: keep pts strictly increasing

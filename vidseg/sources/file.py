@@ -28,7 +28,8 @@ def probe(path: str) -> dict:
     frame_count (None if unknown), rotation (clockwise degrees), has_audio, codec,
     stream (index of the video stream: FFmpeg's best, e.g. the one marked default), start (s,
     the earliest start of it and of the first audio stream; None if unknown), sar (pixel
-    aspect ratio as a Fraction, after rotation; None if unknown).
+    aspect ratio as a Fraction, after rotation; None if unknown), colour (the stream's
+    {"primaries", "trc", "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified).
     Raises InputError when the file is missing, not a video, or has no video stream."""
     if not os.path.exists(path):
         raise InputError(f"input not found: {path}")
@@ -71,7 +72,9 @@ def probe(path: str) -> dict:
         return dict(width=w, height=h, fps=fps, rate=Fraction(rate) if rate else None,
                     time_base=Fraction(stream.time_base), frame_count=count, rotation=rotation,
                     has_audio=bool(container.streams.audio), codec=ctx.name, stream=stream.index,
-                    start=min(starts) if starts else None, sar=Fraction(sar) if sar else None)
+                    start=min(starts) if starts else None, sar=Fraction(sar) if sar else None,
+                    colour=dict(primaries=int(ctx.color_primaries), trc=int(ctx.color_trc),
+                                space=int(ctx.colorspace), range=int(ctx.color_range)))
 
 
 def _reason(e: Exception) -> str:
