@@ -7,6 +7,7 @@ import random
 import resource
 import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -65,8 +66,6 @@ def test_a_named_pipe_is_refused_not_waited_on(workdir, command):
 def test_a_song_with_cover_art_has_no_video(workdir):
     """An MP3's album art is a one-frame "video" stream: the song was accepted, and written as a
     one-frame video of 0.00001 s under a 'damaged input' warning."""
-    import subprocess
-
     cover, song = workdir / "cover.png", workdir / "song.mp3"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120", "-frames:v", "1", str(cover)],
                    check=True)
@@ -325,6 +324,28 @@ def test_no_decodable_frame_is_an_error_not_an_empty_video(tmp_path, clip_480):
     assert_one_line_error(r, "no video frame", "broken.mp4", "damaged", "nothing was written")
     assert listing(tmp_path) == ["broken.mp4"]
     assert_one_line_error(run_vidseg("bench", broken, "--model", "none"), "no video frame", "damaged")
+
+
+def test_a_trimmed_clip_is_not_called_damaged(tmp_path, clip_480):
+    """`ffmpeg -ss 0.5 -c copy` keeps the frames before the cut behind an edit list: the index
+    lists 50, the decoder gives 37 (as ffmpeg's does), and vidseg warned of damaged input."""
+    trimmed = tmp_path / "trimmed.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "0.5", "-i", str(clip_480), "-c", "copy", str(trimmed)], check=True)
+    r = run_vidseg("file", trimmed, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "damaged" not in r.stderr, r.stderr
+
+
+def test_a_truncated_matroska_file_is_reported(tmp_path):
+    """Matroska has no frame count, and its container duration was not looked at: a file cut
+    at 30 % was written short with no word."""
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "4",
+                    "-c:v", "libx264", "-g", "25", str(whole)], check=True)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 10])
+    r = run_vidseg("file", cut, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "warning: damaged input: decoded" in r.stderr and "where its duration suggests about 100" in r.stderr
 
 
 def test_corrupt_middle_is_skipped_and_reported(tmp_path, clips):

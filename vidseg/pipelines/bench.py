@@ -305,7 +305,7 @@ class _TimedFileSource(FileSource):
         yield from super().frames()
 
     def stats(self) -> dict:
-        return {"bench_first_read": getattr(self, "first_read", None)}
+        return dict(super().stats(), bench_first_read=getattr(self, "first_read", None))
 
 
 class _TimedMp4Sink(Mp4Sink):

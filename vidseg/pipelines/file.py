@@ -84,10 +84,10 @@ def run_file(job: FileJob) -> int:
     except BaseException:
         _remove(temps.values())
         raise
-    return finish(result, temps, outputs, job.stats, info["frame_count"])
+    return finish(result, temps, outputs, job.stats, info)
 
 
-def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], expected: Optional[int]) -> int:
+def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], info: dict) -> int:
     """Rename temp outputs into place (complete/interrupted) or remove them (failed, see
     `fail`); report. An interrupted run's outputs go into place only if a frame got through
     (not so when stopped while the model loads), and its MP4 only if it plays with frames in
@@ -104,14 +104,31 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     if unfinished:
         print(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
               f"{'was' if len(unfinished) == 1 else 'were'} not written", file=sys.stderr)
-    short = expected and result.status == "complete" and expected - stats["frames_in"] > max(1, expected // 100)
-    if stats.get("skipped") or short:
-        print(f"warning: damaged input: decoded {stats['frames_in']} frames"
-              + (f" of {expected} listed in its header" if expected else "")
-              + f", skipped {stats.get('skipped', 0)} undecodable packets", file=sys.stderr)
+    damage = damage_seen(stats, info) if result.status == "complete" else None
+    if damage:
+        print(f"warning: damaged input: {damage}", file=sys.stderr)
     if stats_path:
         write_stats(stats_path, stats)
     return result.exit_code
+
+
+def damage_seen(stats: dict, info: dict) -> Optional[str]:
+    """What a complete run saw of damage in its input (probe's `info`), or None: undecodable
+    packets, fewer packets than the index lists (not fewer frames: an edit list hides some
+    from the decoder), or fewer frames than the duration suggests (when that is all there is)."""
+    expected, skipped = info["frame_count"], stats.get("skipped", 0)
+    source = next(iter(stats["sources"].values()), {})
+    got = source.get("packets", stats["frames_in"]) if info["frames_listed"] else stats["frames_in"]
+    short = expected and expected - got > max(1, expected // 100)
+    if not (skipped or short):
+        return None
+    if not expected:
+        found = f"decoded {stats['frames_in']} frames"
+    elif info["frames_listed"]:
+        found = f"read {got} of the {expected} frames listed in its index"
+    else:
+        found = f"decoded {got} frames where its duration suggests about {expected}"
+    return f"{found}, skipped {skipped} undecodable packets"
 
 
 def fail(result: RunResult, temps: dict, outputs: dict) -> int:

@@ -25,7 +25,8 @@ MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the
 
 def probe(path: str) -> dict:
     """Open `path` and describe its video: width, height (after rotation), fps, time_base,
-    frame_count (None if unknown), rotation (clockwise degrees), has_audio, codec,
+    frame_count (None if unknown), frames_listed (True: frame_count is the container's own
+    count of packets, as an MP4's index gives; False: an estimate from the duration), rotation (clockwise degrees), has_audio, codec,
     stream (index of the video stream: FFmpeg's best, e.g. the one marked default), start (s,
     the earliest start of it and of the first audio stream; None if unknown), sar (pixel
     aspect ratio as a Fraction, after rotation; None if unknown), colour (the stream's
@@ -62,15 +63,17 @@ def probe(path: str) -> dict:
             rate = stream.guessed_rate or rate
         fps = float(rate) if rate else None
         count = stream.frames or None
-        if count is None and stream.duration and fps:
-            count = int(round(float(stream.duration * stream.time_base) * fps))
+        listed = count is not None
+        if count is None and fps:  # Matroska gives only the container's duration
+            seconds = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+            count = int(round(seconds * fps)) or None
         starts = [float(s.start_time * s.time_base) for s in (stream, *container.streams.audio[:1])
                   if s.start_time is not None]
         sar = stream.sample_aspect_ratio
         if sar and rotation in (90, 270):
             sar = 1 / sar
         return dict(width=w, height=h, fps=fps, rate=Fraction(rate) if rate else None,
-                    time_base=Fraction(stream.time_base), frame_count=count, rotation=rotation,
+                    time_base=Fraction(stream.time_base), frame_count=count, frames_listed=listed, rotation=rotation,
                     has_audio=bool(container.streams.audio), codec=ctx.name, stream=stream.index,
                     start=min(starts) if starts else None, sar=Fraction(sar) if sar else None,
                     colour=dict(primaries=int(ctx.color_primaries), trc=int(ctx.color_trc),
@@ -146,6 +149,7 @@ class FileSource:
         if max_frames is not None and (self.frame_count is None or self.frame_count > max_frames):
             self.frame_count = max_frames
         self.skipped = 0
+        self.packets = 0  # video packets read (a frame each; an edit list may hide some of them)
         self._container = av.open(path, metadata_errors="ignore")
         self._stream = self._container.streams[info["stream"]]
         self._stream.thread_type = "AUTO"
@@ -154,6 +158,7 @@ class FileSource:
     def frames(self) -> Iterator[SourceFrame]:
         index = 0
         for packet in resilient_demux(self._container, self._stream, self):
+            self.packets += packet.size > 0  # not the demuxer's empty flush packet
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError:
@@ -179,6 +184,9 @@ class FileSource:
         else:
             pts = index / (self.fps or 25.0)
         return SourceFrame(image=image, pts=pts, capture_time=time.monotonic(), format=fmt)
+
+    def stats(self) -> dict:
+        return {"packets": self.packets}
 
     def close(self) -> None:
         self._container.close()
