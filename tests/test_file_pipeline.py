@@ -388,6 +388,24 @@ def test_a_raw_stream_plays_at_its_own_rate(tmp_path, name, codec):
     assert float(video["duration"]) == pytest.approx(2.0, abs=0.04)
 
 
+def test_a_stream_that_grows_mid_way_is_scaled_to_its_first_size(tmp_path):
+    """Two recordings joined (320x240, then 640x480): the ring and the encoder are made for
+    the first frame, and the larger frames failed the capture stage ('larger than the ring's
+    slots'). They are scaled to the first size, as ffmpeg does."""
+    parts = []
+    for k, size in enumerate(("320x240", "640x480")):
+        parts.append(tmp_path / f"part{k}.ts")
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-t", "1",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-output_ts_offset", str(k), "-f", "mpegts",
+                        str(parts[-1])], check=True)
+    joined, out = tmp_path / "joined.ts", tmp_path / "out.mp4"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    r = run_vidseg("file", joined, "-o", out, "--model", BLOB_MODEL, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    video = probe(out)["video"]
+    assert (video["width"], video["height"], video["nb_read_frames"]) == (320, 240, "50")
+
+
 def test_pixel_aspect_ratio_is_kept(tmp_path):
     clip, out = tmp_path / "anamorphic.mp4", tmp_path / "out.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-t", "1",

@@ -154,6 +154,7 @@ class FileSource:
         self._stream = self._container.streams[info["stream"]]
         self._stream.thread_type = "AUTO"
         self._stream.codec_context.thread_count = decode_threads() if threads is None else threads
+        self._coded_size = (self._stream.codec_context.width, self._stream.codec_context.height)
 
     def frames(self) -> Iterator[SourceFrame]:
         index = 0
@@ -171,6 +172,10 @@ class FileSource:
                 index += 1
 
     def _to_source_frame(self, frame: av.VideoFrame, index: int) -> SourceFrame:
+        if (frame.width, frame.height) != self._coded_size:
+            # the stream changed size (joined recordings, a broadcast): scaled to its first
+            # size, as ffmpeg does, which the ring's slots and the encoder were made for
+            frame = frame.reformat(width=self._coded_size[0], height=self._coded_size[1])
         if self.rotation == 0 and frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
             # The decoder's own planes, no colour conversion: I420 [H*3/2, W], copied once where needed.
             image, fmt = DecodedI420(frame), "yuv420p"
