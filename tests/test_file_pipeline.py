@@ -406,6 +406,21 @@ def test_a_stream_that_grows_mid_way_is_scaled_to_its_first_size(tmp_path):
     assert (video["width"], video["height"], video["nb_read_frames"]) == (320, 240, "50")
 
 
+def test_the_default_audio_stream_is_the_one_kept(tmp_path):
+    """Two soundtracks, the second marked default: the first was copied, whereas the video
+    stream is chosen by the default mark (and ffmpeg chooses both so)."""
+    clip, out = tmp_path / "two.mkv", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=440:sample_rate=44100", "-f", "lavfi", "-i",
+                    "sine=frequency=880:sample_rate=22050", "-t", "2", "-map", "0", "-map", "1", "-map", "2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-disposition:a:0", "0",
+                    "-disposition:a:1", "default", str(clip)], check=True)
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    rate = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate",
+                           "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout.split()
+    assert rate == ["22050"]
+
+
 def test_pixel_aspect_ratio_is_kept(tmp_path):
     clip, out = tmp_path / "anamorphic.mp4", tmp_path / "out.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=720x576:rate=25", "-t", "1",

@@ -35,7 +35,8 @@ class Mp4Sink:
     path: output file (written as MP4 whatever its name, so a temp name works).
     width, height: frame size; odd sizes are cropped by one pixel (yuv420p needs even sizes).
     fps: nominal rate (stream metadata); time_base: Fraction the pts are kept in.
-    audio_from: a file whose first audio stream is copied into the output, interleaved by time.
+    audio_from: a file whose audio stream (FFmpeg's best: the one marked default) is copied into
+        the output, interleaved by time.
     time_shift: seconds added to every timestamp, video and audio alike, so that the output
         starts at 0 as ffmpeg's does: players skip what an MP4 holds before 0 (an MPEG-TS whose
         clock wrapped starts below it) and show a blank for a late start (an MPEG-TS's clock:
@@ -156,7 +157,7 @@ def x264_threads() -> int:
 
 
 class _AudioCopy:
-    """Copies the first audio stream of a file into an output container, as time advances."""
+    """Copies the audio stream of a file into an output container, as time advances."""
 
     def __init__(self, container, in_stream, out_stream, encoder=None, time_shift: float = 0.0):
         self._in = container
@@ -177,7 +178,7 @@ class _AudioCopy:
         if not container.streams.audio:
             container.close()
             return None
-        in_stream = container.streams.audio[0]
+        in_stream = container.streams.best("audio")  # the one marked default, as for the video
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
             return cls(container, in_stream, out.add_stream_from_template(in_stream), time_shift=time_shift)
         rate = in_stream.codec_context.sample_rate or 48000

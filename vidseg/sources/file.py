@@ -28,7 +28,7 @@ def probe(path: str) -> dict:
     frame_count (None if unknown), frames_listed (True: frame_count is the container's own
     count of packets, as an MP4's index gives; False: an estimate from the duration), rotation (clockwise degrees), has_audio, codec,
     stream (index of the video stream: FFmpeg's best, e.g. the one marked default), start (s,
-    the earliest start of it and of the first audio stream; None if unknown), sar (pixel
+    the earliest start of it and of the audio stream copied; None if unknown), sar (pixel
     aspect ratio as a Fraction, after rotation; None if unknown), colour (the stream's
     {"primaries", "trc", "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified).
     Raises InputError when the file is missing, not a video, or has no video stream."""
@@ -67,7 +67,8 @@ def probe(path: str) -> dict:
         if count is None and fps:  # Matroska gives only the container's duration
             seconds = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
             count = int(round(seconds * fps)) or None
-        starts = [float(s.start_time * s.time_base) for s in (stream, *container.streams.audio[:1])
+        audio = [container.streams.best("audio")] if container.streams.audio else []
+        starts = [float(s.start_time * s.time_base) for s in (stream, *audio)
                   if s.start_time is not None]
         sar = stream.sample_aspect_ratio
         if sar and rotation in (90, 270):
