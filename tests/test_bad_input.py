@@ -2,16 +2,18 @@
 Damaged input: what can be decoded is, the skipped part is reported, the MP4 is valid."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import BLOB_MODEL, make_clip, probe, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import BLOB_MODEL, REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
 
 
 def assert_one_line_error(result, *words):
@@ -139,6 +141,41 @@ def test_output_not_named_mp4(workdir, name):
     r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / name, "--model", "none")
     assert_one_line_error(r, name, "must end in .mp4")
     assert listing(workdir) == ["in.mp4"]
+
+
+def test_output_that_is_a_folder(workdir):
+    """`-o out/` (an existing folder) was told it 'must end in .mp4'."""
+    (workdir / "out").mkdir()
+    r = run_vidseg("file", workdir / "in.mp4", "-o", f"{workdir / 'out'}/", "--model", "none")
+    assert_one_line_error(r, "is a folder; give a file name ending in .mp4")
+    assert listing(workdir) == ["in.mp4", "out"]
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(workdir):
+    """Two runs writing the same -o without -y: both passed the check at their start and the
+    later rename silently replaced the other's MP4 (both exit 0). The file found there is
+    left alone; this run's goes beside it, a line says where, and the exit is 1."""
+    import time
+
+    run = subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "file", workdir / "in.mp4",
+                            "-o", workdir / "out.mp4", "--stats", workdir / "s.json", "--model", "none", "--preset",
+                            "veryslow", "--no-progress"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(name.startswith(".out.mp4.") for name in os.listdir(workdir)):  # past its checks
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.02)
+    (workdir / "out.mp4").write_bytes(b"the other run's")
+    (workdir / "s.json").write_text("the other run's")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1, err
+    assert (workdir / "out.mp4").read_bytes() == b"the other run's"
+    assert (workdir / "s.json").read_text() == "the other run's"
+    assert probe(workdir / "out-2.mp4")["video"]["nb_read_frames"] == "50"
+    assert json.loads((workdir / "s-2.json").read_text())["frames_out"] == 50
+    assert f"{workdir / 'out.mp4'} appeared while vidseg ran and is left as it is; this run's is " \
+           f"{workdir / 'out-2.mp4'}" in err
+    assert listing(workdir) == ["in.mp4", "out-2.mp4", "out.mp4", "s-2.json", "s.json"]
 
 
 @pytest.mark.parametrize("options", [["-o", "x.mp4", "--stats", "x.mp4"], ["-o", "x.mp4", "--detections", "x.mp4"],

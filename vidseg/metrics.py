@@ -120,10 +120,11 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def write_stats(path: str, stats: dict) -> None:
-    """`stats` as indented JSON in `path`, written whole or not at all; an OSError names the
-    path (a full disk reports itself on write, where Python gives no file name)."""
-    write_whole(path, json.dumps(stats, indent=2) + "\n", "stats file")
+def write_stats(path: str, stats: dict, overwrite: bool) -> None:
+    """`stats` as indented JSON in `path`, written whole or not at all, an existing file
+    replaced only with `overwrite` (see put_in_place); an OSError names the path (a full disk
+    reports itself on write, where Python gives no file name)."""
+    write_whole(path, json.dumps(stats, indent=2) + "\n", "stats file", overwrite)
 
 
 class Progress:

@@ -18,7 +18,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      temp_beside)
+                                      put_in_place, temp_beside)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -84,22 +84,25 @@ def run_file(job: FileJob) -> int:
     except BaseException:
         _remove(temps.values())
         raise
-    return finish(result, temps, outputs, job.stats, info)
+    return finish(result, temps, outputs, job.stats, info, job.overwrite)
 
 
-def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], info: dict) -> int:
+def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], info: dict,
+           overwrite: bool) -> int:
     """Rename temp outputs into place (complete/interrupted) or remove them (failed, see
     `fail`); report. An interrupted run's outputs go into place only if a frame got through
     (not so when stopped while the model loads), and its MP4 only if it plays with frames in
     it: a second Ctrl-C stops the sink within 2 s, maybe before it wrote the index."""
     if result.status == "failed":
-        return fail(result, temps, outputs)
+        return fail(result, temps, outputs, overwrite)
     stats = result.stats
     unfinished = [key for key in temps if result.status == "interrupted" and (
         not stats["frames_out"] or key == "output" and not video_frames(temps[key]))]
     _remove(temps.pop(key) for key in unfinished)
+    code = result.exit_code
     for key, tmp in temps.items():
-        os.replace(tmp, outputs[key])
+        if put_in_place(tmp, outputs[key], overwrite) != outputs[key]:
+            code = code or 1  # not where it was asked for: a script must not read the other run's
     print(summary(dict(stats, partial=False) if unfinished else stats), file=sys.stderr)
     if unfinished:
         print(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
@@ -108,8 +111,8 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     if damage:
         print(f"warning: damaged input: {damage}", file=sys.stderr)
     if stats_path:
-        write_stats(stats_path, stats)
-    return result.exit_code
+        write_stats(stats_path, stats, overwrite)
+    return code
 
 
 def damage_seen(stats: dict, info: dict) -> Optional[str]:
@@ -131,14 +134,13 @@ def damage_seen(stats: dict, info: dict) -> Optional[str]:
     return f"{found}, skipped {skipped} undecodable packets"
 
 
-def fail(result: RunResult, temps: dict, outputs: dict) -> int:
+def fail(result: RunResult, temps: dict, outputs: dict, overwrite: bool) -> int:
     """Remove the temp outputs of a failed run, except an MP4 that its sink finalised with
     frames in it: that one goes into place and the one-line error says how many it holds."""
     message = named_as_given(result.message, ((tmp, outputs[key]) for key, tmp in temps.items()))
     frames = video_frames(temps["output"]) if "output" in temps else 0
     if frames:
-        os.replace(temps.pop("output"), outputs["output"])
-        message += kept_partial(outputs["output"], frames)
+        message += kept_partial(put_in_place(temps.pop("output"), outputs["output"], overwrite), frames)
     _remove(temps.values())
     print(f"vidseg: error: {message}", file=sys.stderr)
     return result.exit_code

@@ -25,7 +25,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      temp_beside)
+                                      put_in_place, temp_beside)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -250,16 +250,16 @@ def run_live(job: LiveJob) -> int:
         result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch or len(plans),
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
-        kept = _keep_outputs(temps, paths)
+        kept = _keep_outputs(temps, paths, job.overwrite)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
     if result.status == "failed":
         result.message += "".join(kept_partial(path, n) for path, n in kept.items())
     recorded = {name: (path, kept[path]) for name, path in zip(names, paths) if path in kept}
-    return finish(result, job.stats, [p for p in paths if p and p not in kept], recorded)
+    return finish(result, job.stats, [p for p in paths if p and p not in kept], recorded, job.overwrite)
 
 
 def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = (),
-           recorded: Optional[dict] = None) -> int:
+           recorded: Optional[dict] = None, overwrite: bool = False) -> int:
     """Print the summary (and the failure, if any); write --stats; return the exit code.
     unwritten: the MP4s asked for that got no frame (a run with one is not a success).
     recorded: {source name: (MP4 path, frames)} of the recordings kept, named in the error
@@ -286,20 +286,20 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
     if code != 0 and result.status != "interrupted" and message:
         print(f"vidseg: error: {mask(message)}", file=sys.stderr)
     if stats_path:
-        write_stats(stats_path, stats)
+        write_stats(stats_path, stats, overwrite)
     return code
 
 
-def _keep_outputs(temps: list, paths: list) -> dict:
-    """Every finalised MP4 that holds frames goes into place, however the run ended;
-    returns {path: frames} of those."""
+def _keep_outputs(temps: list, paths: list, overwrite: bool) -> dict:
+    """Every finalised MP4 that holds frames goes into place (see put_in_place), however the
+    run ended; returns {path asked for: frames} of those."""
     kept = {}
     for tmp, path in zip(temps, paths):
         if tmp is None:
             continue
         frames = video_frames(tmp)
         if frames:
-            os.replace(tmp, path)
+            put_in_place(tmp, path, overwrite)
             kept[path] = frames
         else:
             os.unlink(tmp)

@@ -3,7 +3,9 @@ names they are written under until they are complete (see `temp_beside`)."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
+import sys
 import tempfile
 from typing import Iterable, Optional, Sequence
 
@@ -63,6 +65,8 @@ def check_mp4_name(path: str, or_folder: bool = False) -> None:
     """InputError unless `path` ends in .mp4: the sinks write MP4 whatever the name, so a
     .mkv or .avi name would hold a file that is not what it says. or_folder: the option also
     takes an existing folder (live recordings), and the error says so."""
+    if not or_folder and (path.endswith(os.sep) or os.path.isdir(path)):
+        raise InputError(f"output {path} is a folder; give a file name ending in .mp4")
     if os.path.splitext(path)[1].lower() != ".mp4":
         raise InputError(f"output {path} must end in .mp4: vidseg writes H.264 in MP4"
                          + ("; or give an existing folder for one MP4 per source" if or_folder else ""))
@@ -95,7 +99,33 @@ def temp_beside(path: str) -> str:
     return tmp
 
 
-def write_whole(path: str, text: str, what: str) -> None:
+def put_in_place(tmp: str, path: str, overwrite: bool) -> str:
+    """Rename the finished temporary file `tmp` to `path`; returns where it went. Without
+    `overwrite`, a file that appeared at `path` while the command ran (another run writing
+    the same name) is left as it is: `tmp` goes to the first free `NAME-2.EXT`, `NAME-3.EXT`...
+    beside it, and a line says so."""
+    if overwrite:
+        os.replace(tmp, path)
+        return path
+    stem, ext = os.path.splitext(path)
+    for target in itertools.chain([path], (f"{stem}-{n}{ext}" for n in itertools.count(2))):
+        try:
+            os.link(tmp, target)  # fails if target exists: no window in which it could appear
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links (FAT): checked, then renamed
+            if os.path.exists(target):
+                continue
+            os.replace(tmp, target)
+        else:
+            os.unlink(tmp)
+        if target != path:
+            print(f"vidseg: warning: {path} appeared while vidseg ran and is left as it is; this run's is "
+                  f"{target}", file=sys.stderr)
+        return target
+
+
+def write_whole(path: str, text: str, what: str, overwrite: bool = True) -> None:
     """`text` into `path` under a temporary name, renamed into place once written: a full disk
     or a stop never leaves a half-written file (nor empties the one it would replace). A path
     that is not a file (/dev/stdout, a pipe) is written as it is. An OSError names `path` and
@@ -106,7 +136,7 @@ def write_whole(path: str, text: str, what: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
         if not special:
-            os.replace(tmp, path)
+            put_in_place(tmp, path, overwrite)
     except BaseException as e:
         if not special:
             os.unlink(tmp)

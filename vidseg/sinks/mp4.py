@@ -2,9 +2,9 @@
 
 RGB→I420 is done with OpenCV (about twice as fast as PyAV's swscale path) in BT.601, its only
 matrix; a source in another (BT.709 for HD) is converted back in its own with swscale, and
-its colour tags are kept. libx264 runs its own threads. The file is written with `+faststart` (index at the front) and is always
-finalised by `close()` (encoder flushed, remaining audio muxed, trailer written), so a run
-stopped early still leaves a playable file.
+its colour tags are kept. libx264 runs its own threads. The file is written with
+`+faststart` (index at the front) and is always finalised by `close()` (encoder flushed,
+remaining audio muxed, trailer written), so a run stopped early still leaves a playable file.
 """
 from __future__ import annotations
 

@@ -26,11 +26,12 @@ MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the
 def probe(path: str) -> dict:
     """Open `path` and describe its video: width, height (after rotation), fps, time_base,
     frame_count (None if unknown), frames_listed (True: frame_count is the container's own
-    count of packets, as an MP4's index gives; False: an estimate from the duration), rotation (clockwise degrees), has_audio, codec,
-    stream (index of the video stream: FFmpeg's best, e.g. the one marked default), start (s,
-    the earliest start of it and of the audio stream copied; None if unknown), sar (pixel
-    aspect ratio as a Fraction, after rotation; None if unknown), colour (the stream's
-    {"primaries", "trc", "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified).
+    count of packets, as an MP4's index gives; False: an estimate from the duration),
+    rotation (clockwise degrees), has_audio, codec, stream (index of the video stream:
+    FFmpeg's best, e.g. the one marked default, never a cover picture), start (s, the earliest
+    start of it and of the audio stream copied; None if unknown), sar (pixel aspect ratio as a
+    Fraction, after rotation; None if unknown), colour (the stream's {"primaries", "trc",
+    "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified).
     Raises InputError when the file is missing, not a video, or has no video stream."""
     if not os.path.exists(path):
         raise InputError(f"input not found: {path}")
