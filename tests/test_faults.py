@@ -107,6 +107,19 @@ def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
         assert left in ([], ["out.mp4"])
 
 
+def test_a_stage_killed_by_sigbus_points_at_shared_memory(clip_for, tmp_path):
+    """A stage writing to a ring whose /dev/shm filled up after the check at the start (another
+    run, another program) gets SIGBUS: the line said only 'killed by SIGBUS'."""
+    options, stages = PATHS["model"]
+    run = start("file", clip_for["model"], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    procs = wait_for_stages(run.pid, stages)
+    procs["vidseg-capture0"].send_signal(signal.SIGBUS)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 1, err
+    assert err.startswith("vidseg: error: capture stage failed: killed by SIGBUS (/dev/shm, which holds the frame "
+                          "rings, may have filled up: free space there or enlarge it)"), err
+
+
 def test_stage_exception_names_the_stage(long_clip, tmp_path):
     shm = shm_entries()
     r = run_vidseg("file", long_clip, "-o", tmp_path / "out.mp4", "--model", "tests.fake_models:FailingModel",

@@ -180,4 +180,6 @@ def _failure_line(stage: str, cause: str, exit_code: int, names: list) -> str:
         return cause
     kind = stage.partition("[")[0]
     where = f" ({names[_source_index(stage)]})" if "[" in stage and len(names) > 1 else ""
+    if cause == "killed by SIGBUS":  # what writing to a ring whose /dev/shm filled up does
+        cause += " (/dev/shm, which holds the frame rings, may have filled up: free space there or enlarge it)"
     return f"{kind} stage{where} failed: {cause}"
