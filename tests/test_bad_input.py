@@ -151,10 +151,11 @@ def test_output_that_is_a_folder(workdir):
     assert listing(workdir) == ["in.mp4", "out"]
 
 
-def test_an_output_that_appears_during_the_run_is_not_replaced(workdir):
+@pytest.mark.parametrize("appearing", [["out.mp4", "s.json"], ["s.json"]])
+def test_an_output_that_appears_during_the_run_is_not_replaced(workdir, appearing):
     """Two runs writing the same -o without -y: both passed the check at their start and the
-    later rename silently replaced the other's MP4 (both exit 0). The file found there is
-    left alone; this run's goes beside it, a line says where, and the exit is 1."""
+    later rename silently replaced the other's MP4 (both exit 0). A file found there is left
+    alone; this run's goes beside it, a line says where, and the exit is 1."""
     import time
 
     run = subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "file", workdir / "in.mp4",
@@ -165,17 +166,18 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(workdir):
     while not any(name.startswith(".out.mp4.") for name in os.listdir(workdir)):  # past its checks
         assert time.monotonic() < deadline and run.poll() is None
         time.sleep(0.02)
-    (workdir / "out.mp4").write_bytes(b"the other run's")
-    (workdir / "s.json").write_text("the other run's")
+    for name in appearing:
+        (workdir / name).write_text("the other run's")
     _, err = run.communicate(timeout=120)
     assert run.returncode == 1, err
-    assert (workdir / "out.mp4").read_bytes() == b"the other run's"
-    assert (workdir / "s.json").read_text() == "the other run's"
-    assert probe(workdir / "out-2.mp4")["video"]["nb_read_frames"] == "50"
-    assert json.loads((workdir / "s-2.json").read_text())["frames_out"] == 50
-    assert f"{workdir / 'out.mp4'} appeared while vidseg ran and is left as it is; this run's is " \
-           f"{workdir / 'out-2.mp4'}" in err
-    assert listing(workdir) == ["in.mp4", "out-2.mp4", "out.mp4", "s-2.json", "s.json"]
+    ours = {name: name.replace(".", "-2.") if name in appearing else name for name in ("out.mp4", "s.json")}
+    for name in appearing:
+        assert (workdir / name).read_text() == "the other run's"
+        assert f"{workdir / name} appeared while vidseg ran and is left as it is; this run's is " \
+               f"{workdir / ours[name]}" in err
+    assert probe(workdir / ours["out.mp4"])["video"]["nb_read_frames"] == "50"
+    assert json.loads((workdir / ours["s.json"]).read_text())["frames_out"] == 50
+    assert listing(workdir) == sorted(["in.mp4", *appearing, *ours.values()])
 
 
 @pytest.mark.parametrize("options", [["-o", "x.mp4", "--stats", "x.mp4"], ["-o", "x.mp4", "--detections", "x.mp4"],

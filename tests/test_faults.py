@@ -44,9 +44,10 @@ def clip_for(clips, long_clip):
     return {"model": long_clip, "transcode": big}
 
 
-def start(*args) -> subprocess.Popen:
-    """The command in a process group of its own (as a shell job is), led by the command."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def start(*args, tmpdir=None) -> subprocess.Popen:
+    """The command in a process group of its own (as a shell job is), led by the command;
+    its temporary files in `tmpdir` if given."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -81,9 +82,15 @@ def all_gone(procs, timeout: float = 5.0) -> bool:
 
 @pytest.mark.parametrize("path, stage", [(path, stage) for path, (_, stages) in PATHS.items() for stage in stages])
 def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
+    """A stage killed (the OOM killer's way) stops the run within seconds, in one line naming
+    it, and leaves nothing in /dev/shm, beside the output or in the temporary folder (the
+    infer stage's own folder stayed there)."""
     shm = shm_entries()
     options, stages = PATHS[path]
-    run = start("file", clip_for[path], "-o", tmp_path / "out.mp4", *options, "--no-progress")
+    (tmp_path / "tmp").mkdir()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    run = start("file", clip_for[path], "-o", out_dir / "out.mp4", *options, "--no-progress", tmpdir=tmp_path / "tmp")
     procs = wait_for_stages(run.pid, stages)
     helpers = psutil.Process(run.pid).children(recursive=True)  # stages, their server, the resource tracker
     procs[stage].kill()
@@ -96,13 +103,14 @@ def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
     assert len(err.strip().splitlines()) == 1, err
     assert all_gone(helpers)
     assert not shm_leaked(shm)
-    left = os.listdir(tmp_path)  # never a temp file
+    assert os.listdir(tmp_path / "tmp") == []
+    left = os.listdir(out_dir)  # never a temp file
     if stage == "vidseg-sink0":
         assert left == []
     elif path == "model":  # frames reached the sink before the kill: it finalised them
         assert left == ["out.mp4"]
-        assert f"{tmp_path / 'out.mp4'} keeps the" in err and "(partial)" in err
-        assert int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) >= 1
+        assert f"{out_dir / 'out.mp4'} keeps the" in err and "(partial)" in err
+        assert int(probe(out_dir / "out.mp4")["video"]["nb_read_frames"]) >= 1
     else:  # veryslow's lookahead can outlast the 2 s the sink gets to finalise: then nothing
         assert left in ([], ["out.mp4"])
 

@@ -120,11 +120,11 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def write_stats(path: str, stats: dict, overwrite: bool) -> None:
+def write_stats(path: str, stats: dict, overwrite: bool) -> str:
     """`stats` as indented JSON in `path`, written whole or not at all, an existing file
-    replaced only with `overwrite` (see put_in_place); an OSError names the path (a full disk
-    reports itself on write, where Python gives no file name)."""
-    write_whole(path, json.dumps(stats, indent=2) + "\n", "stats file", overwrite)
+    replaced only with `overwrite` (see put_in_place; returns where it went); an OSError names
+    the path (a full disk reports itself on write, where Python gives no file name)."""
+    return write_whole(path, json.dumps(stats, indent=2) + "\n", "stats file", overwrite)
 
 
 class Progress:

@@ -12,7 +12,6 @@ import importlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -189,7 +188,7 @@ def _interrupted_on(stop, interrupt: Callable[[], None]):
 
 
 def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink], in_q, out_qs: Sequence,
-               batch: Optional[int], max_batch: int, max_dim: Optional[int], ready, stop,
+               batch: Optional[int], max_batch: int, max_dim: Optional[int], ready, stop, tempdir: str,
                meter: StageMeter) -> None:
     """Batch frames (across sources) through the model; send each frame on with its detections.
 
@@ -200,9 +199,12 @@ def infer_loop(model_spec: str, model_options: dict, links: Sequence[SourceLink]
     source it runs on what is there after a short window (latency). batch: frames per model
     call (None: the model's batch_size), never above max_batch. Frames larger than max_dim
     (or the model's own input size) on their long side are shrunk once, by averaging, before
-    the model and the boxes scaled back, so the model never sees 4K pixels.
+    the model and the boxes scaled back, so the model never sees 4K pixels. tempdir: where
+    this process's temporary files go; its owner removes it however the stage ends (TensorFlow's
+    autograph writes a module per converted function and removes them only at interpreter exit,
+    which a stage, ended with os._exit or killed, never reaches).
     """
-    with _private_tempdir():  # TensorFlow's autograph leaves a file there per converted function
+    with _tempfiles_in(tempdir):
         model = _load_model(model_spec, model_options, batch, stop)
         ready.set()
         if model is None:
@@ -251,17 +253,13 @@ def _load_model(model_spec: str, model_options: dict, batch: Optional[int], stop
 
 
 @contextmanager
-def _private_tempdir():
-    """Inside the block, temporary files go to a folder of this process, removed at its end:
-    libraries that delete theirs only at interpreter exit (TensorFlow's autograph writes a
-    module per converted function) would leave them, as a stage process ends with os._exit."""
-    folder = tempfile.mkdtemp(prefix="vidseg-stage-")
+def _tempfiles_in(folder: str):
+    """Inside the block, temporary files go to `folder`."""
     previous, tempfile.tempdir = tempfile.tempdir, folder
     try:
         yield
     finally:
         tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _pass_ends_on(port: RingPort, out_qs: Sequence, open_sources: set) -> None:

@@ -110,8 +110,8 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     damage = damage_seen(stats, info) if result.status == "complete" else None
     if damage:
         print(f"warning: damaged input: {damage}", file=sys.stderr)
-    if stats_path:
-        write_stats(stats_path, stats, overwrite)
+    if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
+        code = code or 1
     return code
 
 

@@ -285,8 +285,8 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
             code, message = 1, f"no frame was recorded, so {names}"
     if code != 0 and result.status != "interrupted" and message:
         print(f"vidseg: error: {mask(message)}", file=sys.stderr)
-    if stats_path:
-        write_stats(stats_path, stats, overwrite)
+    if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
+        code = code or 1  # not where it was asked for (see put_in_place)
     return code
 
 

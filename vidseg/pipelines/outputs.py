@@ -125,18 +125,17 @@ def put_in_place(tmp: str, path: str, overwrite: bool) -> str:
         return target
 
 
-def write_whole(path: str, text: str, what: str, overwrite: bool = True) -> None:
-    """`text` into `path` under a temporary name, renamed into place once written: a full disk
-    or a stop never leaves a half-written file (nor empties the one it would replace). A path
-    that is not a file (/dev/stdout, a pipe) is written as it is. An OSError names `path` and
-    `what` it is."""
+def write_whole(path: str, text: str, what: str, overwrite: bool = True) -> str:
+    """`text` into `path` under a temporary name, renamed into place once written (see
+    put_in_place; returns where it went): a full disk or a stop never leaves a half-written
+    file (nor empties the one it would replace). A path that is not a file (/dev/stdout, a
+    pipe) is written as it is. An OSError names `path` and `what` it is."""
     special = os.path.exists(path) and not os.path.isfile(path)
     tmp = path if special else temp_beside(path)
     try:
         with open(tmp, "w") as f:
             f.write(text)
-        if not special:
-            put_in_place(tmp, path, overwrite)
+        return path if special else put_in_place(tmp, path, overwrite)
     except BaseException as e:
         if not special:
             os.unlink(tmp)

@@ -19,6 +19,8 @@ Example (live engineer): a camera source with latest policy and a window + MP4 s
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -107,6 +109,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
     ctx = sup.ctx
     t0 = time.monotonic()
     bar = None
+    # the infer stage's temporary files, removed here: the stage may be killed (OOM) before it can
+    workdir = tempfile.mkdtemp(prefix="vidseg-stage-")
     try:
         links = []
         for i, plan in enumerate(sources):
@@ -126,7 +130,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
             render_qs = [ctx.Queue() for _ in sources]
             sup.start("infer", stages.run_stage, ("infer", stages.infer_loop,
                       (model, dict(model_options or {}), links, infer_q, render_qs, batch, slots - 3, max_dim, ready,
-                       sup.stop),
+                       sup.stop, workdir),
                       sup.ctrl))
         for i, plan in enumerate(sources):
             sup.start(f"sink[{i}]", stages.run_stage, (f"sink[{i}]", stages.sink_loop,
@@ -155,6 +159,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                 bar.close()  # may fail writing to a terminal that is gone
         finally:
             sup.close()
+            shutil.rmtree(workdir, ignore_errors=True)
     names = [p.name for p in sources]
     interrupted = outcome.status == "interrupted"
     reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
