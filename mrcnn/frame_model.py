@@ -102,8 +102,8 @@ def read_sidecar(weights):
         raise InputError(f"sidecar {path}: unknown config field(s) {', '.join(unknown)}; {fix}")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise InputError(f'sidecar {path}: "class_names" must be a list of names, "BG" first; {fix}')
-    if names is not None and class_names_problem(names):
-        raise InputError(f'sidecar {path}: "class_names": {class_names_problem(names)}; {fix}')
+    if names is not None and (problem := class_names_problem(names)):
+        raise InputError(f'sidecar {path}: "class_names": {problem}; {fix}')
     for key, value in config.items():
         problem = _config_value_problem(key, value, config)
         if problem:
@@ -168,12 +168,12 @@ def _read_class_names(class_names):
             raise InputError(f"class names file {path}: a JSON list must hold names only, like [\"BG\", \"cat\"]")
         if not isinstance(names, list):
             names = [line.strip() for line in text.splitlines() if line.strip()]
-        if class_names_problem(names):
-            raise InputError(f"class names file {path}: {class_names_problem(names)}")
+        if problem := class_names_problem(names):
+            raise InputError(f"class names file {path}: {problem}")
         return names
     names = [str(n) for n in class_names]
-    if class_names_problem(names):
-        raise InputError(f"class_names: {class_names_problem(names)}")
+    if problem := class_names_problem(names):
+        raise InputError(f"class_names: {problem}")
     return names
 
 
@@ -209,8 +209,8 @@ class MaskRCNNFrameModel:
         if min_confidence is not None:
             overrides["DETECTION_MIN_CONFIDENCE"] = float(min_confidence)
         if max_dim is not None:
-            if _max_dim_problem(int(max_dim)):
-                raise InputError(f"max dim (--max-dim) {_max_dim_problem(int(max_dim))}, got {max_dim}")
+            if problem := _max_dim_problem(int(max_dim)):
+                raise InputError(f"max dim (--max-dim) {problem}, got {max_dim}")
             overrides["IMAGE_MAX_DIM"] = int(max_dim)
             overrides["IMAGE_MIN_DIM"] = min(int(max_dim), overrides.get("IMAGE_MIN_DIM", Config.IMAGE_MIN_DIM))
         overrides.update(NAME="vidseg", GPU_COUNT=1, IMAGES_PER_GPU=int(batch_size or 1))

@@ -18,7 +18,7 @@ from multiprocessing import resource_tracker
 import click
 
 from vidseg import stage_server
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated, raise_terminated
+from vidseg.errors import InputError, Terminated, raise_terminated, stop_signals_ignored
 from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -94,12 +94,8 @@ def prepare_pipeline(model: str, window: bool = False) -> None:
     if model != "none":
         stage_server.start(window)  # starts the resource tracker too
     else:  # the process that unlinks the rings should this one die: start it while a CPU is idle
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}  # it inherits them
-        try:
+        with stop_signals_ignored():  # the tracker inherits them: they are the supervisor's
             resource_tracker.ensure_running()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def model_options(command):

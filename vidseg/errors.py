@@ -1,5 +1,6 @@
 """Errors the user can fix (bad input, bad options, no room): one line, exit 2, no traceback;
 and the signals that stop a command."""
+import contextlib
 import os
 import signal
 import stat
@@ -27,6 +28,18 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGTERM):
         super().__init__()
         self.exit_code = 128 + signum  # the shell's convention
+
+
+@contextlib.contextmanager
+def stop_signals_ignored():
+    """Inside the block the stop signals are ignored; a process started there (through exec)
+    keeps ignoring them, as exec keeps SIG_IGN (and resets a Python handler)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def raise_terminated(signum, frame):

@@ -25,11 +25,10 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
-import signal
 import sys
 from multiprocessing import forkserver
 
-from vidseg.errors import STOP_SIGNALS
+from vidseg.errors import stop_signals_ignored
 
 PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
@@ -46,15 +45,13 @@ def start(window: bool = True):
     that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
-    # inherited through exec: Ctrl-C, SIGTERM and SIGHUP are the supervisor's (vidseg.supervisor)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     saved = {k: os.environ.get(k) for k in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:
-        forkserver.ensure_running()
+        # inherited through exec: Ctrl-C, SIGTERM and SIGHUP are the supervisor's (vidseg.supervisor)
+        with stop_signals_ignored():
+            forkserver.ensure_running()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         for k, v in saved.items():
             if v is None:
                 del os.environ[k]

@@ -110,7 +110,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
     t0 = time.monotonic()
     bar = None
     # the infer stage's temporary files, removed here: the stage may be killed (OOM) before it can
-    workdir = tempfile.mkdtemp(prefix="vidseg-stage-")
+    workdir = None if direct else tempfile.mkdtemp(prefix="vidseg-stage-")
     try:
         links = []
         for i, plan in enumerate(sources):
@@ -159,7 +159,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                 bar.close()  # may fail writing to a terminal that is gone
         finally:
             sup.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
     names = [p.name for p in sources]
     interrupted = outcome.status == "interrupted"
     reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
