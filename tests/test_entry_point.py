@@ -1,4 +1,5 @@
-"""The `vidseg` entry point (`python -m vidseg`) when the standard streams are closed."""
+"""The `vidseg` entry point (`python -m vidseg`) when the standard streams are closed, or their
+reader leaves (`vidseg ... 2>&1 | head -1`)."""
 from __future__ import annotations
 
 import json
@@ -40,3 +41,27 @@ def test_a_bench_with_stdout_closed_ends_cleanly(tmp_path):
     r = run_entry("bench", clip, "--model", "none", "--json", close=1)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def run_unread(*args) -> int:
+    """`python -m vidseg ARGS 2>&1 | true`: stdout and stderr go to a pipe whose reader has
+    left before the command writes; returns the exit code."""
+    p = subprocess.Popen([sys.executable, "-m", "vidseg", *map(str, args)], cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.close()
+    return p.wait(timeout=300)
+
+
+def test_a_run_whose_reader_left_still_writes_its_outputs(clip_480, tmp_path):
+    """The first line a run printed raised BrokenPipeError: exit 1 and no --stats file (and a
+    demo wrote nothing at all)."""
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    assert run_unread("file", clip_480, "-o", out, "--model", "none", "--stats", stats) == 0
+    frames = json.loads(stats.read_text())["frames_out"]
+    assert int(probe(out)["video"]["nb_read_frames"]) == frames == 50
+
+
+def test_a_bench_or_an_error_whose_reader_left_keeps_its_exit_code(clip_480, tmp_path):
+    assert run_unread("bench", clip_480, "--model", "none", "--frames", "10", "--json") == 0
+    assert run_unread("file", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4") == 2
+    assert not list(tmp_path.iterdir())

@@ -10,6 +10,9 @@ import sys
 def main() -> None:
     _open_closed_std_streams()
     try:
+        from vidseg.errors import outlive_readers
+
+        outlive_readers()
         from vidseg.cli import main as cli
     except KeyboardInterrupt:  # Ctrl-C while the command loads: before its handlers exist
         sys.exit(130)

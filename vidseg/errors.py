@@ -1,9 +1,10 @@
 """Errors the user can fix (bad input, bad options, no room): one line, exit 2, no traceback;
-and the signals that stop a command."""
+the signals that stop a command; and its messages' streams going away under it."""
 import contextlib
 import os
 import signal
 import stat
+import sys
 
 # Ctrl-C; kill, timeout, docker stop, systemd; the terminal closed (an ssh session dropped)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -62,3 +63,45 @@ def leave_terminal() -> None:
         except OSError:  # closed
             pass
     os.close(null)
+
+
+class _ReaderMayLeave:
+    """sys.stdout or sys.stderr, whose reader may leave before the command ends: a pipe into
+    `head -1` or a closed log viewer. A write that finds the pipe closed (EPIPE) makes the
+    stream's file descriptor /dev/null and returns as if written: the run goes on and ends as
+    it would have (a BrokenPipeError had ended it with exit 1, before its MP4 or --stats was
+    written). Everything else is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())  # for this process only, and for C libraries' writes too
+        os.close(null)
+        self._stream.flush()  # what the stream still held goes there too
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def outlive_readers() -> None:
+    """Wrap sys.stdout and sys.stderr in _ReaderMayLeave, once per process: the main process,
+    and each spawned one (forked stages inherit the wrappers)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ReaderMayLeave):
+            setattr(sys, name, _ReaderMayLeave(stream))

@@ -28,7 +28,7 @@ import os
 import sys
 from multiprocessing import forkserver
 
-from vidseg.errors import stop_signals_ignored
+from vidseg.errors import outlive_readers, stop_signals_ignored
 
 PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
@@ -78,3 +78,4 @@ def _exit_now() -> None:
 
 if os.environ.pop(IN_SERVER, None):  # this is the server (its stages do not inherit the mark)
     atexit.register(_exit_now)
+    outlive_readers()  # for its stages

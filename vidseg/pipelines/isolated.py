@@ -22,7 +22,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal, outlive_readers
 from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
 
@@ -139,6 +139,7 @@ def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the start (call_in_child)
+    outlive_readers()
     exit_with_parent()
     # Temporary files too go into the parent's directory: libraries that remove theirs only at
     # interpreter exit (TensorFlow's autograph writes a module per converted function) would
