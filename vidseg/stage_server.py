@@ -29,6 +29,7 @@ import sys
 from multiprocessing import forkserver
 
 from vidseg.errors import outlive_readers, stop_signals_ignored
+from vidseg.scratch import make_scratch_dir, remove_scratch_dir
 
 PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
@@ -45,6 +46,11 @@ def start(window: bool = True):
     that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
+    config = mp.current_process()._config  # where multiprocessing.util.get_temp_dir looks first
+    if "tempdir" not in config:
+        # multiprocessing's temporary folder (the server's socket) as one of ours: a pymp-*
+        # stayed in $TMPDIR when this process was killed, this one goes with the next run
+        config["tempdir"] = make_scratch_dir("mp")
     saved = {k: os.environ.get(k) for k in SERVER_ENV}
     os.environ.update(SERVER_ENV)
     try:
@@ -66,7 +72,10 @@ def _stop() -> None:
     stages, its children, counts in this process's, as `time vidseg ...` expects."""
     stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own tests use it (3.8+)
     if stop is not None:
-        stop()
+        stop()  # also removes the socket in the folder below
+    folder = mp.current_process()._config.get("tempdir")
+    if folder and os.path.basename(folder).startswith("vidseg-mp-"):
+        remove_scratch_dir(folder)
 
 
 def _exit_now() -> None:

@@ -35,7 +35,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from vidseg.models import check_spec
 from vidseg.pipelines.isolated import StopSignals, call_in_child
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
 from vidseg.ring import model_input
+from vidseg.scratch import scratch_dir
 from vidseg.sinks.mp4 import Mp4Sink
 from vidseg.sources.file import FileSource, probe
 from vidseg.stages import input_side
@@ -247,7 +247,7 @@ def measure_stages(path: str, n: Optional[int], model_spec: str, options: dict, 
             renderer.draw(canvas, det, labels, fmt)
 
     info = probe(path)
-    with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+    with nullcontext(workdir) if workdir else scratch_dir("bench") as tmp:
         sink = Mp4Sink(os.path.join(tmp, "enc.mp4"), info["width"], info["height"], info["fps"], info["time_base"],
                        preset=preset, colour=info["colour"])
         with clocks["encode"]:
@@ -327,7 +327,7 @@ def measure_pipeline(path: str, info: dict, n: int, model: str, options: dict, b
     """fps of the whole process graph decode → MP4 on the same frames: frames out over the time
     from capture asking for the first frame to the MP4 finalised (module doc); wall_s: the whole
     run, start-up included. Raises KeyboardInterrupt or Terminated when the run was stopped."""
-    with tempfile.TemporaryDirectory(prefix="vidseg-bench-") as tmp:
+    with scratch_dir("bench") as tmp:
         done_path = os.path.join(tmp, "pipe.done")
         sink = Spec(_TimedMp4Sink, dict(done_path=done_path, path=os.path.join(tmp, "pipe.mp4"), width=info["width"],
                                         height=info["height"], fps=info["fps"], time_base=info["time_base"],

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from vidseg.errors import InputError
 from vidseg.pipelines.file import FileJob, run_file
 from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output
+from vidseg.scratch import scratch_dir
 
 
 MIN_SECONDS, MAX_SECONDS = 0.1, 3600.0  # the clip: 3 frames to an hour
@@ -45,7 +45,7 @@ def run_demo(job: DemoJob) -> int:
     for path, what in ((job.stats, "stats file"), (job.detections, "detections file")):
         if path:  # checked here, with the user's -y, before the clip is made (the demo's file run overwrites)
             check_output(path, "", job.overwrite, what)
-    with tempfile.TemporaryDirectory(prefix="vidseg-demo-") as tmp:
+    with scratch_dir("demo") as tmp:
         clip = os.path.join(tmp, "shapes.mp4")
         print(f"vidseg demo: writing a {job.seconds:g} s 1280x720 moving-shapes clip", file=sys.stderr)
         write_moving_shapes_clip(clip, seconds=job.seconds, width=1280, height=720, fps=30, seed=job.seed)

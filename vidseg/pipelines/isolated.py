@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional
 
 from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal, outlive_readers
+from vidseg.scratch import scratch_dir
 from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
 
@@ -88,7 +89,7 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
     once (module doc); D, a temporary directory for the files it writes, is removed here however
     it ends. what: the process, named in the one line printed if it dies (then exit 1)."""
     ctx = mp.get_context("spawn")
-    with stop.deferred(), tempfile.TemporaryDirectory(prefix="vidseg-bench-") as workdir:
+    with stop.deferred(), scratch_dir("child") as workdir:
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_child_main, args=(send, target, args, {"workdir": workdir}),
                            name="vidseg-child")

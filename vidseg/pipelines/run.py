@@ -19,8 +19,6 @@ Example (live engineer): a camera source with latest policy and a window + MP4 s
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -29,6 +27,7 @@ from vidseg import stages
 from vidseg.errors import InputError
 from vidseg.metrics import Progress, build_stats
 from vidseg.ring import EndOfStream, FrameRing, PipeQueue, SourceLink, reap_stale_rings, shm_free_bytes
+from vidseg.scratch import make_scratch_dir, remove_scratch_dir
 from vidseg.stages import Spec
 from vidseg.supervisor import Supervisor
 
@@ -110,7 +109,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
     t0 = time.monotonic()
     bar = None
     # the infer stage's temporary files, removed here: the stage may be killed (OOM) before it can
-    workdir = None if direct else tempfile.mkdtemp(prefix="vidseg-stage-")
+    workdir = None if direct else make_scratch_dir("stage")
     try:
         links = []
         for i, plan in enumerate(sources):
@@ -160,7 +159,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
         finally:
             sup.close()
             if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_scratch_dir(workdir)
     names = [p.name for p in sources]
     interrupted = outcome.status == "interrupted"
     reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
