@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import sys
 
 import av
 import numpy as np
@@ -333,6 +334,50 @@ def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):
     assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
     audio = probe(out)["audio"]
     assert (audio["codec_name"], audio["channels"]) == ("aac", channels)
+
+
+def channel_tones(path) -> list:
+    """The loudest frequency (Hz, to 10 Hz) of each audio channel of `path`, decoded by ffmpeg
+    (PyAV itself cannot be trusted with the layouts in question)."""
+    channels = int(probe(path)["audio"]["channels"])
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le",
+                          "-"], check=True, capture_output=True).stdout
+    samples = np.frombuffer(raw, np.float32).reshape(-1, channels).T
+    spectrum = np.abs(np.fft.rfft(samples, axis=1))
+    return [round(float(f), -1) for f in np.fft.rfftfreq(samples.shape[1], 1 / 48000)[spectrum.argmax(axis=1)]]
+
+
+LAYOUT_AS_READ = """import os, sys, av
+print(av.open(sys.argv[1]).streams.audio[0].codec_context.layout.name, flush=True)
+os._exit(0)  # before PyAV frees the layout (see the test below)
+"""
+
+
+@pytest.mark.parametrize("layout", ["6.1", "7.1"])
+def test_surround_pcm_in_its_own_channel_order_keeps_every_channel_in_place(tmp_path, layout):
+    """A MOV's 6.1/7.1 PCM reads back in an order of its own (FFmpeg 8 reads ffmpeg 5.1's 7.1
+    as side before back): PyAV freed the decoder's channel map with an AudioLayout and the sink
+    aborted (double free), no MP4. Each channel carries its own tone: every tone must come
+    out, once, and (7.1) on the channel of the name FFmpeg reads it under."""
+    count = {"6.1": 7, "7.1": 8}[layout]
+    tones = [200.0 * (k + 1) for k in range(count)]
+    clip, out = tmp_path / "in.mov", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "lavfi",
+                    "-i", "aevalsrc=" + "|".join(f"0.5*sin({f:g}*2*PI*t)" for f in tones)
+                    + f":channel_layout={layout}:sample_rate=48000", "-t", "1",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", str(clip)], check=True)
+    read = subprocess.run([sys.executable, "-c", LAYOUT_AS_READ, str(clip)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert read.startswith(f"{count} channels ("), read  # the case in question
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    got = channel_tones(out)
+    assert len(got) == count
+    assert sorted(got[:3] + got[4:]) == tones[:3] + tones[4:]  # the LFE channel is low-passed by AAC
+    if layout == "7.1":
+        names_in = read[read.index("(") + 1:-1].split("+")
+        tone_of = dict(zip(names_in, tones))
+        assert got[:3] + got[4:] == [tone_of[n] for n in ["FL", "FR", "FC", "BL", "BR", "SL", "SR"]]
 
 
 @pytest.mark.parametrize("offset", [95441, 3600])

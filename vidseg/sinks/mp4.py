@@ -159,12 +159,14 @@ def x264_threads() -> int:
 class _AudioCopy:
     """Copies the audio stream of a file into an output container, as time advances."""
 
-    def __init__(self, container, in_stream, out_stream, encoder=None, time_shift: float = 0.0):
+    def __init__(self, container, in_stream, out_stream, encoder=None, time_shift: float = 0.0,
+                 order: Optional[list] = None):
         self._in = container
         self._in_stream = in_stream
         self._out_stream = out_stream
         self._shift = time_shift  # seconds added to the input's timestamps (see Mp4Sink)
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
+        self._order = order  # re-encoded audio: the decoded channel for each channel of its layout
         self._next_pts: Optional[int] = None  # re-encoded audio: pts of the next sample, in 1/rate s
         self._input_end: Optional[float] = None  # re-encoded audio: where the last decoded frame ended, s
         self._packets: Iterator = resilient_demux(container, in_stream)
@@ -181,12 +183,20 @@ class _AudioCopy:
         in_stream = container.streams.best("audio")  # the one marked default, as for the video
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
             return cls(container, in_stream, out.add_stream_from_template(in_stream), time_shift=time_shift)
-        rate = in_stream.codec_context.sample_rate or 48000
-        layout = _aac_layout(in_stream.codec_context.layout, rate)
-        out_stream = out.add_stream("aac", rate=rate, layout=layout)
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate,
+        decoder = in_stream.codec_context
+        rate = decoder.sample_rate or 48000
+        source = decoder.layout  # held until the decoder has another (below)
+        layout, order = _decoded_layout(source)
+        # PyAV's AudioLayout frees, when it goes, a channel map it shares with the decoder (a
+        # layout in an order of the file's own, as a MOV's 7.1 PCM has): the decoder must stop
+        # pointing at it before `source` goes, or the sink aborts (double free).
+        decoder.layout = layout
+        del source
+        encoded = layout if _aac_takes(layout, rate) else "stereo"
+        out_stream = out.add_stream("aac", rate=rate, layout=encoded)
+        resampler = av.AudioResampler(format="fltp", layout=encoded, rate=rate,
                                       frame_size=out_stream.codec_context.frame_size or 1024)
-        return cls(container, in_stream, out_stream, encoder=resampler, time_shift=time_shift)
+        return cls(container, in_stream, out_stream, encoder=resampler, time_shift=time_shift, order=order)
 
     def mux_until(self, t: float, final: bool = False) -> None:
         """Mux input audio packets that start before `t` seconds."""
@@ -230,6 +240,8 @@ class _AudioCopy:
         except av.error.FFmpegError:
             return
         for frame in frames:
+            if self._order:
+                frame = _reordered(frame, self._order)
             pts = frame.pts if frame.pts is not None else packet.pts
             start = float(pts * (frame.time_base or packet.time_base)) if pts is not None else None
             if self._next_pts is None:  # the first sample keeps its time: the audio starts where it did
@@ -260,20 +272,49 @@ class _AudioCopy:
         self._in.close()
 
 
-def _aac_layout(layout: av.AudioLayout, rate: int) -> str:
-    """The channel layout to encode AAC in: the input's (mono stays mono, 5.1 stays 5.1; a
-    count with no order, as PCM in AVI gives, takes FFmpeg's default layout for that count),
-    or stereo when the AAC encoder cannot take it."""
-    name = layout.name
-    if name.endswith(" channels"):
-        name = DEFAULT_LAYOUTS.get(layout.nb_channels, "stereo")
+def _decoded_layout(source: av.AudioLayout) -> tuple[str, Optional[list]]:
+    """A standard layout with the source's channels (mono stays mono, 5.1 stays 5.1), and the
+    order to take the decoded channels in for it (None: as decoded). A count with no order (PCM
+    in AVI) takes FFmpeg's default layout for that count; an order of the file's own (a MOV's
+    7.1 PCM: side before back) takes the default layout with those channels, reordered, or else
+    is decoded as channels with no order."""
+    name, count = source.name, source.nb_channels
+    custom = name.endswith(")") and f"{count} channels (" in name
+    if not custom and not name.endswith(" channels"):
+        return name, None
+    standard = DEFAULT_LAYOUTS.get(count)
+    if standard is None:
+        return f"{count} channels", None
+    if not custom:
+        return standard, None
+    channels = [c.name for c in source.channels]
+    wanted = [c.name for c in av.AudioLayout(standard).channels]
+    if sorted(channels) != sorted(wanted):
+        return f"{count} channels", None
+    return standard, [channels.index(c) for c in wanted]
+
+
+def _aac_takes(layout: str, rate: int) -> bool:
     try:
         encoder = av.CodecContext.create("aac", "w")
-        encoder.layout, encoder.sample_rate, encoder.format = name, rate, "fltp"
+        encoder.layout, encoder.sample_rate, encoder.format = layout, rate, "fltp"
         encoder.open()
     except (av.FFmpegError, ValueError):
-        return "stereo"
-    return name
+        return False
+    return True
+
+
+def _reordered(frame: av.AudioFrame, order: list) -> av.AudioFrame:
+    """`frame` with its channels taken in `order` (decoded channel per channel), same layout."""
+    samples = frame.to_ndarray()  # planar: [channels, samples]; packed: [1, samples * channels]
+    if frame.format.is_planar:
+        samples = samples[order]
+    else:
+        samples = samples.reshape(-1, len(order))[:, order].reshape(1, -1)
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=frame.format.name,
+                                     layout=frame.layout.name)
+    out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return out
 
 
 def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:
