@@ -380,6 +380,25 @@ def test_surround_pcm_in_its_own_channel_order_keeps_every_channel_in_place(tmp_
         assert got[:3] + got[4:] == [tone_of[n] for n in ["FL", "FR", "FC", "BL", "BR", "SL", "SR"]]
 
 
+@pytest.mark.parametrize("audio", ["aac", "mp2"])
+def test_mpeg_ts_recordings_joined_end_to_end_play_one_after_the_other(tmp_path, audio):
+    """`cat a.ts b.ts`: the clock restarts at the join. The second half's frames were stamped
+    a tick apart at the end of the first (100 frames in 2 s) and its copied audio dropped;
+    now both run on, as ffmpeg joins them: 4 s, every frame 40 ms after the last, all audio."""
+    part, joined, out = tmp_path / "part.ts", tmp_path / "joined.ts", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=2", "-f",
+                    "lavfi", "-i", "sine=frequency=440:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", audio, str(part)], check=True)
+    joined.write_bytes(part.read_bytes() * 2)
+    r = run_vidseg("file", joined, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        pts = sorted(float(f.pts * f.time_base) for f in c.decode(video=0))
+    assert len(pts) == 100 and np.allclose(np.diff(pts), 0.04, atol=0.002), np.diff(pts)
+    b = probe(out)
+    assert abs(float(b["audio"]["duration"]) - 4.0) < 0.1 and abs(float(b["audio"]["start_time"]) - pts[0]) < 0.05
+
+
 @pytest.mark.parametrize("offset", [95441, 3600])
 def test_an_mpeg_ts_clock_is_moved_to_start_at_zero(tmp_path, offset):
     """An MPEG-TS starts where its clock was: before 0 when the clock wrapped (an MP4 player

@@ -5,7 +5,9 @@ upright (the stream's display rotation applied, as players do): as the decoder's
 [H*3/2, W] when it gives yuv420p at an even size (no conversion at all; a `DecodedI420`,
 copied once, straight into the ring slot), else as uint8 RGB [H, W, 3]. Packets the decoder
 rejects are counted in `skipped` and decoding goes on, so a truncated or partly corrupt file
-yields every frame that can be decoded.
+yields every frame that can be decoded. In a format whose clock may restart (MPEG-TS:
+recordings joined end to end, a broadcast), timestamps that jump are made to run on, as
+ffmpeg does, so that no frame is squashed against the one before it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from vidseg.errors import InputError
 from vidseg.sources.base import SourceFrame
 
 MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the rest of a file
+# ffmpeg's rule for formats whose clock may restart: a dts this far behind the last one, or
+# this far ahead of it (its -dts_delta_threshold), starts a new clock
+CLOCK_BACK_S, CLOCK_AHEAD_S = 0.1, 10.0
 
 
 def probe(path: str) -> dict:
@@ -101,8 +106,11 @@ def _stream_rotation(container, stream) -> int:
 
 def resilient_demux(container, stream, counter=None) -> Iterator[av.Packet]:
     """container.demux(stream) that steps over damaged data: each unreadable packet adds one
-    to counter.skipped and demuxing resumes after it (up to MAX_DEMUX_ERRORS in a row)."""
+    to counter.skipped and demuxing resumes after it (up to MAX_DEMUX_ERRORS in a row). In a
+    format whose clock may restart, packets come with their timestamps made continuous
+    (`ClockJoin`)."""
     errors = 0
+    join = ClockJoin(stream.time_base) if container.format.flags & av.format.Flags.ts_discont.value else None
     packets = container.demux(stream)
     while True:
         try:
@@ -118,7 +126,39 @@ def resilient_demux(container, stream, counter=None) -> Iterator[av.Packet]:
             packets = container.demux(stream)
             continue
         errors = 0
+        if join is not None:
+            join.fix(packet)
         yield packet
+
+
+class ClockJoin:
+    """Makes one stream's packet timestamps run on where the clock restarts (dts more than
+    CLOCK_BACK_S back or CLOCK_AHEAD_S ahead of the last): from there on they are moved so that
+    the packet follows the last one by its usual step. Video and audio, demuxed apart, each
+    join their own clock; they restart at the same point of the file, so they stay together to
+    within a packet's duration."""
+
+    def __init__(self, time_base: Fraction):
+        self._back, self._ahead = round(CLOCK_BACK_S / time_base), round(CLOCK_AHEAD_S / time_base)
+        self._shift = 0  # ticks added from the last restart on
+        self._last: Optional[int] = None  # dts of the last packet, moved
+        self._step = 1  # ticks between the last two packets
+
+    def fix(self, packet: av.Packet) -> None:
+        if packet.dts is None:
+            return
+        dts = packet.dts + self._shift
+        if self._last is not None and not -self._back <= dts - self._last <= self._ahead:
+            moved = self._last + (packet.duration or self._step) - dts
+            self._shift += moved
+            dts += moved
+        elif self._last is not None and dts > self._last:
+            self._step = dts - self._last
+        self._last = dts
+        if self._shift:
+            packet.dts = dts
+            if packet.pts is not None:
+                packet.pts += self._shift
 
 
 def decode_threads() -> int:
