@@ -384,7 +384,24 @@ def test_a_truncated_matroska_file_is_reported(tmp_path):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 10])
     r = run_vidseg("file", cut, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "warning: damaged input: decoded" in r.stderr and "where its duration suggests about 100" in r.stderr
+    assert "warning: damaged input: decoded" in r.stderr and "s of the 4.0 s it says it lasts" in r.stderr
+
+
+@pytest.mark.parametrize("make", [
+    # starts at 5 s: Matroska's duration is its end (8 s), not its length
+    ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=3", "-output_ts_offset", "5"],
+    # variable frame rate: 1 s at 30 fps, then 4 s at 5 fps (the average rate says 30)
+    ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=1", "-f", "lavfi", "-i",
+     "testsrc2=size=160x120:rate=5:duration=4", "-filter_complex", "[0][1]concat=n=2:v=1", "-fps_mode", "passthrough"],
+], ids=["late-start", "variable-rate"])
+def test_a_whole_matroska_file_is_not_called_damaged(tmp_path, make):
+    """With no index the frames were counted against duration × average rate, and whole files
+    were reported damaged ('decoded 75 frames where its duration suggests about 200')."""
+    clip = tmp_path / "clip.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", *make, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "damaged" not in r.stderr, r.stderr
 
 
 def test_corrupt_middle_is_skipped_and_reported(tmp_path, clips):

@@ -118,19 +118,22 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
 def damage_seen(stats: dict, info: dict) -> Optional[str]:
     """What a complete run saw of damage in its input (probe's `info`), or None: undecodable
     packets, fewer packets than the index lists (not fewer frames: an edit list hides some
-    from the decoder), or fewer frames than the duration suggests (when that is all there is)."""
-    expected, skipped = info["frame_count"], stats.get("skipped", 0)
+    from the decoder), or, with no index, frames that end well before the container says the
+    video does (a count from the duration would be no guide: variable frame rates)."""
+    skipped = stats.get("skipped", 0)
     source = next(iter(stats["sources"].values()), {})
-    got = source.get("packets", stats["frames_in"]) if info["frames_listed"] else stats["frames_in"]
-    short = expected and expected - got > max(1, expected // 100)
+    found = f"decoded {stats['frames_in']} frames"
+    short = False
+    if info["frames_listed"]:
+        expected, got = info["frame_count"], source.get("packets", stats["frames_in"])
+        short = expected - got > max(1, expected // 100)
+        found = f"read {got} of the {expected} frames listed in its index"
+    elif info.get("end") and source.get("end_s"):
+        end, reached = info["end"], source["end_s"]
+        short = reached < end - max(1.0, end / 20)
+        found += f", up to {reached:.1f} s of the {end:.1f} s it says it lasts" if short else ""
     if not (skipped or short):
         return None
-    if not expected:
-        found = f"decoded {stats['frames_in']} frames"
-    elif info["frames_listed"]:
-        found = f"read {got} of the {expected} frames listed in its index"
-    else:
-        found = f"decoded {got} frames where its duration suggests about {expected}"
     return f"{found}, skipped {skipped} undecodable packets"
 
 
