@@ -1,9 +1,11 @@
 """RTSP cameras through PyAV (FFmpeg), tuned for the freshest frame rather than smoothness.
 
 TCP by default (no smeared frames from lost UDP packets), a small probe so even 4K streams
-open in about a second, no demuxer buffering and low-delay decoding, and an open and a read
-timeout always set: a camera that stops answering raises `SourceLost` within the read
-timeout instead of hanging the capture process.
+open in about a second, low-delay decoding, and an open and a read timeout always set: a
+camera that stops answering raises `SourceLost` within the read timeout instead of hanging
+the capture process. What FFmpeg read while opening (up to 0.5 s of the stream, with the
+keyframe it opens with) is decoded but not passed on: only frames from when the stream is
+live (a read waits for the camera), starting with the newest of those.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from vidseg.sources.base import SourceFrame
 from vidseg.sources.reconnect import SourceLost, SourceUnavailable
 
 TRANSPORTS = ("tcp", "udp")
+LIVE_WAIT_S = 0.005  # a read that waits this long came from the camera, not from what was read ahead
 
 # FFmpeg answers that no retry will change.
 _PERMANENT = (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError,
@@ -47,8 +50,10 @@ class RtspSource:
         self.name = mask(url)
         self.read_timeout = read_timeout
         self.decode_errors = 0
-        options = {"rtsp_transport": transport, "probesize": "262144",
-                   "analyzeduration": "500000", "fflags": "nobuffer"}
+        # A short probe opens a stream fast (docs/benchmarks/live.md). Its packets are kept
+        # (no fflags=nobuffer): they hold the keyframe the stream opens with, without which
+        # nothing decodes until the next one (never, for a stream with only that one).
+        options = {"rtsp_transport": transport, "probesize": "262144", "analyzeduration": "500000"}
         if transport == "udp":
             options["buffer_size"] = str(4 << 20)  # a 4K keyframe spans thousands of datagrams
         host = urlsplit(url).hostname
@@ -85,32 +90,49 @@ class RtspSource:
         connection's first frame; capture_time time.monotonic() when it was decoded.
 
         Ends when the stream does. A packet that does not decode is counted in `decode_errors`
-        and skipped; a stall longer than read_timeout or a network error raises SourceLost."""
+        and skipped; a stall longer than read_timeout or a network error raises SourceLost.
+        Frames decoded from what was read while opening are held back (module doc): played
+        at once, they were seconds of stale video in a fraction of a second."""
         packets = self._container.demux(self._stream)
+        held = None  # until the stream is live: the newest frame decoded
+        live = False
         try:
             while True:
                 waited = time.monotonic()
                 packet = next(packets, None)
+                wait = time.monotonic() - waited
                 if packet is None:
+                    if held is not None:
+                        yield self._source_frame(held)
                     return
-                if time.monotonic() - waited >= 0.9 * self.read_timeout:
+                if wait >= 0.9 * self.read_timeout:
                     # the read timeout cut this read; FFmpeg hands over what it had
                     raise SourceLost(f"{self.name}: no frame for {self.read_timeout:g} s")
+                if not live and wait >= LIVE_WAIT_S:
+                    live = True
+                    if held is not None:
+                        yield self._source_frame(held)
+                        held = None
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError:
                     self.decode_errors += 1
                     continue
                 for frame in decoded:
-                    now = time.monotonic()
-                    if self._origin is None:
-                        self._origin = now
-                    image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
-                    yield SourceFrame(image, now - self._origin, now)
+                    if live:
+                        yield self._source_frame(frame)
+                    else:
+                        held = frame
         except av.ExitError:
             raise SourceLost(f"{self.name}: no frame for {self.read_timeout:g} s") from None
         except (av.FFmpegError, OSError) as error:
             raise SourceLost(f"{self.name}: {_reason(error)}") from None
+
+    def _source_frame(self, frame: av.VideoFrame) -> SourceFrame:
+        now = time.monotonic()
+        if self._origin is None:
+            self._origin = now
+        return SourceFrame(np.ascontiguousarray(frame.to_ndarray(format="rgb24")), now - self._origin, now)
 
     def close(self) -> None:
         self._container.close()
