@@ -85,6 +85,19 @@ def test_gives_up_after_max_retries_with_the_last_cause():
     assert reports == ["cam: stream ended; reconnecting"]
 
 
+def test_connections_that_end_before_a_frame_spend_the_retries():
+    """A server that accepts and hangs up at once: each connection opened, ended with no frame,
+    and the outage began its count again, so --max-retries 1 retried for ever."""
+    reports = []
+    script = [ScriptedSource(2)] + [ScriptedSource(0)] * 2 + [ScriptedSource(5)]
+    source = Reconnecting(opener(script), "cam", max_retries=2, first_delay=0.01, report=reports.append)
+    frames = source.frames()
+    assert len(list(islice(frames, 2))) == 2
+    with pytest.raises(SourceUnavailable, match="cam: stream ended; gave up after 2 retries"):
+        next(frames)
+    assert reports == ["cam: stream ended; reconnecting"]
+
+
 def test_first_open_is_retried_and_permanent_errors_are_not():
     reports = []
     source = Reconnecting(opener([SourceLost("cam: refused"), ScriptedSource(1)]), "cam",

@@ -124,11 +124,12 @@ class Reconnecting:
         self.audio = getattr(self._source, "audio", False)
         return self
 
-    def _open_with_retries(self, cause: str) -> Optional[FrameSource]:
+    def _open_with_retries(self, cause: str, attempts: Optional[Iterator] = None) -> Optional[FrameSource]:
         """Waits 1, 2, 4, ... s before each attempt; None if close() was called meanwhile.
 
-        cause: why the source is down, quoted if we give up."""
-        for attempt, delay in enumerate(backoff_delays(*self._delays), start=1):
+        cause: why the source is down, quoted if we give up. attempts: (number, delay) pairs
+        to go on from, when an outage has had attempts already (`_outage`)."""
+        for attempt, delay in attempts or enumerate(backoff_delays(*self._delays), start=1):
             if self._max_retries is not None and attempt > self._max_retries:
                 retries = f"{self._max_retries} retr{'y' if self._max_retries == 1 else 'ies'}"
                 raise SourceUnavailable(f"{mask(cause)}; gave up after {retries}")
@@ -216,8 +217,11 @@ class Reconnecting:
         returns the reopened source's frame iterator (None if close() was called)."""
         started = time.monotonic()
         self._report(f"{cause}; reconnecting")
+        # one count for the outage: a connection that opens and ends before a frame is a retry
+        # spent (a server that accepts and hangs up at once was retried for ever)
+        attempts = enumerate(backoff_delays(*self._delays), start=1)
         while True:
-            self._source = self._open_with_retries(cause)
+            self._source = self._open_with_retries(cause, attempts)
             if self._source is None:
                 return None
             frames = self._source.frames()
