@@ -217,9 +217,12 @@ def via_class_names(dataset_dir, attribute):
     return sorted(names)
 
 
-def load_via_datasets(dataset_dir, class_name=None, attribute=None, subsets=("train", "val")):
-    """Prepared ViaDatasets for each subset, sharing one class list."""
+def load_via_datasets(dataset_dir, class_name=None, attribute=None, subsets=("train", "val"), class_order=None):
+    """Prepared ViaDatasets for each subset, sharing one class list: the sorted names, or
+    `class_order` when it holds the same names."""
     class_names = [class_name] if class_name else via_class_names(dataset_dir, attribute)
+    if class_order is not None and sorted(class_order) == sorted(class_names):
+        class_names = list(class_order)
     datasets = []
     for subset in subsets:
         ds = ViaDataset()

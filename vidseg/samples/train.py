@@ -75,8 +75,11 @@ class EvaluateJob:
 
 # ---------------------------------------------------------------- datasets and configs
 
-def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", subsets=("train", "val")):
-    """Prepared datasets for `subsets` of a kind (shapes: generated, seeded). Raises InputError."""
+def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", subsets=("train", "val"),
+                  class_order=None):
+    """Prepared datasets for `subsets` of a kind (shapes: generated, seeded). Raises InputError.
+    class_order: names (BG first) a VIA set's classes take their ids in, when they are the same
+    names (a model's, to evaluate it); by default the sorted names."""
     if kind == "shapes":
         from vidseg.samples.train_shipped import training_sets
 
@@ -93,7 +96,8 @@ def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", s
 
         if class_name is None and attribute is None:
             raise InputError("--kind via needs --class-name NAME (one class) or --attribute ATTR (class per region)")
-        return load_via_datasets(dataset, class_name=class_name, attribute=attribute, subsets=subsets)
+        return load_via_datasets(dataset, class_name=class_name, attribute=attribute, subsets=subsets,
+                                 class_order=class_order[1:] if class_order else None)
     if kind == "coco":
         from vidseg.samples.coco import CocoDataset
 
@@ -176,13 +180,21 @@ def interrupt_in(error: BaseException):
     return None
 
 
-def resolve_weights(weights, model_dir, name):
-    """(path or None, architecture overrides read from the file, file's NUM_CLASSES)."""
+def weights_path(weights, model_dir, name):
+    """The file --weights names (coco, last, a path), or InputError; None for "none"."""
     if weights == "none":
-        return None, {}, None
+        return None
     path = {"coco": coco_weights_path, "last": lambda: find_last(model_dir, name)}.get(weights, lambda: Path(weights))()
     if not Path(path).is_file():
         raise InputError(f"weights file not found: {path}")
+    return Path(path)
+
+
+def resolve_weights(weights, model_dir, name):
+    """(path or None, architecture overrides read from the file, file's NUM_CLASSES)."""
+    path = weights_path(weights, model_dir, name)
+    if path is None:
+        return None, {}, None
     from mrcnn.frame_model import architecture_from_file  # imports TensorFlow: after the checks
 
     arch = architecture_from_file(path)
@@ -270,13 +282,14 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     return 0
 
 
-def inference_model(kind, weights, num_classes, min_confidence=None, model_dir="logs"):
+def inference_model(kind, weights, class_names, min_confidence=None, model_dir="logs"):
     """A MaskRCNN in inference mode (batch 1) for `weights` (None: the shipped model; also
-    "coco" or "last" as for training).
+    "coco" or "last" as for training) that detects `class_names` (BG first) in that order.
 
     Its config: the kind's sample config, the architecture read from the file, then the
     settings in the file's sidecar JSON (`<stem>.json`, as shipped models have), then
-    min_confidence. Raises InputError for a missing or unfit file.
+    min_confidence. Raises InputError for a missing or unfit file, or one whose sidecar names
+    other classes (or the same in another order: class ids would be compared as they are).
     """
     from mrcnn import model as modellib
     from mrcnn.frame_model import SHIPPED_WEIGHTS, read_sidecar
@@ -285,13 +298,18 @@ def inference_model(kind, weights, num_classes, min_confidence=None, model_dir="
     if weights == "none":
         raise InputError("--weights none has nothing to evaluate: give coco, last or a weights file")
     path, arch, file_classes = resolve_weights(str(weights or SHIPPED_WEIGHTS), model_dir, kind)
-    if file_classes != num_classes:
-        raise InputError(f"{path} has {file_classes} classes but the dataset has {num_classes} (with BG)")
+    if file_classes != len(class_names):
+        raise InputError(f"{path} has {file_classes} classes but the dataset has {len(class_names)} (with BG)")
+    sidecar = read_sidecar(path)
+    trained = sidecar["class_names"]
+    if trained is not None and list(trained[1:]) != list(class_names[1:]):
+        raise InputError(f"{path} detects {', '.join(trained[1:])} but the dataset's classes are "
+                         f"{', '.join(class_names[1:])}; evaluate it on a dataset of its own classes")
     overrides = dict(arch, TRAIN_BN=False, IMAGES_PER_GPU=1)
-    overrides.update(read_sidecar(path)["config"])
+    overrides.update(sidecar["config"])
     if min_confidence is not None:
         overrides["DETECTION_MIN_CONFIDENCE"] = min_confidence
-    config = type("EvalConfig", (base_config(kind, num_classes),), overrides)()
+    config = type("EvalConfig", (base_config(kind, len(class_names)),), overrides)()
     model = modellib.MaskRCNN("inference", config, model_dir=os.devnull)
     try:
         model.load_weights(str(path), by_name=False)
@@ -312,14 +330,18 @@ def run_evaluate(job: EvaluateJob):
         make = ShapesDataset.generate_shifted if job.shifted else ShapesDataset.generate
         dataset = make(job.images, seed=job.seed)
     else:
+        from mrcnn.frame_model import SHIPPED_WEIGHTS, read_sidecar
+
+        path = weights_path(str(job.weights or SHIPPED_WEIGHTS), job.model_dir, job.kind)
+        trained = read_sidecar(path)["class_names"] if path else None
         (dataset,) = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year,
-                                   subsets=(job.subset,))
+                                   subsets=(job.subset,), class_order=trained)
     if not len(dataset.image_ids):
         raise InputError("the evaluation set has no images")
     from vidseg.samples import coco
 
     with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
-        model = inference_model(job.kind, job.weights, dataset.num_classes, job.min_confidence, job.model_dir)
+        model = inference_model(job.kind, job.weights, dataset.class_names, job.min_confidence, job.model_dir)
         report = coco.evaluate_dataset(model, dataset, limit=job.limit)
     print(json.dumps(report) if job.as_json else coco.format_ap_table(report))
     return 0
