@@ -39,3 +39,7 @@ def test_bench_profile_says_when_a_model_has_no_parts(tmp_path):
     r = run_vidseg("bench", clip, "--model", "none", "--profile", "--frames", "3")
     assert r.returncode == 0, r.stderr
     assert "model none has no per-part profile" in r.stdout
+    r = run_vidseg("bench", clip, "--model", "none", "--profile", "--frames", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["model_parts_s"] is None and report["detections_per_frame"] is None  # as documented

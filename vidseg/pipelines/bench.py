@@ -128,8 +128,7 @@ def _run_bench(job: BenchJob, stop: StopSignals) -> int:
     if job.profile:
         parts = stages.get("parts")
         result["model_parts_s"] = parts
-        if parts and "detections" in parts:  # a count, not seconds
-            result["detections_per_frame"] = parts.pop("detections")
+        result["detections_per_frame"] = parts.pop("detections", None) if parts else None  # a count, not seconds
     if job.as_json:
         print(json.dumps(result, indent=2))
     else:
