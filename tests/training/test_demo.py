@@ -55,6 +55,14 @@ def test_demo_refuses_an_existing_stats_file_before_making_the_clip(tmp_path):
     assert (tmp_path / "old.mp4").read_bytes() == b"keep me"
 
 
+def test_demo_refuses_missing_weights_before_making_the_clip(tmp_path):
+    """The 10 s clip was made first (7-15 s here), then 'weights file not found'."""
+    r = run_vidseg("demo", "-o", tmp_path / "d.mp4", "--weights", tmp_path / "nothere.h5", "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"vidseg: error: weights file not found: {tmp_path / 'nothere.h5'}"]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("seconds", ["nan", "inf", "0.001", "-1"])
 def test_demo_length_out_of_range_is_one_line(tmp_path, seconds):
     r = run_vidseg("demo", "-o", tmp_path / "d.mp4", "--seconds", seconds, "--no-progress")

@@ -164,3 +164,12 @@ def test_evaluate_matches_a_datasets_classes_to_the_models_by_name(via_shapes, t
     assert r.stderr.strip().splitlines()[-1].endswith(
         "detects square, circle, triangle but the dataset's classes are box, circle, triangle; "
         "evaluate it on a dataset of its own classes"), r.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_weights_given_a_folder_say_so(command, tmp_path):
+    """It said 'weights file not found' of a folder that is there."""
+    epochs = ["--epochs", "1"] if command == "train" else []
+    r = run_vidseg(command, "--kind", "shapes", "--weights", tmp_path, *epochs)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"vidseg: error: weights {tmp_path} is a folder; give a weights file (.h5)"

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from vidseg.errors import InputError
-from vidseg.pipelines.file import FileJob, run_file
+from vidseg.pipelines.file import FileJob, check_model_files, run_file
 from vidseg.pipelines.outputs import check_distinct, check_mp4_name, check_output
 from vidseg.scratch import scratch_dir
 
@@ -40,6 +40,7 @@ def run_demo(job: DemoJob) -> int:
     if not MIN_SECONDS <= job.seconds <= MAX_SECONDS:  # also refuses nan
         raise InputError(f"--seconds must be from {MIN_SECONDS:g} to {MAX_SECONDS:g}, got {job.seconds:g}")
     check_mp4_name(job.output)
+    check_model_files(job.weights)  # before the clip is made, not after
     check_distinct([("-o", job.output), ("--stats", job.stats), ("--detections", job.detections)])
     output = check_output(job.output, "", job.overwrite)
     for path, what in ((job.stats, "stats file"), (job.detections, "detections file")):

@@ -47,9 +47,7 @@ class FileJob:
 def run_file(job: FileJob) -> int:
     """Run the job; print the summary (stderr); returns the exit code."""
     check_spec(job.model)
-    for what, path in (("weights", job.weights), ("class names", job.model_extra.get("class_names"))):
-        if path is not None and not os.path.isfile(path):
-            raise InputError(f"{what} file not found: {path}")
+    check_model_files(job.weights, job.model_extra.get("class_names"))
     info = probe(job.input)
     if job.output is None and job.detections is None and job.stats is None:
         raise InputError("nothing to write: give -o OUT.mp4, --detections FILE or --stats FILE")
@@ -113,6 +111,13 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
         code = code or 1
     return code
+
+
+def check_model_files(weights: Optional[str] = None, class_names: Optional[str] = None) -> None:
+    """InputError when --weights or --classes names no file: said before any work starts."""
+    for what, path in (("weights", weights), ("class names", class_names)):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{what} file not found: {path}")
 
 
 def damage_seen(stats: dict, info: dict) -> Optional[str]:

@@ -185,6 +185,8 @@ def weights_path(weights, model_dir, name):
     if weights == "none":
         return None
     path = {"coco": coco_weights_path, "last": lambda: find_last(model_dir, name)}.get(weights, lambda: Path(weights))()
+    if Path(path).is_dir():
+        raise InputError(f"weights {path} is a folder; give a weights file (.h5)")
     if not Path(path).is_file():
         raise InputError(f"weights file not found: {path}")
     return Path(path)
