@@ -173,3 +173,15 @@ def test_weights_given_a_folder_say_so(command, tmp_path):
     r = run_vidseg(command, "--kind", "shapes", "--weights", tmp_path, *epochs)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"vidseg: error: weights {tmp_path} is a folder; give a weights file (.h5)"
+
+
+def test_an_unwritable_model_dir_is_refused_before_the_work(tmp_path):
+    """It was found at the first checkpoint, after the datasets and TensorFlow had loaded:
+    exit 1 and 'Read-only file system'."""
+    (tmp_path / "notes").write_text("a file")
+    for model_dir, error in [("/proc/vidseg-logs", "cannot write to /proc: it takes no new files; choose a writable "
+                              "--model-dir"), (tmp_path / "notes" / "logs", f"--model-dir {tmp_path / 'notes' / 'logs'}: "
+                              f"{tmp_path / 'notes'} is a file; give a folder")]:
+        r = run_vidseg("train", "--kind", "shapes", "--weights", "none", "--epochs", "1", "--model-dir", model_dir)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [f"vidseg: error: {error}"]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidseg.errors import InputError
+from vidseg.pipelines.outputs import check_writable
 from vidseg.quiet import native_stderr_filtered
 
 KINDS = ("shapes", "via", "coco")
@@ -211,6 +212,7 @@ def run_train(job: TrainJob):
         raise InputError(f"unknown --layers {job.layers!r}: use one of {', '.join(LAYERS)}")
     if job.epochs < 1:
         raise InputError("--epochs must be at least 1")
+    check_model_dir(job.model_dir)
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
     check_datasets(train_ds, val_ds, job.dataset)
     if job.weights == "none" and job.layers != "all":
@@ -221,6 +223,17 @@ def run_train(job: TrainJob):
         # terminal; from the second step on stderr is live again, so nothing later is held back.
         quiet.enter_context(native_stderr_filtered())
         return _train(job, train_ds, val_ds, first_step_done=quiet.close)
+
+
+def check_model_dir(model_dir: str) -> None:
+    """InputError unless checkpoints can be written under model_dir (made if missing): said
+    before the datasets load and TensorFlow starts, not at the first checkpoint."""
+    folder = os.path.abspath(model_dir)
+    while not os.path.exists(folder):  # the folders still to make go in the first that is there
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise InputError(f"--model-dir {model_dir}: {folder} is a file; give a folder")
+    check_writable(folder, "--model-dir")
 
 
 def _train(job: TrainJob, train_ds, val_ds, first_step_done):
