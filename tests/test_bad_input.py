@@ -424,3 +424,12 @@ def test_corrupt_middle_is_skipped_and_reported(tmp_path, clips):
     assert stats["frames_in"] == stats["frames_out"]
     if stats["frames_out"] < 60:  # the damage cost frames: the user is told
         assert "damaged input" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["file", "bench"])
+def test_model_files_with_no_model_are_refused(command, tmp_path, clip_480):
+    """`--model none --weights w.h5` ran with no model and said nothing of the weights."""
+    out = ["-o", tmp_path / "out.mp4"] if command == "file" else []
+    r = run_vidseg(command, clip_480, *out, "--model", "none", "--weights", tmp_path / "w.h5", "--backbone", "resnet50")
+    assert_one_line_error(r, "--weights and --backbone are for a model; leave them out with --model none")
+    assert list(tmp_path.iterdir()) == []

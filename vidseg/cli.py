@@ -103,6 +103,12 @@ def model_options(command):
     reach the command bundled as `model_extra` (load_frame_model's class_names, max_dim, backbone)."""
     @functools.wraps(command)
     def bundled(*args, classes=None, max_dim=None, backbone=None, **kwargs):
+        unused = [name for name, value in (("--weights", kwargs.get("weights")), ("--classes", classes),
+                                           ("--backbone", backbone)) if value is not None]
+        if kwargs.get("model") == "none" and unused:  # silently ignored, they made a run look like another
+            one = len(unused) == 1
+            raise click.UsageError(f"{' and '.join(unused)} {'is' if one else 'are'} for a model; "
+                                   f"leave {'it' if one else 'them'} out with --model none")
         return command(*args, model_extra=dict(class_names=classes, max_dim=max_dim, backbone=backbone), **kwargs)
 
     f = click.option("--backbone", type=click.Choice(["resnet50", "resnet101", "resnet18"]), default=None,
