@@ -168,6 +168,8 @@ def _read_class_names(class_names):
             raise InputError(f"class names file {path}: a JSON list must hold names only, like [\"BG\", \"cat\"]")
         if not isinstance(names, list):
             names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise InputError(f"class names file {path} is empty; give one name per line, BG first, or a JSON list")
         if problem := class_names_problem(names):
             raise InputError(f"class names file {path}: {problem}")
         return names

@@ -115,6 +115,18 @@ def test_a_classes_file_without_bg_first_or_with_twins_is_refused(mine, tmp_path
         MaskRCNNFrameModel(weights=mine, class_names=names)
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_classes_file_is_called_empty(mine, tmp_path, text):
+    """It said "the first class name must be BG (the background), got 'none'"."""
+    from mrcnn.frame_model import MaskRCNNFrameModel
+    from vidseg.errors import InputError
+
+    names = tmp_path / "names.txt"
+    names.write_text(text)
+    with pytest.raises(InputError, match=r"class names file .*names.txt is empty; give one name per line, BG first"):
+        MaskRCNNFrameModel(weights=mine, class_names=names)
+
+
 def test_a_backbone_other_than_the_files_is_refused(tmp_path):
     """--backbone resnet50 on ResNet-101 weights loaded silently (R50's layers are a subset of
     R101's) and ran a network cut short; the file says which backbone it holds."""
