@@ -433,3 +433,28 @@ def test_model_files_with_no_model_are_refused(command, tmp_path, clip_480):
     r = run_vidseg(command, clip_480, *out, "--model", "none", "--weights", tmp_path / "w.h5", "--backbone", "resnet50")
     assert_one_line_error(r, "--weights and --backbone are for a model; leave them out with --model none")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_through_links_never_replace_a_device_and_a_dangling_link_needs_y(tmp_path, clip_480):
+    """--detections LINK -y, LINK to /dev/null: the temporary file was renamed over the link
+    (as root, over /dev/stdout itself). -o LINK to a missing file passed the check for an
+    existing output, and at the end the run wrote NAME-2.mp4 and exited 1."""
+    device = tmp_path / "null.jsonl"
+    device.symlink_to(os.devnull)
+    r = run_vidseg("file", clip_480, "-o", tmp_path / "out.mp4", "--model", "none", "--detections", device, "-y")
+    assert_one_line_error(r, f"detections file {device} is a device or a pipe, not a file; give a file name")
+    assert device.is_symlink() and sorted(os.listdir(tmp_path)) == ["null.jsonl"]
+
+    dangling = tmp_path / "gone.mp4"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.mp4")
+    assert_one_line_error(run_vidseg("file", clip_480, "-o", dangling, "--model", "none"), f"{dangling} exists; pass")
+    r = run_vidseg("file", clip_480, "-o", dangling, "--model", "none", "-y", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert not dangling.is_symlink() and int(probe(dangling)["video"]["nb_read_frames"]) == 50
+
+
+def test_stats_to_a_device_need_no_y(clip_480):
+    """`--stats /dev/stdout` was refused: 'exists; pass -y'. Nothing is replaced there."""
+    r = run_vidseg("file", clip_480, "--model", "none", "--stats", "/dev/stdout", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["frames_out"] == 50

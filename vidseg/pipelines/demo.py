@@ -45,7 +45,7 @@ def run_demo(job: DemoJob) -> int:
     output = check_output(job.output, "", job.overwrite)
     for path, what in ((job.stats, "stats file"), (job.detections, "detections file")):
         if path:  # checked here, with the user's -y, before the clip is made (the demo's file run overwrites)
-            check_output(path, "", job.overwrite, what)
+            check_output(path, "", job.overwrite, what, stream=what == "stats file")
     with scratch_dir("demo") as tmp:
         clip = os.path.join(tmp, "shapes.mp4")
         print(f"vidseg demo: writing a {job.seconds:g} s 1280x720 moving-shapes clip", file=sys.stderr)

@@ -63,7 +63,7 @@ def run_file(job: FileJob) -> int:
     if job.detections:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:
-        check_output(job.stats, job.input, job.overwrite, "stats file")
+        check_output(job.stats, job.input, job.overwrite, "stats file", stream=True)
     temps = {k: temp_beside(v) for k, v in outputs.items()}
     try:
         sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],

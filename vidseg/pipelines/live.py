@@ -216,7 +216,7 @@ def run_live(job: LiveJob) -> int:
         check_display()
     paths = output_paths(job)
     if job.stats:
-        check_output(job.stats, "", job.overwrite, "stats file")
+        check_output(job.stats, "", job.overwrite, "stats file", stream=True)
         check_distinct([("-o", p) for p in paths] + [("--stats", job.stats)])
     probed = probe_all(job)
     names = [mask(t) for t in job.targets]

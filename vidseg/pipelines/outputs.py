@@ -12,9 +12,14 @@ from typing import Iterable, Optional, Sequence
 from vidseg.errors import InputError
 
 
-def check_output(path: str, input_path: str, overwrite: bool, what: str = "output") -> str:
+def check_output(path: str, input_path: str, overwrite: bool, what: str = "output", stream: bool = False) -> str:
     """Absolute output path, or InputError: same as the input, directory missing or not
-    writable, a name too long, or existing without `overwrite`."""
+    writable, a name too long, existing without `overwrite` (a link to nothing too: it would be
+    replaced), or a device or pipe (/dev/stdout; also through a link), which only an output
+    that is written straight to it (`stream`: a --stats file, see write_whole) may be, and
+    then needs no `overwrite`.
+    An output is written under a temporary name and renamed over the name given, which for a
+    link to a device would have put a file in place of the link (/dev/stdout itself, as root)."""
     if path.endswith(os.sep):  # abspath would take the slash off and name a file
         raise InputError(f"{what} {path} names a folder; give a file name")
     path = os.path.abspath(path)
@@ -26,7 +31,11 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
         raise InputError(f"{what} directory does not exist: {folder}; create it first")
     if os.path.isdir(path):
         raise InputError(f"{what} {path} is a directory; give a file name")
-    if os.path.exists(path) and not overwrite:
+    if os.path.exists(path) and not os.path.isfile(path):
+        if stream:
+            return path
+        raise InputError(f"{what} {path} is a device or a pipe, not a file; give a file name")
+    if os.path.lexists(path) and not overwrite:
         raise InputError(f"{what} {path} exists; pass --overwrite (-y) to replace it")
     if len(os.fsencode(os.path.basename(path))) > _name_max(folder):
         raise InputError(f"{what} name too long: {os.path.basename(path)[:40]}...; give a shorter one")
