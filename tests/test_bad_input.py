@@ -264,6 +264,21 @@ def test_output_disk_filling_up_fails_the_sink_in_one_line_naming_the_output(tmp
     assert listing(tmp_path) == ["noisy.mp4"]
 
 
+def test_a_full_disk_under_the_detections_file_names_it():
+    """The render stage's one line said 'OSError: [Errno 28] No space left on device' and no
+    file: a buffered write gives none. (/dev/full fails every write as a full disk does.)"""
+    from vidseg.detections import Detections
+    from vidseg.detections_io import DetectionsWriter
+
+    writer = DetectionsWriter("/dev/full")
+    none = Detections()
+    with pytest.raises(OSError) as raised:
+        for frame in range(2000):  # more than the file object's buffer holds
+            writer.write(frame, frame / 25, none, [], [], 480, 640)
+        writer.close()
+    assert (raised.value.errno, raised.value.filename) == (28, "/dev/full")
+
+
 def test_a_frame_ring_that_cannot_be_made_is_one_line_and_leaves_nothing(workdir):
     """A file size limit below the ring's size makes sizing its shared-memory block fail
     after the block exists: one line saying so, no traceback (CPython's resource tracker

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Sequence
 
@@ -43,16 +44,26 @@ def detection_items(det: Detections, labels: Sequence[str], masks: Sequence[np.n
 
 
 class DetectionsWriter:
-    """Appends one line per frame to a JSON-lines file."""
+    """Appends one line per frame to a JSON-lines file. An OSError (a full disk) names it."""
 
     def __init__(self, path: str):
+        self._path = path
         self._f = open(path, "w")
 
     def write(self, frame: int, pts: float, det: Detections, labels: Sequence[str],
               masks: Sequence[np.ndarray], height: int, width: int) -> None:
         """masks: the renderer's pasted box masks (see detection_items)."""
         items = detection_items(det, labels, masks, height, width)
-        self._f.write(json.dumps({"frame": frame, "pts": round(pts, 6), "detections": items}) + "\n")
+        with self._naming_the_file():
+            self._f.write(json.dumps({"frame": frame, "pts": round(pts, 6), "detections": items}) + "\n")
 
     def close(self) -> None:
-        self._f.close()
+        with self._naming_the_file():
+            self._f.close()
+
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        try:
+            yield
+        except OSError as e:  # a buffered write gives no file name: 'No space left on device'
+            raise OSError(e.errno, e.strerror, self._path) from None
