@@ -122,7 +122,7 @@ def model_options(command):
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Mask R-CNN weights (.h5); default: the shipped model.")(f)
     f = click.option("--batch", type=click.IntRange(1, 64), default=None,
-                     help="Frames per model call (default: the model's batch size, 4 for the shipped "
+                     help="Frames (pictures, for image) per model call (default: the model's batch size, 4 for the shipped "
                           "model; live sources: one frame per source).")(f)
     f = click.option("--min-confidence", type=Number(0, 1), default=None,
                      help="Drop detections scoring below this (default: the model's).")(f)

@@ -84,9 +84,10 @@ def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bo
     input's format in colour). InputError when an output is an input, exists without
     `overwrite`, or its directory is missing."""
     if not folder:
-        if not writes_colour(os.path.splitext(output)[1]):
-            kind = os.path.splitext(output)[1] or "files without an extension"
-            raise InputError(f"cannot write colour pictures as {kind!r}: name the output .jpg or .png, "
+        extension = os.path.splitext(output)[1]
+        if not writes_colour(extension):
+            kind = repr(extension) if extension else "a name without an extension"
+            raise InputError(f"cannot write colour pictures as {kind}: name the output .jpg or .png, "
                              "or give an existing folder")
         return [check_output(output, images[0], overwrite)]
     out_dir = os.path.abspath(output)

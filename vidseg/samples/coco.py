@@ -324,7 +324,8 @@ def format_ap_table(report):
     lines = ["      " + "".join(f"{key:>8}" for key in AP_KEYS)]
     for eval_type in types:
         lines.append(f"{eval_type:<6}" + "".join(f"{report[eval_type][key]:8.3f}" for key in AP_KEYS))
-    lines.append(f"{report['images']} images, {report['seconds_per_image']:.3f} s/image in detect")
+    images = report["images"]
+    lines.append(f"{images} image{'s' * (images != 1)}, {report['seconds_per_image']:.3f} s/image in detect")
     return "\n".join(lines)
 
 
