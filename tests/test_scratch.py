@@ -62,3 +62,31 @@ def test_a_folder_made_and_removed_by_its_run(tmp_path, monkeypatch):
         age(folder)
         assert scratch.reap_stale_scratch_dirs() == []  # held by this process
     assert os.listdir(tmp_path) == []
+
+
+CTRL_C_AT_EXIT = """
+import atexit, os, signal, sys, threading, time
+from vidseg import stage_server
+
+stage_server.start(window=False)
+
+def ctrl_c_again_and_again():
+    while True:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.001)
+
+# registered after stage_server's: runs just before its clean-up, which now sees Ctrl-C after Ctrl-C
+atexit.register(lambda: threading.Thread(target=ctrl_c_again_and_again, daemon=True).start())
+sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_the_exit_does_not_cut_the_stage_server_clean_up_short(tmp_path):
+    """The terminal's Ctrl-C goes to the whole group, after the command's own: it landed while
+    the command reaped the stage server at exit, printed a traceback under the one line and
+    left the server's folder behind."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", CTRL_C_AT_EXIT], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert "stage_server" not in run.stderr, run.stderr
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("vidseg-mp-")]

@@ -71,11 +71,14 @@ def _stop() -> None:
     """At exit: ask the server (if one was started) to end and reap it, so the CPU time of the
     stages, its children, counts in this process's, as `time vidseg ...` expects."""
     stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own tests use it (3.8+)
-    if stop is not None:
-        stop()  # also removes the socket in the folder below
-    folder = mp.current_process()._config.get("tempdir")
-    if folder and os.path.basename(folder).startswith("vidseg-mp-"):
-        remove_scratch_dir(folder)
+    # a second Ctrl-C (the terminal's, to the whole group) would cut this short with a
+    # traceback, the folder left: the command is ending already, as the first one asked
+    with stop_signals_ignored():
+        if stop is not None:
+            stop()  # also removes the socket in the folder below
+        folder = mp.current_process()._config.get("tempdir")
+        if folder and os.path.basename(folder).startswith("vidseg-mp-"):
+            remove_scratch_dir(folder)
 
 
 def _exit_now() -> None:
