@@ -333,10 +333,9 @@ def inference_model(kind, weights, class_names, min_confidence=None, model_dir="
     return model
 
 
-def run_evaluate(job: EvaluateJob):
-    """Detect on the evaluation set and print pycocotools' bbox and segm AP (or JSON)."""
-    import json
-
+def evaluation_set(job: EvaluateJob):
+    """The dataset `job` evaluates on (a VIA set's classes in the model's order); InputError
+    when there is none or it is empty."""
     if job.kind == "shapes":
         from vidseg.samples.shapes import ShapesDataset
 
@@ -353,9 +352,17 @@ def run_evaluate(job: EvaluateJob):
                                    subsets=(job.subset,), class_order=trained)
     if not len(dataset.image_ids):
         raise InputError("the evaluation set has no images")
+    return dataset
+
+
+def run_evaluate(job: EvaluateJob):
+    """Detect on the evaluation set and print pycocotools' bbox and segm AP (or JSON)."""
+    import json
+
     from vidseg.samples import coco
 
-    with native_stderr_filtered():  # TensorFlow's native log lines stay off the terminal
+    with native_stderr_filtered():  # TensorFlow's native log lines (it loads with mrcnn) stay off the terminal
+        dataset = evaluation_set(job)
         model = inference_model(job.kind, job.weights, dataset.class_names, job.min_confidence, job.model_dir)
         report = coco.evaluate_dataset(model, dataset, limit=job.limit)
     print(json.dumps(report) if job.as_json else coco.format_ap_table(report))
