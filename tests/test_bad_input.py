@@ -298,6 +298,26 @@ def test_a_frame_ring_that_cannot_be_made_is_one_line_and_leaves_nothing(workdir
     assert not shm_leaked(shm)
 
 
+def test_too_few_file_descriptors_is_one_line_saying_what_to_do(workdir):
+    """A low `ulimit -n` (the pipeline's pipes and shared memory need a few dozen) said only
+    'Too many open files': the line now gives the limit and how to raise it; nothing is left."""
+    shm = shm_entries()
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (20, 20))
+
+    r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none", "--no-progress",
+                   preexec_fn=few_descriptors)
+    assert r.returncode == 1, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line in ("vidseg: error: Too many open files (the limit is 20: raise it, e.g. `ulimit -n 1024`)",
+                    # when a stage process is the one that hits the limit
+                    "vidseg: error: capture stage failed: Too many open files "
+                    "(the limit is 20: raise it, e.g. `ulimit -n 1024`)"), line
+    assert listing(workdir) == ["in.mp4"]
+    assert not shm_leaked(shm)
+
+
 @pytest.mark.parametrize("option", [["--preset", "warp9"], ["--crf", "99"], ["--batch", "0"],
                                     ["--model", "what"], ["--bogus-flag"]])
 def test_unknown_option_values(workdir, option):

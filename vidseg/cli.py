@@ -18,7 +18,7 @@ from multiprocessing import resource_tracker
 import click
 
 from vidseg import stage_server
-from vidseg.errors import InputError, Terminated, raise_terminated, stop_signals_ignored
+from vidseg.errors import InputError, Terminated, descriptor_hint, raise_terminated, stop_signals_ignored
 from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -52,7 +52,8 @@ class VidsegGroup(click.Group):
         except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
             if os.environ.get("VIDSEG_DEBUG"):
                 traceback.print_exc()
-            click.echo(mask(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}"), err=True)
+            click.echo(mask(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+                            f"{descriptor_hint(e)}"), err=True)
             code = 1
         except click.Abort as e:  # click's wrapping of a KeyboardInterrupt, Terminated included
             code = getattr(e.__cause__, "exit_code", 130)

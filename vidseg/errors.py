@@ -1,7 +1,9 @@
 """Errors the user can fix (bad input, bad options, no room): one line, exit 2, no traceback;
 the signals that stop a command; and its messages' streams going away under it."""
 import contextlib
+import errno
 import os
+import resource
 import signal
 import stat
 import sys
@@ -29,6 +31,14 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGTERM):
         super().__init__()
         self.exit_code = 128 + signum  # the shell's convention
+
+
+def descriptor_hint(e: BaseException) -> str:
+    """What to do when a process ran out of file descriptors (a low `ulimit -n`: a pipeline
+    needs a few dozen), to follow the error's line; "" for any other error."""
+    if getattr(e, "errno", None) != errno.EMFILE:
+        return ""
+    return f" (the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: raise it, e.g. `ulimit -n 1024`)"
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, descriptor_hint
 from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
@@ -114,7 +114,10 @@ def exit_with_parent() -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    """`Type: first line of the message`, so the user's error stays one line."""
+    """`Type: first line of the message`, so the user's error stays one line; out of file
+    descriptors, what to do instead of the type and the file that could not be opened."""
+    if hint := descriptor_hint(e):
+        return e.strerror + hint
     text = " ".join(str(e).split("\n", 1)[0].split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
