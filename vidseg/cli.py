@@ -16,6 +16,7 @@ import traceback
 from multiprocessing import resource_tracker
 
 import click
+from click.core import ParameterSource
 
 from vidseg import stage_server
 from vidseg.errors import InputError, Terminated, descriptor_hint, raise_terminated, stop_signals_ignored
@@ -327,6 +328,21 @@ def dataset_options(f):
     return f
 
 
+# dataset options that only one or two kinds read (the others would ignore them unsaid)
+KIND_OPTIONS = {"class_name": ("via",), "attribute": ("via",), "year": ("coco",), "subset": ("via", "coco"),
+                "images": ("shapes",), "seed": ("shapes",), "shifted": ("shapes",)}
+
+
+def refuse_options_of_other_kinds(kind: str) -> None:
+    """A usage error for an option given on the command line that --kind `kind` does not read."""
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        kinds = KIND_OPTIONS.get(param.name)
+        if kinds and kind not in kinds and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{param.opts[0]} is read by --kind {' and '.join(kinds)} only; "
+                                   f"leave it out with --kind {kind}", ctx)
+
+
 @main.command("train")
 @dataset_options
 @click.option("--weights", required=True, metavar="coco|last|none|PATH",
@@ -347,6 +363,7 @@ def dataset_options(f):
 def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, layers, epochs, lr, steps, val_steps,
               tensorboard):
     """Train Mask R-CNN on a dataset; a checkpoint per epoch under --model-dir."""
+    refuse_options_of_other_kinds(kind)
     from vidseg.samples.train import TrainJob, run_train
 
     return run_train(TrainJob(kind=kind, dataset=dataset, weights=weights, layers=layers, epochs=epochs,
@@ -368,6 +385,7 @@ def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, la
 def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, subset, images, seed, shifted,
                  limit, min_confidence, as_json):
     """Print COCO bbox and segm AP (pycocotools) of a model on a dataset."""
+    refuse_options_of_other_kinds(kind)
     from vidseg.samples.train import EvaluateJob, run_evaluate
 
     return run_evaluate(EvaluateJob(kind=kind, dataset=dataset, weights=weights, as_json=as_json, limit=limit,

@@ -185,3 +185,21 @@ def test_an_unwritable_model_dir_is_refused_before_the_work(tmp_path):
         r = run_vidseg("train", "--kind", "shapes", "--weights", "none", "--epochs", "1", "--model-dir", model_dir)
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == [f"vidseg: error: {error}"]
+
+
+@pytest.mark.parametrize("command, options, line", [
+    ("evaluate", ["--kind", "shapes", "--subset", "train"], "--subset is read by --kind via and coco only; "
+     "leave it out with --kind shapes"),
+    ("evaluate", ["--kind", "coco", "--dataset", ".", "--seed", "3"], "--seed is read by --kind shapes only; "
+     "leave it out with --kind coco"),
+    ("train", ["--kind", "shapes", "--weights", "none", "--epochs", "1", "--class-name", "square"],
+     "--class-name is read by --kind via only; leave it out with --kind shapes"),
+    ("train", ["--kind", "via", "--dataset", ".", "--attribute", "a", "--weights", "none", "--epochs", "1",
+               "--year", "2017"], "--year is read by --kind coco only; leave it out with --kind via"),
+])
+def test_an_option_another_kind_reads_is_refused_not_ignored(command, options, line):
+    """`evaluate --kind shapes --subset train` evaluated the generated set as if nothing were
+    said; an option the kind does not read is now a usage error, before any work."""
+    r = run_vidseg(command, *options)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"vidseg: error: {line} (see --help)"]
