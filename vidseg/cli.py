@@ -240,20 +240,24 @@ def live_options(f):
         click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
         click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON."),
+        click.option("--detections", type=click.Path(), default=None,
+                     help="Write detections as JSON lines, one per frame (COCO RLE masks): a file (one "
+                          "source) or an existing folder (one NAME.jsonl per source)."),
     ]):
         f = option(f)
     return model_options(f)
 
 
 def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, overwrite, no_progress, stats,
-          model, weights, batch, min_confidence, model_extra, **source_options):
+          detections, model, weights, batch, min_confidence, model_extra, **source_options):
     prepare_pipeline(model, window=not no_window)
     from vidseg.pipelines.live import LiveJob, run_live
 
     return run_live(LiveJob(kind=kind, targets=list(targets), output=output, window=not no_window,
                             duration=duration, max_frames=max_frames, preset=preset, crf=crf, overwrite=overwrite,
-                            progress=not no_progress, stats=stats, model=model, weights=weights, batch=batch,
-                            min_confidence=min_confidence, model_extra=model_extra, **source_options))
+                            progress=not no_progress, stats=stats, detections=detections, model=model,
+                            weights=weights, batch=batch, min_confidence=min_confidence, model_extra=model_extra,
+                            **source_options))
 
 
 @main.command("camera")

@@ -315,6 +315,9 @@ def test_stalled_server_is_reconnected_never_a_hang(rtsp_server, tmp_path):
     (["-o", "cam.mp4", "--stats", "cam.mp4"], ["both name", "give each its own file"]),
     (["-o", "cam.mp4", "--stats", "no/s.json"], ["stats file directory does not exist"]),
     (["-o", "old.mp4"], ["old.mp4 exists", "--overwrite"]),
+    (["--detections", "old.mp4"], ["old.mp4 exists", "--overwrite"]),
+    (["-o", "cam.mp4", "--detections", "cam.mp4"], ["-o and --detections both name", "give each its own file"]),
+    (["--detections", "no/d.jsonl"], ["detections file directory does not exist"]),
     (["--duration", "inf"], ["'inf' is not a finite number"]),       # ran for ever
     (["--duration", "nan"], ["'nan' is not a finite number"]),
     (["--min-confidence", "nan"], ["'nan' is not a finite number"]),  # kept no detection
@@ -564,6 +567,76 @@ def test_dead_source_gives_up_the_other_runs_to_the_end(make_rtsp_server, tmp_pa
     assert {p.name for p in tmp_path.iterdir()} == {"stats.json", f"127.0.0.1_{a.port}_live.mp4",
                                                       f"127.0.0.1_{b.port}_live.mp4"}
     assert "Gone4Good" not in stdout + stderr + stats_path.read_text()
+
+
+def test_detections_of_each_source_in_its_own_file_one_line_per_frame_shown(make_rtsp_server, tmp_path):
+    """--detections DIR with two cameras: one JSON-lines file each, named like their MP4s, with
+    a line for every frame that reached the sink (drops have none), in capture order, masks
+    as COCO RLE of the whole frame; the password is nowhere in them."""
+    from pycocotools import mask as mask_util
+
+    a, b = make_rtsp_server(auth="gil:Sec4et"), make_rtsp_server()
+    stats_path = tmp_path / "stats.json"
+    run = run_vidseg("rtsp", a.url("live"), b.url("live"), "--no-window", "--model", BLOB, "--detections", tmp_path,
+                     "--duration", 3, "--stats", stats_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(stats_path.read_text())
+    assert {p.name for p in tmp_path.iterdir()} == {"stats.json", f"127.0.0.1_{a.port}_live.jsonl",
+                                                      f"127.0.0.1_{b.port}_live.jsonl"}
+    for server in (a, b):
+        text = (tmp_path / f"127.0.0.1_{server.port}_live.jsonl").read_text()
+        assert "Sec4et" not in text
+        lines = [json.loads(line) for line in text.splitlines()]
+        source = stats["sources"][server.url("live").replace("Sec4et", "***")]
+        assert len(lines) == source["frames_out"] > 30
+        frames, pts = [line["frame"] for line in lines], [line["pts"] for line in lines]
+        assert frames == sorted(set(frames)) and pts == sorted(pts) and 2 < pts[-1] - pts[0] < 4
+        found = {d["class_name"] for line in lines for d in line["detections"]}
+        assert found == {"red", "green", "blue"}  # the SMPTE bars' pure colours
+        mask = lines[-1]["detections"][0]
+        assert mask["mask"]["size"] == [240, 320]
+        x1, y1, x2, y2 = mask["box"]
+        assert mask_util.area(dict(mask["mask"], counts=mask["mask"]["counts"].encode())) > 0.8 * (x2 - x1) * (y2 - y1)
+
+
+def test_a_killed_render_stage_leaves_whole_lines_and_says_so(rtsp_server, tmp_path):
+    """The render stage writes the detections: killed mid-run, the file keeps the lines it
+    wrote, each whole, and the error says how many frames it holds (it said nothing of it)."""
+    import psutil
+
+    out = tmp_path / "d.jsonl"
+    proc = start_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", BLOB, "--detections", out,
+                        "--duration", 30, "--no-progress")
+    deadline = time.monotonic() + 60
+    while not (render := [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "vidseg-render0"]):
+        assert time.monotonic() < deadline, "no render stage"
+        time.sleep(0.1)
+    rtsp_server.wait_clients(2)
+    time.sleep(3)
+    render[0].kill()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) > 20 and all(json.loads(line)["detections"] for line in lines)
+    assert stderr.strip().splitlines()[-1] == ("vidseg: error: render stage failed: killed by SIGKILL; "
+                                               f"{out} keeps the detections of the {len(lines)} frames before it "
+                                               "(partial)")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
+
+
+def test_a_line_cut_short_is_taken_off_a_detections_file(tmp_path):
+    """What a render stage stopped mid-write (or a disk filling up) leaves after its last whole
+    line goes; the lines before stay, whatever chunks the file is read in."""
+    from vidseg.pipelines.live import _whole_lines
+
+    whole = b"".join(b'{"frame": %d, "pts": 0.0, "detections": []}\n' % i for i in range(50))
+    for tail, chunk in [(b'{"frame": 50, "pts"', 7), (b"", 1 << 20), (b"x" * 100, 64)]:
+        path = tmp_path / "d.jsonl"
+        path.write_bytes(whole + tail)
+        assert _whole_lines(str(path), chunk) == 50
+        assert path.read_bytes() == whole
+    path.write_bytes(b'{"frame": 0')
+    assert _whole_lines(str(path)) == 0 and path.read_bytes() == b""
 
 
 def test_a_failing_stage_still_leaves_a_playable_recording(rtsp_server, tmp_path):

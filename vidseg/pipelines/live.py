@@ -4,9 +4,10 @@ Each source is probed once here (size, and a one-line error for a wrong password
 missing camera), then read in its own capture process by a `Reconnecting` source with the
 `latest` queue policy: at most one frame waits for inference, the freshest one, and every
 drop is counted. One inference process batches across sources; each source gets its own
-window and/or MP4 (`-o DIR` → one MP4 per source). MP4 timestamps come from the capture
-clock, so a file plays at real speed across drops and outages; it is finalised however the
-run ends (--duration, --max-frames, q, Ctrl-C, an error).
+window and/or MP4 (`-o DIR` → one MP4 per source) and/or detections file (`--detections
+DIR` → one per source). MP4 timestamps (and the files' "pts") come from the capture clock, so
+a file plays at real speed across drops and outages; it is finalised however the run ends
+(--duration, --max-frames, q, Ctrl-C, an error).
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class LiveJob:
     overwrite: bool = False
     progress: bool = True
     stats: Optional[str] = None
+    detections: Optional[str] = None
 
 
 def live_source(kind: str, target: str, transport: str = "tcp", open_timeout: float = 10.0,
@@ -148,22 +150,25 @@ def probe_all(job: LiveJob) -> list:
     return results
 
 
-def output_paths(job: LiveJob) -> list:
-    """One MP4 path per source (None each when no -o). -o FILE takes one source; -o DIR (an
-    existing directory) takes any number, named after each source without credentials."""
-    if job.output is None:
+def output_paths(job: LiveJob, given: Optional[str], option: str = "-o", what: str = "output",
+                 extension: str = ".mp4") -> list:
+    """One path per source of an output option (None each when not given). A file takes one
+    source; an existing directory any number, named after each source without credentials
+    (`video0.mp4`, `10.0.0.5_554_stream1.jsonl`)."""
+    if given is None:
         return [None] * len(job.targets)
-    output = os.path.abspath(job.output)
+    output = os.path.abspath(given)
     if os.path.isdir(output):
-        paths = [os.path.join(output, f"{slug(job.kind, t)}.mp4") for t in job.targets]
+        paths = [os.path.join(output, f"{slug(job.kind, t)}{extension}") for t in job.targets]
         if len(set(paths)) < len(paths):
-            paths = [os.path.join(output, f"{i}-{slug(job.kind, t)}.mp4") for i, t in enumerate(job.targets)]
+            paths = [os.path.join(output, f"{i}-{slug(job.kind, t)}{extension}") for i, t in enumerate(job.targets)]
     elif len(job.targets) > 1:
-        raise InputError(f"{len(job.targets)} sources need one MP4 each: give -o an existing directory")
+        raise InputError(f"{len(job.targets)} sources need one {what} each: give {option} an existing directory")
     else:
-        check_mp4_name(output, or_folder=True)
+        if extension == ".mp4":
+            check_mp4_name(output, or_folder=True)
         paths = [output]
-    return [check_output(path, "", job.overwrite) for path in paths]
+    return [check_output(path, "", job.overwrite, what) for path in paths]
 
 
 def slug(kind: str, target: str) -> str:
@@ -214,10 +219,12 @@ def run_live(job: LiveJob) -> int:
     check_targets(job)
     if job.window:
         check_display()
-    paths = output_paths(job)
+    paths = output_paths(job, job.output)
+    detections = output_paths(job, job.detections, "--detections", "detections file", ".jsonl")
     if job.stats:
         check_output(job.stats, "", job.overwrite, "stats file", stream=True)
-        check_distinct([("-o", p) for p in paths] + [("--stats", job.stats)])
+    check_distinct([("-o", p) for p in paths] + [("--detections", p) for p in detections]
+                   + [("--stats", job.stats)])
     probed = probe_all(job)
     names = [mask(t) for t in job.targets]
     if len(set(names)) < len(names):
@@ -229,6 +236,7 @@ def run_live(job: LiveJob) -> int:
                         f"(its frames fitted to {largest[0]}x{largest[1]})")
     shapes = [p or (largest[0], largest[1], None) for p in probed]  # down at the start: the largest size
     temps = [temp_beside(p) if p else None for p in paths]
+    detection_temps = [temp_beside(p) if p else None for p in detections]
     plans = []
     for i, (target, (width, height, fps)) in enumerate(zip(job.targets, shapes)):
         sinks = []
@@ -243,7 +251,7 @@ def run_live(job: LiveJob) -> int:
                                     "max_frames": job.max_frames, "size": None if probed[i] else (width, height),
                                     "alone": len(job.targets) == 1})
         plans.append(SourcePlan(name=names[i], source=source, sinks=sinks or [Spec(NullSink)],
-                                frame_shape=(height, width), policy="latest"))
+                                frame_shape=(height, width), policy="latest", detections_path=detection_temps[i]))
     options = dict(job.model_extra, weights=job.weights, min_confidence=job.min_confidence)
     try:
         # one frame per source per call: a live source never has more than one frame waiting
@@ -251,11 +259,15 @@ def run_live(job: LiveJob) -> int:
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         kept = _keep_outputs(temps, paths, job.overwrite)
-    result.message = named_as_given(result.message, ((tmp, path) for tmp, path in zip(temps, paths) if tmp))
+        kept_detections = _keep_detections(detection_temps, detections, job.overwrite)
+    result.message = named_as_given(result.message, ((tmp, path) for tmp, path in
+                                                     zip(temps + detection_temps, paths + detections) if tmp))
     if result.status == "failed":
         result.message += "".join(kept_partial(path, n) for path, n in kept.items())
+        result.message += "".join(kept_partial(path, n, "the detections of the {}") for path, n in kept_detections.items())
     recorded = {name: (path, kept[path]) for name, path in zip(names, paths) if path in kept}
-    return finish(result, job.stats, [p for p in paths if p and p not in kept], recorded, job.overwrite)
+    unwritten = [p for p in paths if p and p not in kept] + [p for p in detections if p and p not in kept_detections]
+    return finish(result, job.stats, unwritten, recorded, job.overwrite)
 
 
 def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = (),
@@ -304,6 +316,35 @@ def _keep_outputs(temps: list, paths: list, overwrite: bool) -> dict:
         else:
             os.unlink(tmp)
     return kept
+
+
+def _keep_detections(temps: list, paths: list, overwrite: bool) -> dict:
+    """Every detections file that holds a frame goes into place (see put_in_place), however
+    the run ended, without a line a stopped render stage left unfinished; returns {path asked
+    for: frames} of those."""
+    kept = {}
+    for tmp, path in zip(temps, paths):
+        if tmp is None:
+            continue
+        frames = _whole_lines(tmp)
+        if frames:
+            put_in_place(tmp, path, overwrite)
+            kept[path] = frames
+        else:
+            os.unlink(tmp)
+    return kept
+
+
+def _whole_lines(path: str, chunk: int = 1 << 20) -> int:
+    """Cut what follows the last newline of `path`; returns the number of lines left."""
+    lines = kept = 0
+    with open(path, "rb+") as f:
+        while data := f.read(chunk):
+            if (newlines := data.count(b"\n")):
+                lines += newlines
+                kept = f.tell() - len(data) + data.rfind(b"\n") + 1
+        f.truncate(kept)
+    return lines
 
 
 def bench_live(url: str, model: str = "none", weights: Optional[str] = None, batch: Optional[int] = None,

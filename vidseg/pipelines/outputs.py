@@ -65,9 +65,10 @@ def check_writable(folder: str, what: str = "output directory") -> None:
         raise InputError(f"cannot write to {folder}: {reason}; choose a writable {what}") from None
 
 
-def kept_partial(path: str, frames: int) -> str:
-    """The end of a failed run's one-line error when its MP4 was finalised with frames in it."""
-    return f"; {path} keeps the {frames} frame{'s' * (frames != 1)} encoded before it (partial)"
+def kept_partial(path: str, frames: int, what: str = "the {} encoded") -> str:
+    """The end of a failed run's one-line error when its MP4 (or, with `what` "the detections
+    of the {}", detections file) was finalised with frames in it."""
+    return f"; {path} keeps {what.format(f'{frames} frame' + 's' * (frames != 1))} before it (partial)"
 
 
 def check_mp4_name(path: str, or_folder: bool = False) -> None:
