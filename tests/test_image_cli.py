@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from tests.conftest import BLOB_MODEL, blob_frame, run_vidseg
+from tests.conftest import BLOB_MODEL, blob_frame, make_clip, run_vidseg
 from vidseg.pipelines.image import ImageJob, run_image
 
 
@@ -204,6 +204,7 @@ BAD_INPUTS = {
     "missing image": (lambda d: [d / "nope.png", "-o", d / "o.png"], "not found"),
     "random bytes": (lambda d: [d / "junk.jpg", "-o", d / "o.png"], "not an image"),
     "text file": (lambda d: [d / "notes.txt", "-o", d / "o.png"], "not an image"),
+    "a video": (lambda d: [d / "clip.mp4", "-o", d / "o.png"], "(for a video: vidseg file "),
     "empty folder": (lambda d: [d / "empty", "-o", d / "o"], "no images"),
     "output dir missing": (lambda d: [d / "ok.png", "-o", d / "no" / "o.png"], "does not exist"),
     "folder output's parent missing": (lambda d: [d / "ok.png", d / "ok2.png", "-o", d / "no" / "o"], "does not exist"),
@@ -221,6 +222,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
     (tmp_path / "junk.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
     (tmp_path / "notes.txt").write_text("hello")
+    make_clip(tmp_path / "clip.mp4", 64, 48, 2, audio=False)
     (tmp_path / "empty").mkdir()
     save_rgb(tmp_path / "ok.png", red_square())
     save_rgb(tmp_path / "ok2.png", red_square())

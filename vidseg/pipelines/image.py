@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from vidseg.render import Renderer
 # libjpeg's warning for a JPEG whose end is missing; it decodes the rest as grey and carries on
 JPEG_CUT_SHORT = "Premature end of JPEG file"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# names of videos, which `vidseg file` takes: said so when one is given as a picture
+VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg",
+              ".mpeg", ".3gp", ".h264", ".hevc")
 
 
 @dataclass
@@ -71,11 +75,19 @@ def find_images(inputs: Sequence[str]) -> list[str]:
             raise InputError(f"image not found: {path}")
     for path in found:
         if not cv2.haveImageReader(path):
-            raise InputError(f"{path} is not an image OpenCV can read; give JPEG, PNG, BMP, TIFF or WebP files")
+            raise InputError(f"{path} is not an image OpenCV can read; give JPEG, PNG, BMP, TIFF or WebP files"
+                             + video_hint(path))
     unique = {}
     for path in found:                     # the same picture named twice is done once
         unique.setdefault(os.path.realpath(path), path)
     return list(unique.values())
+
+
+def video_hint(path: str) -> str:
+    """What to run instead, for a picture named as a video; "" for any other name."""
+    if os.path.splitext(path)[1].lower() not in VIDEO_EXTS:
+        return ""
+    return f" (for a video: vidseg file {shlex.quote(path)} -o OUT.mp4)"
 
 
 def plan_outputs(images: Sequence[str], output: str, folder: bool, overwrite: bool) -> list[str]:
@@ -162,7 +174,7 @@ def _read_with_pillow(path: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # writable: drawn on
     except (OSError, ValueError, Image.DecompressionBombError):
-        raise InputError(f"cannot decode {path}: the file is damaged or not an image") from None
+        raise InputError(f"cannot decode {path}: the file is damaged or not an image{video_hint(path)}") from None
 
 
 def _save(rgb: np.ndarray, target: str) -> str:
