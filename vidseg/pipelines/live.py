@@ -259,7 +259,7 @@ def run_live(job: LiveJob) -> int:
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         kept = _keep_outputs(temps, paths, job.overwrite)
-        kept_detections = _keep_detections(detection_temps, detections, job.overwrite)
+        kept_detections = _keep_outputs(detection_temps, detections, job.overwrite, _whole_lines)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in
                                                      zip(temps + detection_temps, paths + detections) if tmp))
     if result.status == "failed":
@@ -302,31 +302,16 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
     return code
 
 
-def _keep_outputs(temps: list, paths: list, overwrite: bool) -> dict:
-    """Every finalised MP4 that holds frames goes into place (see put_in_place), however the
-    run ended; returns {path asked for: frames} of those."""
+def _keep_outputs(temps: list, paths: list, overwrite: bool, frames_in=video_frames) -> dict:
+    """Every output that holds frames goes into place (see put_in_place), however the run
+    ended; returns {path asked for: frames} of those. frames_in(temp): how many frames a
+    finalised MP4 (`video_frames`) or a detections file (`_whole_lines`, which also takes off
+    a line a stopped render stage left unfinished) holds."""
     kept = {}
     for tmp, path in zip(temps, paths):
         if tmp is None:
             continue
-        frames = video_frames(tmp)
-        if frames:
-            put_in_place(tmp, path, overwrite)
-            kept[path] = frames
-        else:
-            os.unlink(tmp)
-    return kept
-
-
-def _keep_detections(temps: list, paths: list, overwrite: bool) -> dict:
-    """Every detections file that holds a frame goes into place (see put_in_place), however
-    the run ended, without a line a stopped render stage left unfinished; returns {path asked
-    for: frames} of those."""
-    kept = {}
-    for tmp, path in zip(temps, paths):
-        if tmp is None:
-            continue
-        frames = _whole_lines(tmp)
+        frames = frames_in(tmp)
         if frames:
             put_in_place(tmp, path, overwrite)
             kept[path] = frames
