@@ -425,6 +425,31 @@ def test_an_mpeg_ts_clock_is_moved_to_start_at_zero(tmp_path, offset):
     assert float(b["video"]["start_time"]) - float(b["audio"]["start_time"]) == pytest.approx(lead, abs=0.025)
 
 
+@pytest.mark.parametrize("model", ["none", BLOB_MODEL])
+def test_the_last_frame_lasts_as_long_as_in_the_input(tmp_path, model):
+    """A variable-rate clip (a slide held 4 s, then a last frame of 0.04 s): the MP4's last
+    frame lasted 1 / average rate (1.36 s), so the video ran 5.4 s instead of 4.08 s."""
+    listing = tmp_path / "slides.txt"
+    for colour in ("red", "green", "blue"):
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"color={colour}:size=320x240", "-frames:v", "1",
+                        str(tmp_path / f"{colour}.png")], check=True)
+    listing.write_text("".join(f"file {c}.png\nduration {d}\n" for c, d in (("red", 0.04), ("green", 4),
+                                                                            ("blue", 0.04))))
+    clip, out = tmp_path / "slides.mp4", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "concat", "-i", str(listing), "-fps_mode", "vfr", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", model, "--no-progress")
+    assert r.returncode == 0, r.stderr
+
+    def ends(path) -> tuple:
+        show = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=duration:format=duration", "-of",
+                               "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
+        return tuple(float(x) for x in show)
+
+    assert ends(clip) == pytest.approx((4.08, 4.08), abs=0.005)
+    assert ends(out) == pytest.approx(ends(clip), abs=0.005)
+
+
 def test_the_default_video_stream_is_the_one_segmented(tmp_path):
     """A one-frame thumbnail first, the video second and marked default: the video is used."""
     thumb, clip, out = tmp_path / "thumb.png", tmp_path / "two.mkv", tmp_path / "out.mp4"

@@ -128,10 +128,12 @@ def i420_planes(image: np.ndarray, h: int, w: int) -> tuple:
 @dataclass(frozen=True)
 class EndOfStream:
     """Sent once per source after its last frame; every stage forwards it.
-    interrupted: the source was stopped early (Ctrl-C), so sinks trim to what was done."""
+    interrupted: the source was stopped early (Ctrl-C), so sinks trim to what was done.
+    last_duration: seconds the source's last frame lasts (a file's own), None if unknown."""
 
     source: int
     interrupted: bool = False
+    last_duration: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -407,8 +409,8 @@ class CaptureOut:
         self._out.put(meta)  # for `latest`, a wake-up: infer claims from the mailbox
         return dropped
 
-    def end(self, interrupted: bool = False) -> None:
-        self._out.put(EndOfStream(self.link.source, interrupted))
+    def end(self, interrupted: bool = False, last_duration: Optional[float] = None) -> None:
+        self._out.put(EndOfStream(self.link.source, interrupted, last_duration))
 
     def close(self) -> None:
         self._ring.close()

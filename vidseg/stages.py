@@ -159,7 +159,7 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
                     meter.dropped[cause] += 1
     finally:
         meter.busy_s -= out.wait_s  # time blocked on a free slot is back-pressure, not work
-        out.end(interrupted=stop.is_set())
+        out.end(interrupted=stop.is_set(), last_duration=getattr(source, "last_duration", None))
         meter.extra["skipped"] = int(getattr(source, "skipped", 0))
         for key, value in getattr(source, "stats", lambda: {})().items():
             meter.extra[key] = value
@@ -377,6 +377,8 @@ def sink_loop(sink_specs: Sequence[Spec], link: SourceLink, in_q, ctrl, done_cou
                 for sink in sinks:
                     if item.interrupted and hasattr(sink, "trim_audio"):
                         sink.trim_audio = True  # a partial file: no audio past the last frame
+                    if hasattr(sink, "last_duration"):
+                        sink.last_duration = item.last_duration
                 break
             meter.start()
             keep_going = True

@@ -74,6 +74,7 @@ class Mp4Sink:
         self._colour = colour
         self._matrix = SWSCALE_MATRICES.get(colour["space"]) if colour else None  # None: OpenCV's BT.601
         self.trim_audio = False  # set for a partial run: audio stops with the last frame
+        self.last_duration: Optional[float] = None  # set at the end: seconds the last frame lasts
         self._frame_s = 1.0 / float(rate)
         self._last_pts: Optional[int] = None
         self._end_time = 0.0
@@ -130,9 +131,13 @@ class Mp4Sink:
         return True
 
     def close(self) -> None:
-        """Flush the encoder, mux audio up to the last video frame, write the trailer."""
+        """Flush the encoder, mux audio up to the last video frame, write the trailer. The
+        last frame lasts `last_duration` if set, else what the muxer gives it (1 / fps)."""
         try:
-            self._out.mux(self._video.encode(None))
+            for packet in self._video.encode(None):
+                if packet.pts == self._last_pts and self.last_duration:
+                    packet.duration = max(1, round(self.last_duration / self.time_base))
+                self._out.mux(packet)
             if self._audio:
                 self._audio.mux_until(self._end_time + self._frame_s if self.trim_audio else float("inf"), final=True)
         finally:

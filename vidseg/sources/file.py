@@ -31,9 +31,9 @@ CLOCK_BACK_S, CLOCK_AHEAD_S = 0.1, 10.0
 def probe(path: str) -> dict:
     """Open `path` and describe its video: width, height (after rotation), fps, time_base,
     frame_count (None if unknown), frames_listed (True: frame_count is the container's own
-    count of packets, as an MP4's index gives; False: an estimate from the duration), end (s,
-    when the count is an estimate: where the container says the video ends; a Matroska file
-    gives its end, other formats may give a span that reads as earlier, never later),
+    count of packets, as an MP4's index gives; False: an estimate from the duration), end (s:
+    where the container says the video ends, None if it does not say; a Matroska file gives
+    its end, other formats may give a span that reads as earlier, never later),
     rotation (clockwise degrees), has_audio, codec, stream (index of the video stream:
     FFmpeg's best, e.g. the one marked default, never a cover picture), start (s, the earliest
     start of it and of the audio stream copied; None if unknown), sar (pixel aspect ratio as a
@@ -73,9 +73,9 @@ def probe(path: str) -> dict:
         count = stream.frames or None
         listed = count is not None
         first = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        end = None
+        end = first + float(stream.duration * stream.time_base) if stream.duration else None
         if count is None:  # Matroska gives only the container's duration, which is its end
-            end = first + float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+            end = end or (container.duration or 0) / 1e6
             count = int(round((end - first) * fps)) or None if fps and end > first else None
         audio = [container.streams.best("audio")] if container.streams.audio else []
         starts = [float(s.start_time * s.time_base) for s in (stream, *audio)
@@ -198,6 +198,7 @@ class FileSource:
         self.skipped = 0
         self.packets = 0  # video packets read (a frame each; an edit list may hide some of them)
         self.end_s: Optional[float] = None  # where the last frame read ends
+        self.last_duration: Optional[float] = None  # seconds the last frame read lasts, if the file says
         self._container = av.open(path, metadata_errors="ignore")
         self._stream = self._container.streams[info["stream"]]
         self._stream.thread_type = "AUTO"
@@ -236,7 +237,9 @@ class FileSource:
             pts = float(frame.pts * self.time_base)
         else:
             pts = index / (self.fps or 25.0)
-        self.end_s = max(self.end_s or pts, pts + 1.0 / (self.fps or 25.0))
+        # its own duration (a variable-rate file's last frame may be held for seconds, or not)
+        self.last_duration = float(frame.duration * self.time_base) if frame.duration else None
+        self.end_s = max(self.end_s or pts, pts + (self.last_duration or 1.0 / (self.fps or 25.0)))
         return SourceFrame(image=image, pts=pts, capture_time=time.monotonic(), format=fmt)
 
     def stats(self) -> dict:
