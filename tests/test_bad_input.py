@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import av
 import pytest
 
 from tests.conftest import BLOB_MODEL, REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
@@ -407,6 +408,21 @@ def test_a_trimmed_clip_is_not_called_damaged(tmp_path, clip_480):
     subprocess.run(["ffmpeg", "-v", "error", "-ss", "0.5", "-i", str(clip_480), "-c", "copy", str(trimmed)], check=True)
     r = run_vidseg("file", trimmed, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert "damaged" not in r.stderr, r.stderr
+
+
+def test_a_variable_rate_avi_is_not_called_damaged(tmp_path):
+    """An AVI holds a frame through a rate change with empty index entries, which no demuxer
+    returns: 90 frames read of 208 listed was reported as damage."""
+    clip = tmp_path / "vfr.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=3", "-vf",
+                    "setpts='if(lt(N,30),N/30,1+(N-30)/10)/TB'", "-fps_mode", "passthrough", "-c:v", "mpeg4",
+                    "-f", "avi", str(clip)], check=True)
+    with av.open(str(clip)) as c:
+        assert c.streams.video[0].frames > 200  # the index lists the empty entries too
+    r = run_vidseg("file", clip, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "frames: in 90, out 90" in r.stderr
     assert "damaged" not in r.stderr, r.stderr
 
 

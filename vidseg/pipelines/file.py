@@ -123,15 +123,19 @@ def check_model_files(weights: Optional[str] = None, class_names: Optional[str] 
 def damage_seen(stats: dict, info: dict) -> Optional[str]:
     """What a complete run saw of damage in its input (probe's `info`), or None: undecodable
     packets, fewer packets than the index lists (not fewer frames: an edit list hides some
-    from the decoder), or, with no index, frames that end well before the container says the
-    video does (a count from the duration would be no guide: variable frame rates)."""
+    from the decoder) and frames that stop before the video's end (an AVI's index also lists
+    the empty chunks a variable frame rate repeats a frame with, which no demuxer returns), or,
+    with no index, frames that end well before the container says the video does (a count
+    from the duration would be no guide: variable frame rates)."""
     skipped = stats.get("skipped", 0)
     source = next(iter(stats["sources"].values()), {})
     found = f"decoded {stats['frames_in']} frames"
     short = False
     if info["frames_listed"]:
         expected, got = info["frame_count"], source.get("packets", stats["frames_in"])
-        short = expected - got > max(1, expected // 100)
+        frame_s = 1.0 / (info["fps"] or 25.0)
+        reached_end = info.get("end") and (source.get("end_s") or 0.0) >= info["end"] - 2 * frame_s
+        short = expected - got > max(1, expected // 100) and not reached_end
         found = f"read {got} of the {expected} frames listed in its index"
     elif info.get("end") and source.get("end_s"):
         end, reached = info["end"], source["end_s"]
