@@ -322,6 +322,24 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     b = probe(out)
     assert b["video"]["nb_read_frames"] == "25"
     assert b["audio"]["codec_name"] == "aac" and abs(float(b["audio"]["duration"]) - 1.0) < 0.05
+    assert "note: the audio (pcm_s16le) is re-encoded to AAC" in r.stderr  # it was done without a word
+
+
+def test_mp2_audio_is_copied_untouched(tmp_path):
+    """A broadcast's MPEG audio layer II goes into MP4 as it is (it was re-encoded to AAC)."""
+    clip, out = tmp_path / "broadcast.ts", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=440:sample_rate=48000", "-t", "2", "-c:v", "libx264", "-c:a", "mp2",
+                    str(clip)], check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "note" not in r.stderr, r.stderr
+
+    def audio_packets(path) -> list:
+        with av.open(str(path)) as c:
+            return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+    assert audio_packets(out) == audio_packets(clip)
 
 
 @pytest.mark.parametrize("codec, layout, channels", [("pcm_s16le", "mono", 1), ("pcm_s24le", "5.1", 6),
@@ -508,6 +526,27 @@ def test_the_default_audio_stream_is_the_one_kept(tmp_path):
     rate = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries", "stream=sample_rate",
                            "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout.split()
     assert rate == ["22050"]
+
+
+def test_tracks_left_out_are_named_and_tags_kept(tmp_path):
+    """Of two soundtracks and a subtitle track, the MP4 carries the default soundtrack: the
+    others were dropped without a word, and the kept track's language and the file's
+    creation time and title were lost."""
+    clip, subs, out = tmp_path / "two.mkv", tmp_path / "subs.srt", tmp_path / "out.mp4"
+    subs.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "lavfi",
+                    "-i", "sine=frequency=440", "-f", "lavfi", "-i", "sine=frequency=880", "-i", str(subs), "-t", "2",
+                    "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-metadata:s:a:0", "language=fra", "-metadata:s:a:1", "language=eng",
+                    "-metadata", "creation_time=2024-05-01T10:00:00Z", "-metadata", "title=street", str(clip)],
+                   check=True)
+    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "not its other streams (1 audio, 1 subtitle)" in r.stderr, r.stderr
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert c.streams.audio[0].metadata["language"] == "fra"
+        assert c.metadata["title"] == "street" and c.metadata["creation_time"].startswith("2024-05-01T10:00:00")
 
 
 def test_pixel_aspect_ratio_is_kept(tmp_path):

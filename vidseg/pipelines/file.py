@@ -20,7 +20,7 @@ from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
                                       put_in_place, temp_beside)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
-from vidseg.sinks.mp4 import Mp4Sink, video_frames
+from vidseg.sinks.mp4 import MP4_AUDIO, Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
 from vidseg.sources.file import FileSource, probe
 
@@ -60,6 +60,8 @@ def run_file(job: FileJob) -> int:
             print(f"note: {info['width']}x{info['height']} is cropped to {info['width'] - info['width'] % 2}x"
                   f"{info['height'] - info['height'] % 2} in the MP4 (H.264 in yuv420p needs even sizes)",
                   file=sys.stderr)
+        for line in streams_changed(info, job.input):
+            print(f"note: {line}", file=sys.stderr)
     if job.detections:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:
@@ -69,7 +71,8 @@ def run_file(job: FileJob) -> int:
         sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],
                                   time_base=info["time_base"], preset=job.preset, crf=job.crf,
                                   audio_from=job.input if info["has_audio"] else None,
-                                  time_shift=-(info["start"] or 0.0), sar=info["sar"], colour=info["colour"])) \
+                                  time_shift=-(info["start"] or 0.0), sar=info["sar"], colour=info["colour"],
+                                  metadata=info["metadata"])) \
             if job.output else Spec(NullSink)
         plan = SourcePlan(name=os.path.basename(job.input), source=Spec(FileSource, {"path": job.input, "info": info}),
                           sinks=[sink], frame_shape=(info["height"], info["width"]), policy="block",
@@ -111,6 +114,20 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
         code = code or 1
     return code
+
+
+def streams_changed(info: dict, name: str) -> list:
+    """What of the input's other streams the MP4 does not carry as they are, in lines for the
+    user: audio MP4 players do not take (PCM, Vorbis, ...) is re-encoded to AAC; streams
+    besides the video and the default audio track are left out."""
+    lines = []
+    if info["audio_codec"] and info["audio_codec"] not in MP4_AUDIO:
+        lines.append(f"the audio ({info['audio_codec']}) is re-encoded to AAC, as MP4 players do not take it as it is")
+    if info["left_out"]:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(info["left_out"].items()))
+        lines.append(f"the MP4 carries the video and the default audio track of {name}, not its other streams "
+                     f"({kinds})")
+    return lines
 
 
 def check_model_files(weights: Optional[str] = None, class_names: Optional[str] = None) -> None:

@@ -19,7 +19,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from vidseg.sources.file import resilient_demux
 
 # Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
-MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+MP4_AUDIO = {"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus", "flac"}
 # AVColorSpace values (a source's matrix) that OpenCV's BT.601 conversion does not match,
 # and swscale's name for each; unspecified (2) is BT.601 to swscale too
 SWSCALE_MATRICES = {1: Colorspace.ITU709, 4: Colorspace.FCC, 7: Colorspace.SMPTE240M, 9: Colorspace.BT2020,
@@ -47,18 +47,20 @@ class Mp4Sink:
     colour: the source's {"primaries", "trc", "space", "range"} (FFmpeg's AVColor* numbers,
         `sources.file.probe`): tagged on the output, and the matrix RGB frames are converted
         back to YUV in; None: untagged, BT.601.
+    metadata: the source file's tags (creation_time, title, ...), written into the output.
     """
 
     def __init__(self, path: str, width: int, height: int, fps: Optional[float],
                  time_base: Fraction = Fraction(1, 90000), preset: str = "veryfast", crf: int = 23,
                  audio_from: Optional[str] = None, time_shift: float = 0.0, sar: Optional[Fraction] = None,
-                 keep_as: Optional[str] = None, colour: Optional[dict] = None):
+                 keep_as: Optional[str] = None, colour: Optional[dict] = None, metadata: Optional[dict] = None):
         self.path = path
         self.keep_as = keep_as
         self.width, self.height = width - width % 2, height - height % 2
         self.time_base = Fraction(time_base)
         self.time_shift = time_shift
         self._out = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
+        self._out.metadata.update(metadata or {})
         rate = Fraction(fps).limit_denominator(100000) if fps else Fraction(30)
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})
         self._video.width, self._video.height = self.width, self.height
@@ -186,8 +188,12 @@ class _AudioCopy:
             container.close()
             return None
         in_stream = container.streams.best("audio")  # the one marked default, as for the video
+        language = in_stream.metadata.get("language")
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
-            return cls(container, in_stream, out.add_stream_from_template(in_stream), time_shift=time_shift)
+            out_stream = out.add_stream_from_template(in_stream)
+            if language:
+                out_stream.metadata["language"] = language
+            return cls(container, in_stream, out_stream, time_shift=time_shift)
         decoder = in_stream.codec_context
         rate = decoder.sample_rate or 48000
         source = decoder.layout  # held until the decoder has another (below)
@@ -199,6 +205,8 @@ class _AudioCopy:
         del source
         encoded = layout if _aac_takes(layout, rate) else "stereo"
         out_stream = out.add_stream("aac", rate=rate, layout=encoded)
+        if language:
+            out_stream.metadata["language"] = language
         resampler = av.AudioResampler(format="fltp", layout=encoded, rate=rate,
                                       frame_size=out_stream.codec_context.frame_size or 1024)
         return cls(container, in_stream, out_stream, encoder=resampler, time_shift=time_shift, order=order)

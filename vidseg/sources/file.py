@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from fractions import Fraction
 from typing import Iterator, Optional
 
@@ -25,6 +26,7 @@ from vidseg.sources.base import SourceFrame
 MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the rest of a file
 # ffmpeg's rule for formats whose clock may restart: a dts this far behind the last one, or
 # this far ahead of it (its -dts_delta_threshold), starts a new clock
+MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder"}  # not the video's own
 CLOCK_BACK_S, CLOCK_AHEAD_S = 0.1, 10.0
 
 
@@ -38,7 +40,10 @@ def probe(path: str) -> dict:
     FFmpeg's best, e.g. the one marked default, never a cover picture), start (s, the earliest
     start of it and of the audio stream copied; None if unknown), sar (pixel aspect ratio as a
     Fraction, after rotation; None if unknown), colour (the stream's {"primaries", "trc",
-    "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified).
+    "space", "range"} as FFmpeg's AVColor* numbers, 2/0 if unspecified), audio_codec (of the
+    audio stream copied, None if none), left_out (stream type → count of the streams an MP4 of
+    it does not carry: other audio tracks, subtitles, data), metadata (the file's own tags:
+    creation_time, title, location; not the muxer's).
     Raises InputError when the file is missing, not a video, or has no video stream."""
     if not os.path.exists(path):
         raise InputError(f"input not found: {path}")
@@ -78,6 +83,8 @@ def probe(path: str) -> dict:
             end = end or (container.duration or 0) / 1e6
             count = int(round((end - first) * fps)) or None if fps and end > first else None
         audio = [container.streams.best("audio")] if container.streams.audio else []
+        left_out = Counter(s.type for s in container.streams if s not in (stream, *audio)
+                           and not s.disposition & av.stream.Disposition.attached_pic)
         starts = [float(s.start_time * s.time_base) for s in (stream, *audio)
                   if s.start_time is not None]
         sar = stream.sample_aspect_ratio
@@ -87,6 +94,8 @@ def probe(path: str) -> dict:
                     time_base=Fraction(stream.time_base), frame_count=count, frames_listed=listed, end=end or None,
                     rotation=rotation,
                     has_audio=bool(container.streams.audio), codec=ctx.name, stream=stream.index,
+                    audio_codec=audio[0].codec_context.name if audio else None, left_out=dict(left_out),
+                    metadata={k: v for k, v in container.metadata.items() if k not in MUXER_TAGS},
                     start=min(starts) if starts else None, sar=Fraction(sar) if sar else None,
                     colour=dict(primaries=int(ctx.color_primaries), trc=int(ctx.color_trc),
                                 space=int(ctx.colorspace), range=int(ctx.color_range)))
