@@ -325,23 +325,6 @@ def test_pcm_audio_is_reencoded_to_aac(tmp_path):
     assert "note: the audio (pcm_s16le) is re-encoded to AAC" in r.stderr  # it was done without a word
 
 
-def test_mp2_audio_is_copied_untouched(tmp_path):
-    """A broadcast's MPEG audio layer II goes into MP4 as it is (it was re-encoded to AAC)."""
-    clip, out = tmp_path / "broadcast.ts", tmp_path / "out.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
-                    "-i", "sine=frequency=440:sample_rate=48000", "-t", "2", "-c:v", "libx264", "-c:a", "mp2",
-                    str(clip)], check=True)
-    r = run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    assert "note" not in r.stderr, r.stderr
-
-    def audio_packets(path) -> list:
-        with av.open(str(path)) as c:
-            return [bytes(p) for p in c.demux(audio=0) if p.size]
-
-    assert audio_packets(out) == audio_packets(clip)
-
-
 @pytest.mark.parametrize("codec, layout, channels", [("pcm_s16le", "mono", 1), ("pcm_s24le", "5.1", 6),
                                                      ("pcm_s16le", "stereo", 2)])
 def test_reencoded_audio_keeps_its_channels(tmp_path, codec, layout, channels):

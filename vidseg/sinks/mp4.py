@@ -18,8 +18,9 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from vidseg.sources.file import resilient_demux
 
-# Audio codecs the MP4 muxer takes as they are; others are re-encoded to AAC.
-MP4_AUDIO = {"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus", "flac"}
+# Audio codecs MP4 players take as they are; others are re-encoded to AAC (MP2 too: the muxer
+# takes it, but browsers do not play it, and re-encoding fills a damaged broadcast's gaps)
+MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 # AVColorSpace values (a source's matrix) that OpenCV's BT.601 conversion does not match,
 # and swscale's name for each; unspecified (2) is BT.601 to swscale too
 SWSCALE_MATRICES = {1: Colorspace.ITU709, 4: Colorspace.FCC, 7: Colorspace.SMPTE240M, 9: Colorspace.BT2020,
