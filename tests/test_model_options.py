@@ -10,7 +10,7 @@ import re
 import cv2
 import pytest
 
-from tests.conftest import run_vidseg
+from tests.conftest import BLOB_MODEL, run_vidseg
 from vidseg.samples.shapes import ShapesDataset
 
 
@@ -166,3 +166,16 @@ def test_bad_sidecar_and_classes_file_are_one_line_errors_in_the_cli(shapes_pict
     names.write_text("BG\nbox\nball\nwedge\n", encoding="utf-16")
     line = one_line_error(run_vidseg("inspect", shapes_picture, "--out", tmp_path / "report", "--classes", names))
     assert "not UTF-8 text" in line
+
+
+def test_min_confidence_holds_for_a_plug_in_model_that_ignores_it(clip_480, tmp_path):
+    """BlobModel scores red ~0.9, green ~0.8, blue ~0.7 and takes no min_confidence: its blue
+    blobs were written and drawn under --min-confidence 0.75."""
+    def classes(*options) -> set:
+        found = tmp_path / "found.jsonl"
+        r = run_vidseg("file", clip_480, "--detections", found, "-y", "--model", BLOB_MODEL, "--no-progress", *options)
+        assert r.returncode == 0, r.stderr
+        return {d["class_name"] for line in found.read_text().splitlines() for d in json.loads(line)["detections"]}
+
+    assert classes() == {"red", "green", "blue"}
+    assert classes("--min-confidence", "0.75") == {"red", "green"}

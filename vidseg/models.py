@@ -3,7 +3,8 @@
     "none"               no inference: every frame gets empty Detections (measures the pipeline)
     "mrcnn"              Mask R-CNN (`mrcnn.frame_model.MaskRCNNFrameModel`); weights=None is the
                          shipped default model
-    "pkg.module:factory" a user's or test's model: factory(**model_options) -> FrameModel
+    "pkg.module:factory" a user's or test's model: factory(**model_options) -> FrameModel; its
+                         detections below min_confidence are dropped here, whatever it does with it
 
 Only this function imports model code (and so TensorFlow); call it in the infer process.
 """
@@ -63,4 +64,19 @@ def load_frame_model(spec: str, **model_options) -> FrameModel:
     if not (callable(model) and hasattr(model, "class_names")):
         raise InputError(f"model {spec!r} gave a {type(model).__name__}, not a frame model (class_names, "
                          "batch_size and __call__(frames) -> detections; see vidseg.detections.FrameModel)")
-    return model
+    return ScoreFloor(model, options["min_confidence"]) if "min_confidence" in options else model
+
+
+class ScoreFloor:
+    """A plug-in model whose detections scoring below `min_confidence` are dropped here, so
+    that --min-confidence means the same whatever the model does with it; every other
+    attribute (class_names, batch_size, input_max_dim) is the model's."""
+
+    def __init__(self, model: FrameModel, min_confidence: float):
+        self._model, self._floor = model, min_confidence
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        return [d[d.scores >= self._floor] for d in self._model(frames)]
