@@ -387,6 +387,25 @@ def test_truncated_file_gives_a_valid_shorter_mp4(tmp_path, clips):
     assert int(out["video"]["nb_read_frames"]) == stats["frames_out"] == stats["frames_in"]
 
 
+def test_damage_that_looks_like_an_unusable_audio_stream_is_decoded_around(tmp_path):
+    """Bytes overwritten mid-file make FFmpeg see an audio stream it cannot use (no best one):
+    probing such a file ended in a traceback, `file` and `bench` alike."""
+    whole, damaged = tmp_path / "whole.ts", tmp_path / "damaged.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-frames:v", "40",
+                    "-c:v", "libx264", "-g", "10", "-f", "mpegts", str(whole)], check=True)
+    data = bytearray(whole.read_bytes())
+    for at in range(len(data) // 2, len(data) // 2 + 6000, 7):
+        data[at] = 0xFF
+    damaged.write_bytes(data)
+    with av.open(str(damaged)) as c:
+        assert c.streams.audio and c.streams.best("audio") is None  # what the damage does
+    r = run_vidseg("file", damaged, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and 20 < int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) <= 40
+    r = run_vidseg("bench", damaged, "--model", "none")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_no_decodable_frame_is_an_error_not_an_empty_video(tmp_path, clip_480):
     """An MP4 whose video index is broken (its chunk offsets gone) lists 50 frames and decodes
     none; the audio alone used to be written as the 'segmented' video, with exit 0."""

@@ -125,8 +125,8 @@ def streams_changed(info: dict, name: str) -> list:
         lines.append(f"the audio ({info['audio_codec']}) is re-encoded to AAC, as MP4 players do not take it as it is")
     if info["left_out"]:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(info["left_out"].items()))
-        lines.append(f"the MP4 carries the video and the default audio track of {name}, not its other streams "
-                     f"({kinds})")
+        kept = "the video and the default audio track" if info["has_audio"] else "only the video"
+        lines.append(f"the MP4 carries {kept} of {name}, not its other streams ({kinds})")
     return lines
 
 

@@ -185,10 +185,10 @@ class _AudioCopy:
     @classmethod
     def open(cls, path: str, out, time_shift: float = 0.0) -> Optional["_AudioCopy"]:
         container = av.open(path, metadata_errors="ignore")
-        if not container.streams.audio:
+        in_stream = container.streams.best("audio")  # the one marked default, as for the video; None: no usable one
+        if in_stream is None:
             container.close()
             return None
-        in_stream = container.streams.best("audio")  # the one marked default, as for the video
         language = in_stream.metadata.get("language")
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
             out_stream = out.add_stream_from_template(in_stream)

@@ -82,7 +82,8 @@ def probe(path: str) -> dict:
         if count is None:  # Matroska gives only the container's duration, which is its end
             end = end or (container.duration or 0) / 1e6
             count = int(round((end - first) * fps)) or None if fps and end > first else None
-        audio = [container.streams.best("audio")] if container.streams.audio else []
+        # None when no audio stream is usable (damage can make FFmpeg see one with no parameters)
+        audio = [a for a in [container.streams.best("audio")] if a is not None] if container.streams.audio else []
         left_out = Counter(s.type for s in container.streams if s not in (stream, *audio)
                            and not s.disposition & av.stream.Disposition.attached_pic)
         starts = [float(s.start_time * s.time_base) for s in (stream, *audio)
@@ -93,7 +94,7 @@ def probe(path: str) -> dict:
         return dict(width=w, height=h, fps=fps, rate=Fraction(rate) if rate else None,
                     time_base=Fraction(stream.time_base), frame_count=count, frames_listed=listed, end=end or None,
                     rotation=rotation,
-                    has_audio=bool(container.streams.audio), codec=ctx.name, stream=stream.index,
+                    has_audio=bool(audio), codec=ctx.name, stream=stream.index,
                     audio_codec=audio[0].codec_context.name if audio else None, left_out=dict(left_out),
                     metadata={k: v for k, v in container.metadata.items() if k not in MUXER_TAGS},
                     start=min(starts) if starts else None, sar=Fraction(sar) if sar else None,
