@@ -406,6 +406,19 @@ def test_damage_that_looks_like_an_unusable_audio_stream_is_decoded_around(tmp_p
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("name", ["still.png", "still.jpg", "png_named.mp4"])
+def test_a_picture_is_not_taken_for_a_one_frame_video(tmp_path, name):
+    """FFmpeg reads a picture as a video of one frame: `vidseg file` made a 40 ms MP4 of it."""
+    picture = tmp_path / name
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1",
+                    "-f", "image2", "-c:v", "mjpeg" if name.endswith(".jpg") else "png", str(picture)], check=True)
+    for command in ("file", "bench"):
+        r = run_vidseg(command, picture, *(["-o", tmp_path / "out.mp4"] if command == "file" else []),
+                       "--model", "none")
+        assert_one_line_error(r, "is a picture, not a video", f"vidseg image {picture}")
+    assert listing(tmp_path) == [name]
+
+
 def test_no_decodable_frame_is_an_error_not_an_empty_video(tmp_path, clip_480):
     """An MP4 whose video index is broken (its chunk offsets gone) lists 50 frames and decodes
     none; the audio alone used to be written as the 'segmented' video, with exit 0."""

@@ -57,6 +57,8 @@ def probe(path: str) -> dict:
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {path} as a video ({_reason(e)}); give a video file FFmpeg can decode") from None
     with container:
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe, ...
+            raise InputError(f"{path} is a picture, not a video: segment it with `vidseg image {path}`")
         # a cover picture (an MP3's or M4A's album art) is a one-frame "video" stream: not video
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
