@@ -35,6 +35,20 @@ def test_reads_live_frames_on_the_capture_clock(rtsp_server, transport):
     assert frames[-1].image.std() > 0  # a picture, not a blank buffer
 
 
+def test_a_connection_starts_with_frames_a_frame_apart(rtsp_server):
+    """The newest frame read while opening was passed on as the stream went live, a few ms
+    before the first live frame: every recording started with a 3 ms frame."""
+    gaps = []
+    for _ in range(3):
+        source = RtspSource(rtsp_server.url("live"), read_timeout=3)
+        try:
+            first, second = islice(source.frames(), 2)
+        finally:
+            source.close()
+        gaps.append(second.pts - first.pts)
+    assert min(gaps) > 0.25 / 30, gaps  # the stream's frames are 33 ms apart
+
+
 def test_file_stream_ends(rtsp_server):
     source = RtspSource(rtsp_server.url("file"), read_timeout=3)
     try:

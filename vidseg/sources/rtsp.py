@@ -5,7 +5,8 @@ open in about a second, low-delay decoding, and an open and a read timeout alway
 camera that stops answering raises `SourceLost` within the read timeout instead of hanging
 the capture process. What FFmpeg read while opening (up to 0.5 s of the stream, with the
 keyframe it opens with) is decoded but not passed on: only frames from when the stream is
-live (a read waits for the camera), starting with the newest of those.
+live (a read waits for the camera), starting with the newest of those unless the first live
+packet brings a frame of its own.
 """
 from __future__ import annotations
 
@@ -108,16 +109,18 @@ class RtspSource:
                 if wait >= 0.9 * self.read_timeout:
                     # the read timeout cut this read; FFmpeg hands over what it had
                     raise SourceLost(f"{self.name}: no frame for {self.read_timeout:g} s")
-                if not live and wait >= LIVE_WAIT_S:
-                    live = True
-                    if held is not None:
-                        yield self._source_frame(held)
-                        held = None
+                live = live or wait >= LIVE_WAIT_S
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError:
                     self.decode_errors += 1
-                    continue
+                    decoded = []
+                if live and held is not None:
+                    # shown as the stream goes live, unless a fresher frame comes with it (the
+                    # two, a few ms apart, made a jumpy start to a recording)
+                    if not decoded:
+                        yield self._source_frame(held)
+                    held = None
                 for frame in decoded:
                     if live:
                         yield self._source_frame(frame)
