@@ -48,7 +48,7 @@ class DetectionsWriter:
 
     def __init__(self, path: str):
         self._path = path
-        self._f = open(path, "w")
+        self._f = open(path, "w", buffering=1)  # a line at a time: a killed stage leaves whole lines
 
     def write(self, frame: int, pts: float, det: Detections, labels: Sequence[str],
               masks: Sequence[np.ndarray], height: int, width: int) -> None:

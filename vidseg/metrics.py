@@ -83,11 +83,12 @@ def build_stats(reports: list[dict], source_names: list[str], wall_s: float, par
                 span = r["extra"]["last_out"] - r["extra"]["first_out"]
                 src["steady_fps"] = round((r["frames"] - 1) / span, 2) if span > 0 else 0.0
             latencies.append(lat)
-    if partial:  # a second stop abandons the frames still between capture and sink: interrupted too
+    if partial:  # a second stop or a failure abandons the frames still between capture and sink (all
+        # of them if the sink was killed before it reported): interrupted too
         for i, name in enumerate(source_names):
             src = sources[name]
             lost = src["frames_in"] - src["frames_out"] - sum(src["dropped"].values())
-            if lost > 0 and f"capture[{i}]" in stages and f"sink[{i}]" in stages:
+            if lost > 0 and f"capture[{i}]" in stages:
                 src["dropped"]["interrupted"] = src["dropped"].get("interrupted", 0) + lost
                 dropped["interrupted"] += lost
     lat = np.concatenate(latencies) if latencies else np.zeros(0, np.float32)

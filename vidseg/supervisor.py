@@ -8,7 +8,8 @@ left to load and no server has to load it all a second time.
 - A stage that raises reports ("error", stage, message, code) and exits; a stage that dies
   (SIGKILL, segfault, OOM) is seen through its exit code. Either way the others are
   stopped within seconds (sinks with their stop signal, so that an MP4 is finalised with what
-  it has; the rest killed), every ring is unlinked, and the run ends with one line naming
+  it has; captures end by themselves on `stop`, so their counts reach --stats; the rest
+  killed, after the grace for those two), every ring is unlinked, and the run ends with one line naming
   the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage).
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
   drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
@@ -39,6 +40,7 @@ from vidseg.ring import FrameRing
 STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is killed
 TICK_S = 0.1  # progress bar and control messages are looked at this often
 REPEAT_S = 0.2  # a second stop signal sooner than this is the first one again, not "stop now"
+STOPS_ON_ITS_OWN = 0  # a stage's stop signal when it ends by itself once `stop` is set (a capture)
 
 
 @dataclass
@@ -91,7 +93,8 @@ class Supervisor:
     def start(self, name: str, target: Callable, args: tuple, stop_signal: Optional[int] = None) -> None:
         """Start `target(*args)` in a new stage process called `name` (it ignores SIGINT and
         SIGTERM). stop_signal: how `close()` asks it to end cleanly (a sink finalising its
-        file); None: it is killed."""
+        file), STOPS_ON_ITS_OWN: it is only given the grace (it watches `stop`), None: it is
+        killed at once."""
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         if self._fork_here:
             # What this process has loaded is the stage's too: out of the collector's sight,
@@ -205,8 +208,9 @@ class Supervisor:
         self.stop.set()
         alive = {name: p for name, p in self._procs.items() if p.is_alive()}
         for name, p in alive.items():
+            stop_signal = self._stop_signals[name]
             try:
-                os.kill(p.pid, self._stop_signals[name] or signal.SIGKILL)
+                os.kill(p.pid, signal.SIGKILL if stop_signal is None else stop_signal)  # 0: none is sent
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + STOP_GRACE_S

@@ -639,14 +639,21 @@ def test_a_line_cut_short_is_taken_off_a_detections_file(tmp_path):
     assert _whole_lines(str(path)) == 0 and path.read_bytes() == b""
 
 
-def test_a_failing_stage_still_leaves_a_playable_recording(rtsp_server, tmp_path):
-    out = tmp_path / "out.mp4"
+def test_a_failing_stage_still_leaves_a_playable_recording_its_detections_and_counts(rtsp_server, tmp_path):
+    """The model fails mid-run: the recording is finalised, and (they were not) the detections
+    file keeps its lines and --stats has the frames counted, not zeros."""
+    out, found, stats_path = tmp_path / "out.mp4", tmp_path / "d.jsonl", tmp_path / "stats.json"
     run = run_vidseg("rtsp", rtsp_server.url("live"), "--no-window", "--model", "tests.live.helpers:failing_model",
-                     "-o", out, "--duration", 30, timeout=120)
+                     "-o", out, "--detections", found, "--stats", stats_path, "--duration", 30, timeout=120)
     assert run.returncode == 1
     frames = int(probe(out)["video"]["nb_read_frames"])
     assert frames >= 20  # the frames before the failure, finalised
-    assert run.stderr.strip().splitlines()[-1] == ("vidseg: error: infer stage failed: RuntimeError: test model "
-                                                   f"failed on purpose; {out} keeps the {frames} frames encoded "
-                                                   "before it (partial)")
-    assert "frames: in 0" not in run.stderr  # the stopped stages never reported: no made-up counts
+    lines = found.read_text().splitlines()
+    assert len(lines) >= frames and all(json.loads(line)["frame"] >= 0 for line in lines)
+    assert run.stderr.strip().splitlines() == [
+        f"vidseg: error: infer stage failed: RuntimeError: test model failed on purpose; {out} keeps the {frames} "
+        f"frames encoded before it (partial); {found} keeps the detections of the {len(lines)} frames before it "
+        "(partial)"]
+    stats = json.loads(stats_path.read_text())
+    assert stats["partial"] and stats["frames_out"] == frames and stats["frames_in"] > frames
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())

@@ -279,7 +279,7 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
-    if stats["stages"]:  # a failed run's stages are stopped before they report: no counts to show
+    if stats["stages"] and result.status != "failed":  # a failure is told in one line; --stats has the counts
         print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
               file=sys.stderr)
     code, message = result.exit_code, result.message

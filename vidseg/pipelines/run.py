@@ -29,7 +29,7 @@ from vidseg.metrics import Progress, build_stats
 from vidseg.ring import EndOfStream, FrameRing, PipeQueue, SourceLink, reap_stale_rings, shm_free_bytes
 from vidseg.scratch import make_scratch_dir, remove_scratch_dir
 from vidseg.stages import Spec
-from vidseg.supervisor import Supervisor
+from vidseg.supervisor import STOPS_ON_ITS_OWN, Supervisor
 
 __all__ = ["SourcePlan", "RunResult", "Spec", "run_pipeline"]
 
@@ -139,7 +139,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                 sup.start(f"render[{i}]", stages.run_stage, (f"render[{i}]", stages.render_loop,
                           (links[i], render_qs[i], sink_qs[i], plan.detections_path, seed), sup.ctrl))
             sup.start(f"capture[{i}]", stages.run_stage, (f"capture[{i}]", stages.capture_loop,
-                      (plan.source, links[i], capture_qs[i], sup.stop, ready), sup.ctrl))
+                      (plan.source, links[i], capture_qs[i], sup.stop, ready), sup.ctrl),
+                      stop_signal=STOPS_ON_ITS_OWN)
         pids = sup.pids()
         bar = Progress(sum(p.frame_count or 0 for p in sources) or None, progress)  # a thread: after the forks
 
@@ -162,8 +163,10 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                 remove_scratch_dir(workdir)
     names = [p.name for p in sources]
     interrupted = outcome.status == "interrupted"
-    reports = outcome.reports + (sup.late_reports if interrupted else [])  # a sink that finalised after a second stop
-    stats = build_stats(reports, names, time.monotonic() - t0, partial=interrupted)
+    cut_short = interrupted or outcome.status == "failed"
+    # what the stages stopped after a failure or a second stop counted (a sink finalising, a capture)
+    reports = outcome.reports + (sup.late_reports if cut_short else [])
+    stats = build_stats(reports, names, time.monotonic() - t0, partial=cut_short)
     for stage, cause in outcome.tolerated.items():
         stats["sources"][names[_source_index(stage)]]["error"] = cause
     if outcome.status == "failed":
