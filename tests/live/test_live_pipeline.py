@@ -202,17 +202,20 @@ def test_a_stop_while_the_model_loads_says_the_mp4_was_not_written(rtsp_server, 
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("status, code, line", [
-    ("complete", 1, "vidseg: error: no frame was recorded, so {out} was not written"),
-    ("interrupted", 130, "interrupted before a frame was recorded, so {out} was not written")])
-def test_an_mp4_asked_for_that_got_no_frame_is_named(tmp_path, capsys, status, code, line):
-    """However the run ended, -o that got nothing is not a silent success."""
+@pytest.mark.parametrize("status, code, frames_out, line", [
+    ("complete", 1, 0, "vidseg: error: no frame was recorded, so {out} was not written"),
+    ("interrupted", 130, 0, "interrupted before a frame was recorded, so {out} was not written"),
+    ("interrupted", 130, 5, "interrupted before finalising, so {out} was not written")])
+def test_an_mp4_asked_for_that_got_no_frame_is_named(tmp_path, capsys, status, code, frames_out, line):
+    """However the run ended, -o that got nothing is not a silent success; when frames did
+    reach the sink (a second Ctrl-C cut its finalising short), the line does not say none did."""
     from vidseg.metrics import build_stats
     from vidseg.pipelines.live import finish
     from vidseg.pipelines.run import RunResult
 
     out = str(tmp_path / "out.mp4")
     result = RunResult(status, 0 if status == "complete" else 130, "", build_stats([], ["cam"], 1.0, False))
+    result.stats["frames_out"] = frames_out
     assert finish(result, None, [out]) == code
     assert capsys.readouterr().err.strip().splitlines()[-1] == line.format(out=out)
 

@@ -292,7 +292,8 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
     if unwritten:
         names = f"{' and '.join(unwritten)} {'was' if len(unwritten) == 1 else 'were'} not written"
         if result.status == "interrupted":
-            print(f"interrupted before a frame was recorded, so {names}", file=sys.stderr)
+            when = "before finalising" if stats["frames_out"] else "before a frame was recorded"
+            print(f"interrupted {when}, so {names}", file=sys.stderr)
         elif code == 0:  # otherwise the message says why already
             code, message = 1, f"no frame was recorded, so {names}"
     if code != 0 and result.status != "interrupted" and message:
