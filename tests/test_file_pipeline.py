@@ -9,6 +9,7 @@ import json
 import stat
 import subprocess
 import sys
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -449,6 +450,18 @@ def test_the_last_frame_lasts_as_long_as_in_the_input(tmp_path, model):
 
     assert ends(clip) == pytest.approx((4.08, 4.08), abs=0.005)
     assert ends(out) == pytest.approx(ends(clip), abs=0.005)
+
+
+def test_a_late_start_is_kept_to_the_tick_not_the_millisecond(tmp_path):
+    """MPEG-4 with B-frames in AVI at 24000/1001 fps starts at 1001/24000 s: the MP4's start
+    edit, in milliseconds, put it at 0.041 s and every frame 0.7 ms early."""
+    clip, out = tmp_path / "b.avi", tmp_path / "out.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=24000/1001:duration=1",
+                    "-c:v", "mpeg4", "-bf", "2", str(clip)], check=True)
+    assert run_vidseg("file", clip, "-o", out, "--model", "none", "--no-progress").returncode == 0
+    with av.open(str(out)) as c:
+        pts = sorted(f.pts * f.time_base for f in c.decode(video=0))
+    assert pts[:3] == [Fraction(1001, 24000) * k for k in (1, 2, 3)]
 
 
 def test_the_default_video_stream_is_the_one_segmented(tmp_path):
