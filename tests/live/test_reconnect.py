@@ -62,6 +62,8 @@ def test_outage_is_reported_once_each_way_and_counted():
     frames = list(islice(source.frames(), 9))
     source.close()
     assert source.reconnects == 2
+    # the two outages' backoff: 0.01 + 0.02 s, then 0.01 s (it used to show nowhere in --stats)
+    assert 0.04 <= source.stats()["outage_s"] < 1
     assert reports == ["cam: no frame for 5 s; reconnecting", "rtsp://u:***@cam/x: reconnected after "
                        + reports[1].split("after ")[1],
                        "rtsp://u:***@cam/x: stream ended; reconnecting", reports[3]]
@@ -83,6 +85,18 @@ def test_gives_up_after_max_retries_with_the_last_cause():
         next(frames)
     assert time.monotonic() - started < 1  # 0.01 + 0.02 + 0.04 s of backoff
     assert reports == ["cam: stream ended; reconnecting"]
+
+
+def test_no_retries_means_no_reconnecting_line():
+    """--max-retries 0: a lost stream said "reconnecting", then "gave up after 0 retries"."""
+    reports = []
+    source = Reconnecting(opener([ScriptedSource(2, SourceLost("cam: stream ended"))]), "cam", max_retries=0,
+                          report=reports.append)
+    frames = source.frames()
+    assert len(list(islice(frames, 2))) == 2
+    with pytest.raises(SourceUnavailable, match=r"^cam: stream ended; not reconnecting \(--max-retries 0\)$"):
+        next(frames)
+    assert reports == []
 
 
 def test_connections_that_end_before_a_frame_spend_the_retries():
@@ -136,7 +150,7 @@ def test_interrupt_ends_the_first_wait_at_once_without_an_error():
     started = time.monotonic()
     assert list(source.frames()) == []
     assert time.monotonic() - started < 2
-    assert source.stats() == {"reconnects": 0, "streamed_s": 0.0}
+    assert source.stats() == {"reconnects": 0, "outage_s": 0.0, "streamed_s": 0.0}
 
 
 def test_close_ends_a_long_backoff_wait_at_once():
@@ -259,6 +273,7 @@ def test_end_on_give_up_ends_the_frames_and_keeps_the_reason():
     assert len(list(source.frames())) == 2
     stats = source.stats()
     assert stats.pop("streamed_s") < 0.1
+    assert 0.03 <= stats.pop("outage_s") < 1  # the backoff before giving up: 0.01 + 0.02 s
     assert stats == {"reconnects": 0, "error": "cam: refused; gave up after 2 retries"}
     assert reports == ["cam: stream ended; reconnecting", "cam: refused; gave up after 2 retries"]
 

@@ -279,9 +279,10 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
+    stats["outage_s"] = round(sum(s.get("outage_s", 0.0) for s in sources.values()), 3)
     if stats["stages"] and result.status != "failed":  # a failure is told in one line; --stats has the counts
-        print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']}" if stats["reconnects"] else ""),
-              file=sys.stderr)
+        print(mask(summary(stats)) + (f"\nreconnects: {stats['reconnects']} ({stats['outage_s']:.1f} s without a "
+                                      "connection)" if stats["reconnects"] else ""), file=sys.stderr)
     code, message = result.exit_code, result.message
     recorded = recorded or {}
     lost = [s["error"] + (kept_partial(*recorded[name]) if name in recorded else "")

@@ -85,6 +85,7 @@ class Reconnecting:
         self._max_frames = max_frames
         self._count = 0
         self.reconnects = 0
+        self.outage_s = 0.0  # seconds spent without a connection after the first frame
         self.skipped = 0
         self._open_source = open_source
         self._max_retries = max_retries
@@ -215,24 +216,29 @@ class Reconnecting:
     def _outage(self, cause: str):
         """Reports the outage, reopens the source until a frame arrives, yields that frame and
         returns the reopened source's frame iterator (None if close() was called)."""
+        if self._max_retries == 0:
+            raise SourceUnavailable(f"{cause}; not reconnecting (--max-retries 0)")
         started = time.monotonic()
         self._report(f"{cause}; reconnecting")
         # one count for the outage: a connection that opens and ends before a frame is a retry
         # spent (a server that accepts and hangs up at once was retried for ever)
         attempts = enumerate(backoff_delays(*self._delays), start=1)
-        while True:
-            self._source = self._open_with_retries(cause, attempts)
-            if self._source is None:
-                return None
-            frames = self._source.frames()
-            try:
-                first = next(frames)
-                break
-            except StopIteration:
-                cause = f"{self.name}: stream ended"
-            except SourceLost as error:
-                cause = mask(error)
-            self._release()
+        try:
+            while True:
+                self._source = self._open_with_retries(cause, attempts)
+                if self._source is None:
+                    return None
+                frames = self._source.frames()
+                try:
+                    first = next(frames)
+                    break
+                except StopIteration:
+                    cause = f"{self.name}: stream ended"
+                except SourceLost as error:
+                    cause = mask(error)
+                self._release()
+        finally:
+            self.outage_s += time.monotonic() - started
         self.reconnects += 1
         self._report(f"{self.name}: reconnected after {time.monotonic() - started:.1f} s")
         yield self._stamp(first)
@@ -261,10 +267,11 @@ class Reconnecting:
         return SourceFrame(image, frame.capture_time - self._origin, frame.capture_time)
 
     def stats(self) -> dict:
-        """For the run's --stats (per source): reconnects; streamed_s, the seconds from the first
+        """For the run's --stats (per source): reconnects; outage_s, the seconds without a
+        connection between the first frame and the end; streamed_s, the seconds from the first
         frame to the last plus one frame's interval (0 with fewer than two frames); error."""
         span = self._last - self._origin if self._count > 1 else 0.0
-        return {"reconnects": self.reconnects, "streamed_s": round(span * self._count / (self._count - 1), 3)
+        return {"reconnects": self.reconnects, "outage_s": round(self.outage_s, 3), "streamed_s": round(span * self._count / (self._count - 1), 3)
                 if span else 0.0, **({"error": self.error} if self.error else {})}
 
     def _release(self) -> None:
