@@ -60,7 +60,8 @@ class Mp4Sink:
         self.width, self.height = width - width % 2, height - height % 2
         self.time_base = Fraction(time_base)
         self.time_shift = time_shift
-        self._out = av.open(path, "w", format="mp4", options={"movflags": "+faststart", **movie_timescale(self.time_base)})
+        self._out = av.open(path, "w", format="mp4",
+                            options={"movflags": "+faststart", **movie_timescale(self.time_base)})
         self._out.metadata.update(metadata or {})
         rate = Fraction(fps).limit_denominator(100000) if fps else Fraction(30)
         self._video = self._out.add_stream("libx264", rate=rate, options={"preset": preset, "crf": str(crf)})

@@ -26,8 +26,8 @@ from vidseg.sources.base import SourceFrame
 MAX_DEMUX_ERRORS = 100  # consecutive unreadable packets before giving up on the rest of a file
 # ffmpeg's rule for formats whose clock may restart: a dts this far behind the last one, or
 # this far ahead of it (its -dts_delta_threshold), starts a new clock
-MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder"}  # not the video's own
 CLOCK_BACK_S, CLOCK_AHEAD_S = 0.1, 10.0
+MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder"}  # the file's writer's, not its own
 
 
 def probe(path: str) -> dict:

@@ -271,8 +271,9 @@ class Reconnecting:
         connection between the first frame and the end; streamed_s, the seconds from the first
         frame to the last plus one frame's interval (0 with fewer than two frames); error."""
         span = self._last - self._origin if self._count > 1 else 0.0
-        return {"reconnects": self.reconnects, "outage_s": round(self.outage_s, 3), "streamed_s": round(span * self._count / (self._count - 1), 3)
-                if span else 0.0, **({"error": self.error} if self.error else {})}
+        return {"reconnects": self.reconnects, "outage_s": round(self.outage_s, 3),
+                "streamed_s": round(span * self._count / (self._count - 1), 3) if span else 0.0,
+                **({"error": self.error} if self.error else {})}
 
     def _release(self) -> None:
         self.skipped += int(getattr(self._source, "decode_errors", 0))
