@@ -104,6 +104,15 @@ def test_output_directory_missing(workdir):
     assert listing(workdir) == ["in.mp4"]
 
 
+def test_an_output_inside_a_file_says_the_file_is_no_folder(workdir):
+    """`--stats in.mp4/s.json` said the directory in.mp4 did not exist: it does, as a file."""
+    for option in ("-o", "--detections", "--stats"):
+        args = ["-o", workdir / "out.mp4"] if option != "-o" else []
+        r = run_vidseg("file", workdir / "in.mp4", *args, option, workdir / "in.mp4" / "x.mp4", "--model", "none")
+        assert_one_line_error(r, f"{workdir / 'in.mp4'}, which is a file, not a folder")
+    assert listing(workdir) == ["in.mp4"]
+
+
 def test_output_directory_not_writable(workdir):
     # /proc refuses new files even to root; a chmod'ed folder also works for other users.
     r = run_vidseg("file", workdir / "in.mp4", "-o", "/proc/vidseg-out.mp4", "--model", "none")

@@ -27,6 +27,8 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
             or path == os.path.abspath(input_path):
         raise InputError(f"{what} {path} is the input file; choose another {what} path (the input is never overwritten)")
     folder = os.path.dirname(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"{what} {path} is inside {folder}, which is a file, not a folder; choose another path")
     if not os.path.isdir(folder):
         raise InputError(f"{what} directory does not exist: {folder}; create it first")
     if os.path.isdir(path):
