@@ -139,18 +139,28 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
 
 
 def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tmp_path):
+    """The MP4, the detections and the stats of what was done are kept (the detections were
+    removed and no stats written: with -y an earlier run's stood beside the new MP4)."""
     shm = shm_entries()
-    out = tmp_path / "out.mp4"
-    r = run_vidseg("file", long_clip, "-o", out, "--model", "tests.fake_models:failing_midway", "--no-progress")
+    out, found, stats_path = tmp_path / "out.mp4", tmp_path / "d.jsonl", tmp_path / "s.json"
+    found.write_text("an earlier run's\n")
+    r = run_vidseg("file", long_clip, "-o", out, "--model", "tests.fake_models:failing_midway", "--no-progress",
+                   "--detections", found, "--stats", stats_path, "-y")
     assert r.returncode == 1
     video, audio = probe(out)["video"], probe(out)["audio"]
     frames = int(video["nb_read_frames"])
     assert 1 <= frames <= 9  # one frame per batch; the 10th batch raised
+    lines = found.read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(len(lines))) and len(lines) >= frames
     assert r.stderr.strip() == ("vidseg: error: infer stage failed: RuntimeError: test model failed on purpose; "
-                                f"{out} keeps the {frames} frames encoded before it (partial)")
+                                f"{out} keeps the {frames} frames encoded before it (partial); {found} keeps the "
+                                f"detections of the {len(lines)} frames before it (partial)")
     assert abs(float(audio["duration"]) - float(video["duration"])) < 0.1  # audio stops with the video
+    stats = json.loads(stats_path.read_text())
+    assert stats["partial"] and stats["frames_out"] == frames
+    assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
     assert not shm_leaked(shm)
-    assert os.listdir(tmp_path) == ["out.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl", "out.mp4", "s.json"]
 
 
 @pytest.mark.parametrize("path, stop, group, code", [

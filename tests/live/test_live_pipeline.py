@@ -630,16 +630,16 @@ def test_a_killed_render_stage_leaves_whole_lines_and_says_so(rtsp_server, tmp_p
 def test_a_line_cut_short_is_taken_off_a_detections_file(tmp_path):
     """What a render stage stopped mid-write (or a disk filling up) leaves after its last whole
     line goes; the lines before stay, whatever chunks the file is read in."""
-    from vidseg.pipelines.live import _whole_lines
+    from vidseg.pipelines.outputs import whole_lines
 
     whole = b"".join(b'{"frame": %d, "pts": 0.0, "detections": []}\n' % i for i in range(50))
     for tail, chunk in [(b'{"frame": 50, "pts"', 7), (b"", 1 << 20), (b"x" * 100, 64)]:
         path = tmp_path / "d.jsonl"
         path.write_bytes(whole + tail)
-        assert _whole_lines(str(path), chunk) == 50
+        assert whole_lines(str(path), chunk) == 50
         assert path.read_bytes() == whole
     path.write_bytes(b'{"frame": 0')
-    assert _whole_lines(str(path)) == 0 and path.read_bytes() == b""
+    assert whole_lines(str(path)) == 0 and path.read_bytes() == b""
 
 
 def test_a_failing_stage_still_leaves_a_playable_recording_its_detections_and_counts(rtsp_server, tmp_path):

@@ -18,7 +18,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      put_in_place, temp_beside)
+                                      put_in_place, temp_beside, whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import MP4_AUDIO, Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -95,7 +95,7 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     (not so when stopped while the model loads), and its MP4 only if it plays with frames in
     it: a second Ctrl-C stops the sink within 2 s, maybe before it wrote the index."""
     if result.status == "failed":
-        return fail(result, temps, outputs, overwrite)
+        return fail(result, temps, outputs, stats_path, overwrite)
     stats = result.stats
     unfinished = [key for key in temps if result.status == "interrupted" and (
         not stats["frames_out"] or key == "output" and not video_frames(temps[key]))]
@@ -163,15 +163,23 @@ def damage_seen(stats: dict, info: dict) -> Optional[str]:
     return f"{found}, skipped {skipped} undecodable packets"
 
 
-def fail(result: RunResult, temps: dict, outputs: dict, overwrite: bool) -> int:
+def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str], overwrite: bool) -> int:
     """Remove the temp outputs of a failed run, except an MP4 that its sink finalised with
-    frames in it: that one goes into place and the one-line error says how many it holds."""
+    frames in it and a detections file with whole lines: those go into place, the one-line
+    error says how many frames each holds, and --stats is written (marked partial), so that
+    no output of an earlier run is left beside them as if it were this one's. A bad input
+    (exit 2) leaves nothing."""
     message = named_as_given(result.message, ((tmp, outputs[key]) for key, tmp in temps.items()))
-    frames = video_frames(temps["output"]) if "output" in temps else 0
-    if frames:
-        message += kept_partial(put_in_place(temps.pop("output"), outputs["output"], overwrite), frames)
+    if result.exit_code != 2:
+        for key, count, what in (("output", video_frames, "the {} encoded"),
+                                 ("detections", whole_lines, "the detections of the {}")):
+            frames = count(temps[key]) if key in temps else 0
+            if frames:
+                message += kept_partial(put_in_place(temps.pop(key), outputs[key], overwrite), frames, what)
     _remove(temps.values())
     print(f"vidseg: error: {message}", file=sys.stderr)
+    if stats_path and result.exit_code != 2 and result.stats["frames_in"]:
+        write_stats(stats_path, result.stats, overwrite)
     return result.exit_code
 
 

@@ -26,7 +26,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      put_in_place, temp_beside)
+                                      put_in_place, temp_beside, whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -259,7 +259,7 @@ def run_live(job: LiveJob) -> int:
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
         kept = _keep_outputs(temps, paths, job.overwrite)
-        kept_detections = _keep_outputs(detection_temps, detections, job.overwrite, _whole_lines)
+        kept_detections = _keep_outputs(detection_temps, detections, job.overwrite, whole_lines)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in
                                                      zip(temps + detection_temps, paths + detections) if tmp))
     if result.status == "failed":
@@ -307,7 +307,7 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
 def _keep_outputs(temps: list, paths: list, overwrite: bool, frames_in=video_frames) -> dict:
     """Every output that holds frames goes into place (see put_in_place), however the run
     ended; returns {path asked for: frames} of those. frames_in(temp): how many frames a
-    finalised MP4 (`video_frames`) or a detections file (`_whole_lines`, which also takes off
+    finalised MP4 (`video_frames`) or a detections file (`whole_lines`, which also takes off
     a line a stopped render stage left unfinished) holds."""
     kept = {}
     for tmp, path in zip(temps, paths):
@@ -320,18 +320,6 @@ def _keep_outputs(temps: list, paths: list, overwrite: bool, frames_in=video_fra
         else:
             os.unlink(tmp)
     return kept
-
-
-def _whole_lines(path: str, chunk: int = 1 << 20) -> int:
-    """Cut what follows the last newline of `path`; returns the number of lines left."""
-    lines = kept = 0
-    with open(path, "rb+") as f:
-        while data := f.read(chunk):
-            if (newlines := data.count(b"\n")):
-                lines += newlines
-                kept = f.tell() - len(data) + data.rfind(b"\n") + 1
-        f.truncate(kept)
-    return lines
 
 
 def bench_live(url: str, model: str = "none", weights: Optional[str] = None, batch: Optional[int] = None,

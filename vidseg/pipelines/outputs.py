@@ -162,3 +162,15 @@ def named_as_given(message: str, temps: Iterable[tuple[str, str]]) -> str:
     for tmp, path in temps:
         message = message.replace(tmp, path)
     return message
+
+
+def whole_lines(path: str, chunk: int = 1 << 20) -> int:
+    """Cut what follows the last newline of `path`; returns the number of lines left."""
+    lines = kept = 0
+    with open(path, "rb+") as f:
+        while data := f.read(chunk):
+            if (newlines := data.count(b"\n")):
+                lines += newlines
+                kept = f.tell() - len(data) + data.rfind(b"\n") + 1
+        f.truncate(kept)
+    return lines
