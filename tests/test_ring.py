@@ -262,3 +262,32 @@ def test_stale_rings_of_dead_runs_are_reaped():
         live.unlink()
         if os.path.exists(dead):
             os.unlink(dead)
+
+
+def test_semaphores_of_dead_runs_are_reaped_and_live_ones_kept():
+    """The stage server's queues and events use named semaphores, which the resource tracker
+    unlinks; killed with the run (SIGKILL to its group), it left 22 sem.mp-* files a run in
+    /dev/shm for good. One that a live process holds is never touched."""
+    import subprocess
+    import sys
+
+    from vidseg.ring import reap_stale_rings
+
+    orphan = "/dev/shm/sem.mp-vidsegtestorphan"
+    holder = subprocess.Popen([sys.executable, "-c", "import multiprocessing as mp, time\n"
+                               "lock = mp.get_context('forkserver').Lock()\n"
+                               "print(lock._semlock.name, flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        held = "/dev/shm/sem." + holder.stdout.readline().strip().lstrip("/")
+        assert os.path.exists(held)
+        with open(orphan, "wb") as f:
+            f.write(bytes(32))
+        removed = reap_stale_rings()
+        assert os.path.basename(orphan) in removed and not os.path.exists(orphan)
+        assert os.path.exists(held)
+    finally:
+        holder.kill()
+        holder.wait()
+        if os.path.exists(orphan):
+            os.unlink(orphan)

@@ -156,10 +156,18 @@ class RingSpec:
 def reap_stale_rings() -> list[str]:
     """Unlink rings left in /dev/shm by runs that cannot clean up any more (every process of
     the run killed at once, e.g. SIGKILL to its process group): a ring is named after the pid
-    of the supervisor that created it, and is stale when that process no longer exists.
+    of the supervisor that created it, and is stale when that process no longer exists. Also
+    unlinks the named semaphores such a run's queues and events left (`orphan_semaphores`).
     Returns the names removed."""
+    names = os.listdir(SHM_DIR)
     removed = []
-    for name in os.listdir(SHM_DIR):
+    for name in orphan_semaphores(names):
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+        except OSError:
+            pass
+    for name in names:
         parts = name.split("-")
         if len(parts) != 3 or parts[0] != "vidseg" or not parts[1].isdigit():
             continue
@@ -176,6 +184,38 @@ def reap_stale_rings() -> list[str]:
         except OSError:
             pass
     return removed
+
+
+def orphan_semaphores(names: list[str]) -> list[str]:
+    """Of `names` (in /dev/shm), multiprocessing's named semaphores (sem.mp-*) of this user
+    that no process of this user has mapped. The stage server's queues and events use them,
+    and its resource tracker unlinks them when they go, unless it is killed with the run.
+    glibc gives a semaphore its name only once its creator has it mapped (under a temporary
+    name: mappings are matched by inode), and only this user (or root, who sees every
+    process) can open one, so one mapped by none of them is an orphan. Looks at processes
+    only when there are such semaphores."""
+    inodes = {}
+    uid = os.getuid()
+    for name in names:
+        if name.startswith("sem.mp-"):
+            try:
+                st = os.stat(os.path.join(SHM_DIR, name))
+            except OSError:
+                continue
+            if st.st_uid == uid:
+                inodes[st.st_ino] = name
+    if not inodes:
+        return []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)  # address perms offset dev inode path
+                    if len(fields) == 6 and fields[5].startswith(SHM_DIR + "/"):
+                        inodes.pop(int(fields[4]), None)
+        except OSError:  # gone, or another user's
+            pass
+    return list(inodes.values())
 
 
 def shm_free_bytes() -> int:
