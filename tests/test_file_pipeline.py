@@ -595,8 +595,9 @@ def test_bench_pipeline_runs_at_the_slowest_stage(clip_480, capsys):
     assert r["cpu_limit_fps"] > r["pipeline_fps"], r
 
 
-def _run_on_a_terminal(*args) -> str:
-    """Run vidseg on a pseudo-terminal (120 columns); returns everything it printed."""
+def _run_on_a_terminal(*args, started=lambda pid: None) -> str:
+    """Run vidseg on a pseudo-terminal (120 columns); returns everything it printed.
+    started(pid) is called once it runs."""
     import fcntl
     import os
     import pty
@@ -612,6 +613,7 @@ def _run_on_a_terminal(*args) -> str:
         os.environ["PYTHONPATH"] = str(REPO)
         os.execv(sys.executable, [sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    started(pid)
     out = b""
     while True:
         try:
@@ -623,6 +625,25 @@ def _run_on_a_terminal(*args) -> str:
         out += data
     os.waitpid(pid, 0)
     return out.decode(errors="replace")
+
+
+def test_a_ctrl_c_on_a_terminal_says_the_run_drains_and_how_not_to_wait(clips, tmp_path):
+    """A Ctrl-C waits for the frames in flight, seconds with a slow model (or, with a stage
+    stalled, until a second Ctrl-C), and said nothing meanwhile."""
+    import os
+    import signal
+    import threading
+
+    clip = clips("ctrl_c.mp4", width=320, height=240, frames=300, fps=25)
+    timer = threading.Timer(6.0, lambda: os.killpg(os.getpgid(pid[0]), signal.SIGINT))
+    pid = []
+    shown = _run_on_a_terminal("file", clip, "-o", tmp_path / "a.mp4", "--model", "tests.fake_models:SlowBlobModel",
+                               "--no-progress", started=lambda p: (pid.append(p), timer.start()))
+    timer.cancel()
+    assert "stopping after the frames in flight (Ctrl-C again to stop now)" in shown, shown
+    assert "partial" in shown  # it drained: the summary of what was done
+    piped = run_vidseg("file", clip, "-o", tmp_path / "b.mp4", "--model", "none")
+    assert "stopping" not in piped.stderr
 
 
 def test_progress_bar_only_on_a_terminal_and_when_asked(clip_480, tmp_path):

@@ -8,6 +8,7 @@ plus partial, skipped and sources).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from array import array
@@ -143,6 +144,16 @@ class Progress:
         if self._bar is not None and done > self._done:
             self._bar.update(done - self._done)
         self._done = done
+
+    def stopping(self, signum: int) -> None:
+        """After a Ctrl-C, on a terminal: that the run drains, and how not to wait for it (a
+        model's in-flight frames can take seconds; a stalled stage, until Ctrl-C again)."""
+        if signum == signal.SIGINT and sys.stderr.isatty():
+            line = "stopping after the frames in flight (Ctrl-C again to stop now)"
+            if self._bar is not None:
+                self._bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

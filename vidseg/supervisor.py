@@ -114,11 +114,13 @@ class Supervisor:
         return {name: p.pid for name, p in self._procs.items()}
 
     def watch(self, on_tick: Callable[[], None] = lambda: None,
-              tolerate: Callable[[str, bool], bool] = lambda name, died: False) -> Outcome:
+              tolerate: Callable[[str, bool], bool] = lambda name, died: False,
+              on_stop: Callable[[int], None] = lambda signum: None) -> Outcome:
         """Block until every stage has ended, one failed, or a second Ctrl-C; see module doc.
 
         tolerate(stage, died) may return True to let the run go on without that stage (a
         dead camera among several); died is True when it ended without reporting.
+        on_stop(signum) is called once, from this loop, after the first stop signal.
         """
         reports: dict[str, dict] = {}
         tolerated: dict[str, str] = {}
@@ -127,9 +129,13 @@ class Supervisor:
         # Kept until close() has ended: a third Ctrl-C while the sinks finalise (a user pressing
         # it again and again) must not cut that short, nor the unlinking of the rings.
         self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        stop_told = False
         while failure is None and self._interrupts < 2:
             # wake at once when a stage ends (its last report is in the pipe by then)
             mp.connection.wait([p.sentinel for p in self._procs.values() if p.exitcode is None], TICK_S)
+            if self._interrupts and not stop_told:
+                stop_told = True
+                on_stop(self._signal)
             failures, quit = self._drain_ctrl(reports, timeout=0.0)
             quit_requested |= quit
             on_tick()

@@ -152,7 +152,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                 capture_qs[i].put(EndOfStream(i))
             return True
 
-        outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)), tolerate)
+        outcome = sup.watch(lambda: bar.update(sum(c.value for c in done_counts)), tolerate, bar.stopping)
     finally:
         try:
             if bar is not None:
