@@ -43,7 +43,12 @@ def architecture_from_file(path):
     NUM_CLASSES, TOP_DOWN_PYRAMID_SIZE, RPN_CONV_SIZE, FPN_CLASSIF_FC_LAYERS_SIZE,
     MASK_HEAD_CONV_SIZE}; raises InputError for a file that is not Mask R-CNN weights."""
     try:
-        with h5py.File(path, "r") as f:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
+                         "(e.g. from `vidseg weights download coco`)") from None
+    try:
+        with f, weightslib.readable(path):
             group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
             names = set(group.keys())
             if "mrcnn_class_logits" not in names or "conv1" not in names:
@@ -63,9 +68,8 @@ def architecture_from_file(path):
             if rpn is not None and "rpn_conv_shared" in rpn:
                 arch["RPN_CONV_SIZE"] = int(rpn["rpn_conv_shared"]["bias:0"].shape[0])
             return {k: v for k, v in arch.items() if v is not None}
-    except OSError:
-        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
-                         "(e.g. from `vidseg weights download coco`)") from None
+    except weightslib.WeightsError as e:
+        raise InputError(str(e)) from None
 
 
 def _read_text(path, what):

@@ -88,7 +88,7 @@ def load_weights(model, path, exclude=None, require_all=False):
         f = h5py.File(path, "r")
     except OSError:
         raise WeightsError(f"{path} is not an HDF5 weights file") from None
-    with f:
+    with f, readable(path):
         group, file_names = _open_layers(f, path)
         targets = {n: ws for n, ws in weighted_layers(model).items() if n not in exclude}
         if require_all:
@@ -143,6 +143,19 @@ def save_weights(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def readable(path):
+    """Inside the block, what h5py raises reading an HDF5 file that opened (overwritten bytes,
+    a layer listed but its group gone) is a WeightsError saying the file is damaged."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except (KeyError, OSError, RuntimeError, ValueError) as e:
+        reason = str(e.args[0] if e.args else type(e).__name__).splitlines()[0]
+        raise WeightsError(f"{path} is damaged ({reason}); download or copy it again") from None
 
 
 @contextlib.contextmanager

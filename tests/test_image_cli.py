@@ -303,3 +303,24 @@ def test_real_mask_rcnn_path_and_bad_weights(tmp_path):
     r = run_vidseg("image", src, "-o", tmp_path / "out2", "--weights", tmp_path / "other.h5", timeout=600)
     assert_one_line_error(r, "other.h5", "not a Mask R-CNN weights file")
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_damaged_weights_file_is_one_line(tmp_path):
+    """An HDF5 file that opens but has a listed layer's group gone (as overwritten bytes leave
+    it) ended in h5py's KeyError traceback."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    weights = tmp_path / "damaged.h5"
+    shutil.copy(REPO / "vidseg" / "models" / "shapes.h5", weights)
+    shutil.copy(REPO / "vidseg" / "models" / "shapes.json", tmp_path / "damaged.json")
+    with h5py.File(weights, "r+") as f:
+        del f["bn_conv1"]
+    picture = save_rgb(tmp_path / "in.png", red_square())
+    r = run_vidseg("image", picture, "-o", tmp_path / "out.png", "--weights", weights)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"vidseg: error: {weights} is damaged (") and "bn_conv1" in line
+    assert line.endswith("; download or copy it again")
+    assert sorted(os.listdir(tmp_path)) == ["damaged.h5", "damaged.json", "in.png"]
