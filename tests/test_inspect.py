@@ -168,6 +168,24 @@ def test_matterport_coco_layout_file_with_zero_weights(tmp_path, astronaut):
 
 
 @pytest.mark.slow
+def test_a_diverged_model_is_drawn_not_a_traceback(tmp_path, astronaut):
+    """Random weights in matterport's layout (what a diverged training leaves): NaN boxes were
+    drawn at -2**31 pixels (matplotlib's raster overflow) and an all-NaN layer had no minimum;
+    both ended in a traceback, on the model one would most want to look inside."""
+    import subprocess
+    import sys
+
+    data = os.path.join(os.path.dirname(__file__), "mrcnn", "data")
+    weights = tmp_path / "diverged.h5"
+    subprocess.run([sys.executable, os.path.join(data, "make_fake_coco_h5.py"),
+                    os.path.join(data, "coco_r50_manifest.json"), str(weights), "random"], check=True)
+    (tmp_path / "diverged.json").write_text(json.dumps({"config": {"IMAGE_MIN_DIM": 256, "IMAGE_MAX_DIM": 256}}))
+    out = tmp_path / "report"
+    r = run_vidseg("inspect", astronaut, "--weights", weights, "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "index.html").exists() and (out / "refinement.png").exists()
+
+
 def test_shipped_model(tmp_path, astronaut):
     out = tmp_path / "report"
     r = run_vidseg("inspect", astronaut, "--out", out, timeout=600)

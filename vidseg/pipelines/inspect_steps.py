@@ -136,8 +136,11 @@ def _pyramid(config, image_shape):
 
 
 def _clip(boxes, window):
-    """Clip normalised boxes [N, 4] to window (y1, x1, y2, x2), as the graph's clip_boxes."""
+    """Clip normalised boxes [N, 4] to window (y1, x1, y2, x2), as the graph's clip_boxes. A
+    diverged model's NaN (its infinities clip to the edges) becomes the window's top-left: a
+    NaN drawn became -2**31 pixels, which matplotlib cannot place a label at."""
     y1, x1, y2, x2 = window
+    boxes = np.nan_to_num(boxes, nan=0.0)
     return np.stack([np.clip(boxes[:, 0], y1, y2), np.clip(boxes[:, 1], x1, x2),
                      np.clip(boxes[:, 2], y1, y2), np.clip(boxes[:, 3], x1, x2)], axis=1)
 
@@ -421,9 +424,10 @@ def draw_activation(name, values, t):
     histogram); the title gives shape, min, max, mean and the warnings."""
     fig = visualize.new_figure((ACTIVATION_SIZE[0] / DPI, ACTIVATION_SIZE[1] / DPI), dpi=DPI)
     warnings = activation_warnings(values)
-    finite = values[np.isfinite(values)] if values.size else np.zeros(1)
-    fig.suptitle(f"{name} {tuple(values.shape)}: min {finite.min():.3g}, max {finite.max():.3g}, "
-                 f"mean {finite.mean():.3g}, zeros {np.mean(values == 0):.0%}"
+    finite = values[np.isfinite(values)]
+    spread = f"min {finite.min():.3g}, max {finite.max():.3g}, mean {finite.mean():.3g}" if finite.size \
+        else "no finite value"  # a diverged model's NaN everywhere
+    fig.suptitle(f"{name} {tuple(values.shape)}: {spread}, zeros {np.mean(values == 0) if values.size else 0:.0%}"
                  + ("  WARNING: " + "; ".join(warnings) if warnings else ""),
                  color="red" if warnings else "black", fontsize=11)
     panels, scale = _channel_panels(name, values, t)
