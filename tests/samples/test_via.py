@@ -93,6 +93,16 @@ def test_classes_from_an_attribute_are_shared_by_train_and_val(balloon):
     assert ys.max() - ys.min() > 20 and xs.max() - xs.min() < 10
 
 
+def test_a_class_only_the_validation_set_has_is_refused(balloon):
+    """A val region named "star" (or "Balloon" for "balloon") became a class with nothing to
+    learn from, and moved the ids of the classes after it."""
+    data = json.loads((balloon / "val" / "pikachu_project.json").read_text())
+    data["_via_img_metadata"]["b.jpg123"]["regions"][0]["region_attributes"]["kind"] = "star"
+    (balloon / "val" / "pikachu_project.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="the validation set has regions of 'star', which the training set has none"):
+        load_via_datasets(balloon, attribute="kind")
+
+
 def test_region_mask_clips_shapes_leaving_the_image():
     mask = region_mask({"name": "polygon", "all_points_x": [-10, 20, 20, -10],
                         "all_points_y": [-5, -5, 10, 10]}, 8, 12)

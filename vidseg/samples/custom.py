@@ -201,19 +201,25 @@ class ViaDataset(FileDataset):
 
 
 def via_class_names(dataset_dir, attribute):
-    """Sorted class names found under `attribute` in every subset folder of dataset_dir."""
-    names = set()
+    """Sorted class names found under `attribute` in every subset folder of dataset_dir.
+    InputError when the validation set has a class the training set has not (a model cannot
+    learn it; a typo, "Box" for "box", is the usual cause)."""
+    found = {}
     folders = [f for f in sorted(Path(dataset_dir).iterdir()) if f.is_dir()] if Path(dataset_dir).is_dir() else []
     for folder in folders:
         try:
             entries = read_via(find_via_json(folder))
         except InputError:
             continue  # not a subset folder
-        for entry in entries:
-            for k, region in enumerate(entry["regions"]):
-                names.add(region_class(region, attribute, f"{folder.name}/{entry['filename']} region {k}"))
+        found[folder.name] = {region_class(region, attribute, f"{folder.name}/{entry['filename']} region {k}")
+                              for entry in entries for k, region in enumerate(entry["regions"])}
+    names = set().union(*found.values())
     if not names:
         raise InputError(f"{dataset_dir}: no region has the attribute {attribute!r}")
+    unlearnt = sorted(found.get("val", set()) - found.get("train", names))
+    if unlearnt:
+        raise InputError(f"{dataset_dir}: the validation set has regions of {', '.join(map(repr, unlearnt))}, which "
+                         "the training set has none of; fix the names or annotate some in train")
     return sorted(names)
 
 
