@@ -229,9 +229,11 @@ class MaskRCNNFrameModel:
         elif names is None and self.config.NUM_CLASSES == 81:
             names = json.loads(COCO_CLASS_NAMES.read_text(encoding="utf8"))["class_names"]
         if names is None:
-            raise InputError(f"{weights} has {self.config.NUM_CLASSES} classes but no class names; give them "
-                             "with --classes FILE (one name per line, 'BG' first), or in a sidecar "
-                             f'{weightslib.sidecar_path(weights)} holding {{"class_names": ["BG", ...]}}')
+            sidecar = weightslib.sidecar_path(weights)
+            raise InputError(f"{weights} has {self.config.NUM_CLASSES} classes but no class names; a checkpoint of "
+                             f"`vidseg train` needs its sidecar {sidecar} beside it (its class names and the settings "
+                             "it was trained with: copy it along); for other weights give --classes FILE (one name "
+                             f'per line, \'BG\' first) or write {sidecar} holding {{"class_names": ["BG", ...]}}')
         if len(names) != self.config.NUM_CLASSES:
             raise InputError(f"{len(names)} class names in {names_from} but {weights} has "
                              f"{self.config.NUM_CLASSES} classes (count 'BG' as the first)")

@@ -180,8 +180,10 @@ def test_frame_model_needs_names_for_other_class_counts(tmp_path):
     path = tmp_path / "four.h5"
     modellib.MaskRCNN("inference", Four(), model_dir="unused").save_weights(path)
     # a sidecar works for every command (demo has no --classes, which the message alone offered)
-    with pytest.raises(InputError, match=r"4 classes but no class names; give them with --classes FILE .*, or in "
-                                         r'a sidecar .*four.json holding \{"class_names": \["BG", ...\]\}'):
+    # (and a checkpoint's sidecar holds the settings it was trained with: --classes alone runs it at the defaults)
+    with pytest.raises(InputError, match=r"4 classes but no class names; a checkpoint of `vidseg train` needs its "
+                                         r"sidecar .*four.json beside it .*give --classes FILE .* or write "
+                                         r'.*four.json holding \{"class_names": \["BG", ...\]\}'):
         fm.MaskRCNNFrameModel(weights=path, max_dim=128)
     names = tmp_path / "names.txt"
     names.write_text("BG\nsquare\ncircle\ntriangle\n")
