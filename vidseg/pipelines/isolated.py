@@ -35,8 +35,10 @@ class StopSignals:
 
     The first one raises KeyboardInterrupt (SIGINT) or Terminated (the others), or, while
     `polled`, is only recorded in `signum` for the code waiting on a process to act on; any
-    later one is ignored, so that nothing cuts the clean-up short. While a pipeline runs, its
-    supervisor has its own handlers and puts these back when it is done."""
+    later one is ignored, so that nothing cuts the clean-up short, and stays ignored after the
+    block: the command is ending (`timeout` signals the command, then its group: the second,
+    landing after the block, killed the process by SIGINT instead of its exit 130). While a
+    pipeline runs, its supervisor has its own handlers and puts these back when it is done."""
 
     def __init__(self):
         self.signum: Optional[int] = None
@@ -50,7 +52,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if self.signum is None else signal.SIG_IGN)
 
     def __call__(self, signum, frame) -> None:
         if self.signum is not None:
