@@ -170,7 +170,8 @@ def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str
     no output of an earlier run is left beside them as if it were this one's. A bad input
     (exit 2) leaves nothing."""
     message = named_as_given(result.message, ((tmp, outputs[key]) for key, tmp in temps.items()))
-    if result.exit_code != 2:
+    bad_input = result.exit_code == 2
+    if not bad_input:
         for key, count, what in (("output", video_frames, "the {} encoded"),
                                  ("detections", whole_lines, "the detections of the {}")):
             frames = count(temps[key]) if key in temps else 0
@@ -178,7 +179,7 @@ def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str
                 message += kept_partial(put_in_place(temps.pop(key), outputs[key], overwrite), frames, what)
     _remove(temps.values())
     print(f"vidseg: error: {message}", file=sys.stderr)
-    if stats_path and result.exit_code != 2 and result.stats["frames_in"]:
+    if stats_path and not bad_input and result.stats["frames_in"]:
         write_stats(stats_path, result.stats, overwrite)
     return result.exit_code
 

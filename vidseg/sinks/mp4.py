@@ -181,6 +181,8 @@ class _AudioCopy:
         self._in = container
         self._in_stream = in_stream
         self._out_stream = out_stream
+        if in_stream.metadata.get("language"):  # copied or re-encoded, the track keeps its language
+            out_stream.metadata["language"] = in_stream.metadata["language"]
         self._shift = time_shift  # seconds added to the input's timestamps (see Mp4Sink)
         self._encoder = encoder  # (resampler) when the codec cannot go into MP4 as is
         self._order = order  # re-encoded audio: the decoded channel for each channel of its layout
@@ -198,12 +200,8 @@ class _AudioCopy:
         if in_stream is None:
             container.close()
             return None
-        language = in_stream.metadata.get("language")
         if in_stream.codec_context.codec.canonical_name in MP4_AUDIO:
-            out_stream = out.add_stream_from_template(in_stream)
-            if language:
-                out_stream.metadata["language"] = language
-            return cls(container, in_stream, out_stream, time_shift=time_shift)
+            return cls(container, in_stream, out.add_stream_from_template(in_stream), time_shift=time_shift)
         decoder = in_stream.codec_context
         rate = decoder.sample_rate or 48000
         source = decoder.layout  # held until the decoder has another (below)
@@ -215,8 +213,6 @@ class _AudioCopy:
         del source
         encoded = layout if _aac_takes(layout, rate) else "stereo"
         out_stream = out.add_stream("aac", rate=rate, layout=encoded)
-        if language:
-            out_stream.metadata["language"] = language
         resampler = av.AudioResampler(format="fltp", layout=encoded, rate=rate,
                                       frame_size=out_stream.codec_context.frame_size or 1024)
         return cls(container, in_stream, out_stream, encoder=resampler, time_shift=time_shift, order=order)

@@ -84,8 +84,8 @@ def probe(path: str) -> dict:
         if count is None:  # Matroska gives only the container's duration, which is its end
             end = end or (container.duration or 0) / 1e6
             count = int(round((end - first) * fps)) or None if fps and end > first else None
-        # None when no audio stream is usable (damage can make FFmpeg see one with no parameters)
-        audio = [a for a in [container.streams.best("audio")] if a is not None] if container.streams.audio else []
+        # none when no audio stream is usable (damage can make FFmpeg see one with no parameters)
+        audio = [best] if (best := container.streams.best("audio")) is not None else []
         left_out = Counter(s.type for s in container.streams if s not in (stream, *audio)
                            and not s.disposition & av.stream.Disposition.attached_pic)
         starts = [float(s.start_time * s.time_base) for s in (stream, *audio)
