@@ -83,10 +83,12 @@ def _read_text(path, what):
 def read_sidecar(weights):
     """The sidecar `<weights stem>.json` of a weights file (see the module docstring) as
     {"config": {FIELD: value} (MEAN_PIXEL and the STD_DEVs as arrays), "class_names": [str] or
-    None, "batch_size": int or None}; empty when there is none. Raises InputError when it is
-    not such a JSON object."""
+    None, "batch_size": int or None, "training": {"layers": str, "learning_rate": float,
+    "steps_per_epoch": int, "validation_steps": int} as a `vidseg train` checkpoint's run
+    trained, else {}}; empty when there is none. Raises InputError when it is not such a JSON
+    object."""
     path = Path(weightslib.sidecar_path(weights))
-    meta = {"config": {}, "class_names": None, "batch_size": None}
+    meta = {"config": {}, "class_names": None, "batch_size": None, "training": {}}
     if not path.is_file():
         return meta
     fix = f"fix it, or move it away to use {Path(weights).name} without it"
@@ -114,9 +116,25 @@ def read_sidecar(weights):
             raise InputError(f"sidecar {path}: {key} {problem}, got {value!r}; {fix}")
     if batch is not None and (type(batch) is not int or batch < 1):
         raise InputError(f'sidecar {path}: "batch_size" must be a positive whole number; {fix}')
+    problem = _training_problem(meta["training"])
+    if problem:
+        raise InputError(f'sidecar {path}: "training" {problem}; {fix}')
     meta["config"] = {k: np.array(v) if k in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV") else v
                       for k, v in config.items()}
     return meta
+
+
+def _training_problem(training):
+    """What is wrong with a sidecar's "training" object, or None."""
+    kinds = {"layers": str, "learning_rate": (int, float), "steps_per_epoch": int, "validation_steps": int}
+    if not isinstance(training, dict):
+        return 'must be an object like {"layers": "heads", "learning_rate": 0.001}'
+    for key, value in training.items():
+        if key not in kinds:
+            return f"has an unknown field {key!r}"
+        if not isinstance(value, kinds[key]) or isinstance(value, bool) or (key != "layers" and not value > 0):
+            return f"{key} must be {'text' if key == 'layers' else 'a positive number'}, got {value!r}"
+    return None
 
 
 def _config_value_problem(key, value, config):

@@ -522,19 +522,21 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, write all weights to `checkpoint_path` (mask_rcnn_<name>_<epoch:04d>.h5,
     1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads, and its sidecar
     mask_rcnn_<name>_<epoch:04d>.json (inference settings and class_names, see
-    `weights.write_sidecar`) first, so a checkpoint never lacks it; the sidecar is removed
-    again when the weights cannot be written (a full disk, Ctrl-C)."""
+    `weights.write_sidecar`, and how the run trained: `training`, which resuming it takes)
+    first, so a checkpoint never lacks it; the sidecar is removed again when the weights
+    cannot be written (a full disk, Ctrl-C)."""
 
-    def __init__(self, mrcnn_model, class_names):
+    def __init__(self, mrcnn_model, class_names, training):
         super().__init__()
         self.mrcnn_model = mrcnn_model
         self.class_names = list(class_names)
+        self.training = training
 
     def on_epoch_end(self, epoch, logs=None):
         from mrcnn import weights as weightslib
 
         path = self.mrcnn_model.checkpoint_path.format(epoch=epoch + 1)
-        weightslib.write_sidecar(path, self.mrcnn_model.config, self.class_names)
+        weightslib.write_sidecar(path, self.mrcnn_model.config, self.class_names, training=self.training)
         try:
             self.mrcnn_model.save_weights(path)
         except BaseException:
@@ -570,7 +572,8 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
 
     epochs is cumulative: a model at epoch 10 (fresh, or loaded from a checkpoint of epoch
     10) trained with epochs=15 runs 5 more epochs, saving mask_rcnn_<name>_0011.h5 ... 0015
-    (each with its .json sidecar: inference settings, train_dataset.class_names) under
+    (each with its .json sidecar: inference settings, train_dataset.class_names, and
+    "training": {layers, learning_rate, steps_per_epoch, validation_steps}) under
     log_dir (`MaskRCNN.make_log_dir`: a new run never shares a folder), with TensorBoard logs
     there too. augmentation: callable(image, masks, rng) (mrcnn.augmentation); not applied to
     images of `no_augmentation_sources`.
@@ -592,7 +595,9 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
                                            seed=seed + 1, workers=1, start=start))
     mrcnn_model.make_log_dir()
     callbacks = [ScalarLog(mrcnn_model.log_dir, histograms),
-                 EpochCheckpoint(mrcnn_model, train_dataset.class_names)] + list(custom_callbacks or [])
+                 EpochCheckpoint(mrcnn_model, train_dataset.class_names,
+                                 dict(layers=layers, learning_rate=learning_rate, steps_per_epoch=config.STEPS_PER_EPOCH,
+                                      validation_steps=config.VALIDATION_STEPS))] + list(custom_callbacks or [])
     print(f"\nStarting at epoch {mrcnn_model.epoch}. LR={learning_rate}\n")
     print(f"Checkpoint Path: {mrcnn_model.checkpoint_path}")
     set_trainable(mrcnn_model, layer_regex)

@@ -83,6 +83,10 @@ def mine(tmp_path):
     ('{"config": [128]}', r'"config" must be an object'),
     ('{"class_names": "BG square"}', r'"class_names" must be a list'),
     ('{"batch_size": 0}', r'"batch_size" must be a positive'),
+    ('{"training": {"layers": "all", "lr": 0.1}}', r'"training" has an unknown field \'lr\''),
+    ('{"training": {"learning_rate": -0.1}}', r'"training" learning_rate must be a positive number, got -0.1'),
+    ('{"training": {"steps_per_epoch": true}}', r'"training" steps_per_epoch must be a positive number, got True'),
+    ('{"training": ["heads"]}', r'"training" must be an object'),
     # these went through: every label shifted by one, or a traceback from deep in the model
     ('{"class_names": ["square", "circle", "triangle", "x"]}', r'"class_names": the first class name must be BG'),
     ('{"class_names": ["BG", "sq", "sq", "sq"]}', r"'sq' is named twice"),

@@ -351,17 +351,18 @@ def refuse_options_of_other_kinds(kind: str) -> None:
 @dataset_options
 @click.option("--weights", required=True, metavar="coco|last|none|PATH",
               help="Start from matterport's COCO weights, the last checkpoint (its run resumed, on the "
-                   "same classes; give --layers and --lr again, as matterport's train() takes them per "
-                   "call), nothing, or a file.")
-@click.option("--layers", type=click.Choice(["heads", "3+", "4+", "5+", "all"]), default="heads",
-              show_default=True, help="Which layers to train.")
+                   "same classes, with the --layers, --lr, --steps and --val-steps it trained with unless "
+                   "given), nothing, or a file.")
+@click.option("--layers", type=click.Choice(["heads", "3+", "4+", "5+", "all"]), default=None,
+              help="Which layers to train.  [default: heads; resuming: as its run]")
 @click.option("--epochs", type=click.IntRange(1), required=True,
               help="Train up to this epoch (cumulative: a resumed run at epoch 10 with --epochs 15 runs 5).")
 @click.option("--lr", type=Number(min=0, min_open=True), default=None,
-              help="Learning rate (default: the kind's config).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Steps per epoch (default: the config's).")
+              help="Learning rate (default: the kind's config; resuming: as its run).")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Steps per epoch (default: the config's; resuming: as its run).")
 @click.option("--val-steps", type=click.IntRange(1), default=None,
-              help="Validation steps at the end of each epoch (default: the config's).")
+              help="Validation steps at the end of each epoch (default: the config's; resuming: as its run).")
 @click.option("--tensorboard", is_flag=True,
               help="Also log weight histograms per epoch; print where the TensorBoard logs are and how to open them.")
 def train_cmd(kind, dataset, class_name, attribute, year, model_dir, weights, layers, epochs, lr, steps, val_steps,

@@ -207,5 +207,5 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_sidecar(tmp_path):
             raise OSError(28, "No space left on device", path)
 
     with pytest.raises(OSError, match="No space left"):
-        EpochCheckpoint(Model(), ["BG", "a"]).on_epoch_end(0)
+        EpochCheckpoint(Model(), ["BG", "a"], {"layers": "heads"}).on_epoch_end(0)
     assert list(tmp_path.iterdir()) == []

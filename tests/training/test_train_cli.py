@@ -203,3 +203,22 @@ def test_an_option_another_kind_reads_is_refused_not_ignored(command, options, l
     r = run_vidseg(command, *options)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [f"vidseg: error: {line} (see --help)"]
+
+
+def test_resuming_the_last_checkpoint_trains_as_its_run_did(tmp_path):
+    """`--weights last` ran at --layers heads and the kind's learning rate and steps whatever
+    the run it resumes had used: a run of the whole network went on training only its heads.
+    The options left out now come from the checkpoint's sidecar; those given win."""
+    logs = tmp_path / "logs"
+    common = ["--kind", "shapes", "--model-dir", logs]
+    r = run_vidseg("train", *common, "--weights", SHIPPED_WEIGHTS, "--epochs", "1", "--layers", "all",
+                   "--lr", "0.0007", "--steps", "1", "--val-steps", "1", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_vidseg("train", *common, "--weights", "last", "--epochs", "2", "--steps", "2", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, second = sorted(glob.glob(str(logs / "shapes*" / "mask_rcnn_shapes_000?.h5")))
+    assert r.stdout.splitlines()[0] == \
+        "resuming mask_rcnn_shapes_0001.h5 as its run trained: --layers all --lr 0.0007 --val-steps 1"
+    meta = json.loads(open(second[:-len(".h5")] + ".json", encoding="utf8").read())
+    assert meta["training"] == {"layers": "all", "learning_rate": 0.0007, "steps_per_epoch": 2, "validation_steps": 1}
+    assert not np.array_equal(_kernel(first, "conv1"), _kernel(second, "conv1"))  # the backbone trained on

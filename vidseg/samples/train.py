@@ -15,7 +15,8 @@ weights:
     coco    mask_rcnn_coco.h5 in the current folder or $VIDSEG_COCO_WEIGHTS (get it with
             `vidseg weights download coco`); the class-specific heads are left out when the
             class count differs (matterport's fine-tuning idiom).
-    last    the newest checkpoint of this kind under --model-dir (resumes its epoch count).
+    last    the newest checkpoint of this kind under --model-dir: its run resumes, with its epoch
+            count and, unless given again, its --layers, --lr, --steps and --val-steps.
     none    random initialisation.
     PATH    any Mask R-CNN weights file in matterport's or vidseg's layout.
 The architecture (backbone, widths) follows the weights file; from scratch, shapes use the
@@ -28,7 +29,7 @@ import errno
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vidseg.errors import InputError
@@ -43,7 +44,7 @@ LAYERS = ("heads", "3+", "4+", "5+", "all")
 class TrainJob:
     kind: str
     weights: str
-    layers: str
+    layers: str | None  # None: "heads", or as the resumed run trained (also for the other None options)
     epochs: int
     dataset: str | None = None
     model_dir: str = "logs"
@@ -170,6 +171,25 @@ def check_resumable(path, class_names) -> None:
                          f"{', '.join(class_names[1:])}; to start from it on these classes, give --weights {path}")
 
 
+# what `--weights last` takes from the run it resumes: TrainJob field, sidecar "training" key, option
+RESUMED = (("layers", "layers", "--layers"), ("learning_rate", "learning_rate", "--lr"),
+           ("steps", "steps_per_epoch", "--steps"), ("val_steps", "validation_steps", "--val-steps"))
+
+
+def resumed(job: TrainJob, path) -> TrainJob:
+    """The job with the options its command line left out set as the run of checkpoint `path`
+    (`--weights last`) trained, from its sidecar; prints what was taken. A checkpoint from
+    before sidecars recorded it gives nothing (the defaults then apply)."""
+    from mrcnn.frame_model import read_sidecar
+
+    trained = read_sidecar(path)["training"]
+    taken = {field: trained[key] for field, key, _ in RESUMED if getattr(job, field) is None and key in trained}
+    if taken:
+        said = " ".join(f"{option} {taken[field]}" for field, _, option in RESUMED if field in taken)
+        print(f"resuming {path.name} as its run trained: {said}", flush=True)
+    return replace(job, **taken)
+
+
 def interrupt_in(error: BaseException):
     """The Ctrl-C or SIGTERM (a KeyboardInterrupt) `error` is or stands for, else None: one
     that lands while Keras traces a layer comes out as a SystemError ('returned a result with
@@ -208,7 +228,7 @@ def resolve_weights(weights, model_dir, name):
 
 def run_train(job: TrainJob):
     """Train as the job says; prints Keras' step/epoch progress and returns 0."""
-    if job.layers not in LAYERS:
+    if job.layers is not None and job.layers not in LAYERS:
         raise InputError(f"unknown --layers {job.layers!r}: use one of {', '.join(LAYERS)}")
     if job.epochs < 1:
         raise InputError("--epochs must be at least 1")
@@ -216,7 +236,7 @@ def run_train(job: TrainJob):
     train_ds, val_ds = load_datasets(job.kind, job.dataset, job.class_name, job.attribute, job.year)
     check_datasets(train_ds, val_ds, job.dataset)
     if job.weights == "none" and job.layers != "all":
-        print(f"vidseg: warning: with --weights none the backbone is random, and --layers {job.layers} "
+        print(f"vidseg: warning: with --weights none the backbone is random, and --layers {job.layers or 'heads'} "
               "leaves it so; train from scratch with --layers all", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as quiet:
         # TensorFlow's native log lines (its start-up, tracing and first step) stay off the
@@ -243,6 +263,7 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     path, arch, file_classes = resolve_weights(job.weights, job.model_dir, job.kind)
     if job.weights == "last":
         check_resumable(path, train_ds.class_names)
+        job = resumed(job, path)
     overrides = dict(arch)
     if job.steps:
         overrides["STEPS_PER_EPOCH"] = job.steps
@@ -279,7 +300,7 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
 
     step_done = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: first_step_done())
     try:
-        model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers,
+        model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers or "heads",
                     augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
     except BaseException as error:  # failed or stopped: a run folder with no checkpoint is of no use
         if not any(Path(model.log_dir).glob("*.h5")):
