@@ -4,9 +4,11 @@ import json
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
 
 from vidseg.errors import InputError
-from vidseg.samples.custom import ViaDataset, load_via_datasets, region_mask
+from vidseg.samples.custom import ViaDataset, image_size, load_via_datasets, region_mask
+from vidseg.samples.file_dataset import FileDataset
 
 
 def _image(folder, name, h=60, w=80):
@@ -164,3 +166,40 @@ def test_plain_via2_export_with_region_lists(tmp_path):
     assert ds.class_names == ["BG", "pikachu"] and class_ids.tolist() == [1]
     # a right triangle with sub-pixel corners: about half of a 9x9 square
     assert 40 <= masks[..., 0].sum() <= 60 and masks[0:11, 0:11, 0].sum() == masks[..., 0].sum()
+
+
+def test_exif_rotated_photos_are_loaded_upright_as_via_showed_them(tmp_path):
+    """VIA (a browser) shows a phone photo upright and its regions are in that frame; the
+    loader read the stored pixels (80 wide, 60 high), so the region of the upright picture
+    (60 wide, 80 high) was clipped and covered the wrong pixels."""
+    upright = np.full((80, 60, 3), 30, np.uint8)
+    upright[40:71, 10:31] = 220                                   # the object: x 10..30, y 40..70
+    folder = tmp_path / "train"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6                                              # show turned 90° clockwise
+    Image.fromarray(np.rot90(upright)).save(folder / "phone.jpg", exif=exif, quality=95)
+    _write_v1(folder, {"phone.jpg": [_poly([10, 30, 30, 10], [40, 40, 70, 70])]})
+    ds = ViaDataset()
+    ds.load_via(tmp_path, "train", class_name="object")
+    ds.prepare()
+    image, (masks, class_ids) = ds.load_image(0), ds.load_mask(0)
+    assert image.shape == (80, 60, 3) and masks.shape == (80, 60, 1) and class_ids.tolist() == [1]
+    assert masks[..., 0].sum() == 21 * 31
+    assert image[masks[..., 0]].min() > 180 and image[~masks[..., 0]].max() < 80
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_as_pillow_does(tmp_path, orientation):
+    stored = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "p.png", exif=exif)   # lossless: pixels compare exactly
+    with Image.open(tmp_path / "p.png") as im:
+        expected = np.array(ImageOps.exif_transpose(im).convert("RGB"))
+    ds = FileDataset()
+    ds.add_image("file", image_id=0, path=str(tmp_path / "p.png"))
+    ds.prepare()
+    image = ds.load_image(0)
+    assert np.array_equal(image, expected) and image.flags.c_contiguous
+    assert image_size(tmp_path / "p.png") == expected.shape[:2]

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from mrcnn.config import Config
 from vidseg.errors import InputError
-from vidseg.samples.file_dataset import FileDataset
+from vidseg.samples.file_dataset import FileDataset, image_size
 
 SOURCE = "via"
 REGION_SHAPES = ("polygon", "polyline", "rect", "circle", "ellipse")
@@ -129,18 +128,6 @@ def region_mask(shape, height, width, where=""):
 def _fixed(x, y):
     """A point in OpenCV's 4-bit fixed point (shift=4)."""
     return int(round(float(x) * 16)), int(round(float(y) * 16))
-
-
-def image_size(path):
-    """(height, width) of an image file, reading only its header."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except FileNotFoundError:
-        raise InputError(f"image not found: {path}") from None
-    except OSError:
-        raise InputError(f"not a readable image: {path}") from None
-    return height, width
 
 
 class ViaDataset(FileDataset):
