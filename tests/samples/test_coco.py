@@ -4,6 +4,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from mrcnn import utils
 from vidseg.errors import InputError
@@ -104,6 +105,39 @@ def test_loader_errors_are_one_line_input_errors(tiny_coco):
         CocoDataset().load_coco(tiny_coco, "minival", auto_download=True)
 
 
+def test_an_image_of_another_size_than_the_file_says_is_refused_when_read(tiny_coco):
+    """pycocotools draws the masks at the file's width and height; a picture of another size
+    got them silently misplaced (Detectron2 refuses it, as here)."""
+    cv2.imwrite(str(tiny_coco / "val2014" / "b.jpg"), np.zeros((60, 80, 3), np.uint8))
+    ds, _ = _load(tiny_coco)
+    assert ds.load_image(0).shape == (H, W, 3)
+    with pytest.raises(InputError) as error:
+        ds.load_image(1)
+    assert str(error.value) == (
+        f"{tiny_coco / 'val2014' / 'b.jpg'} is 80x60 but {tiny_coco / 'annotations' / 'instances_minival2014.json'} "
+        "gives 64x48 (width x height), which its masks are drawn at; put the picture that was annotated there, "
+        "or correct its width and height in the file")
+
+
+def _phone_photo(path, stored_height, stored_width):
+    """A JPEG stored stored_width x stored_height whose EXIF tag says: show it turned 90° clockwise."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((stored_height, stored_width, 3), 90, np.uint8)).save(path, exif=exif)
+
+
+def test_exif_rotated_images_are_read_upright_and_checked_upright(tiny_coco):
+    """As Detectron2: the orientation is applied, then the size is compared with the file's
+    (an annotation tool in a browser shows the picture turned)."""
+    _phone_photo(tiny_coco / "val2014" / "a.jpg", W, H)            # upright W x H, as the file says
+    _phone_photo(tiny_coco / "val2014" / "b.jpg", H, W)            # upright H x W: annotated unturned
+    ds, _ = _load(tiny_coco)
+    assert ds.load_image(0).shape == (H, W, 3)
+    turned = r"b.jpg is 48x64 upright \(its EXIF orientation turns the stored 64x48; if it was annotated unturned, "
+    with pytest.raises(InputError, match=turned + r"remove the orientation tag\) but .* gives 64x48"):
+        ds.load_image(1)
+
+
 def _ground_truth_results(ds, image_ids, drop_last=False):
     results = []
     for i in image_ids:
@@ -190,3 +224,22 @@ def test_evaluate_dataset_scores_both_types_from_one_pass():
     assert text.splitlines()[2].startswith("segm     1.000   1.000   1.000")
     limited = coco_sample.evaluate_dataset(model, ds, eval_types=("segm",), limit=3)
     assert limited["images"] == 3 and "bbox" not in limited and limited["segm"]["AP"] == 1.0
+
+
+@pytest.mark.slow
+def test_vidseg_evaluate_says_which_image_has_another_size_in_one_line(tiny_coco):
+    """What the user sees: one line, exit 2 (the shipped model's classes, so the model loads)."""
+    from mrcnn.frame_model import SHIPPED_WEIGHTS
+    from tests.conftest import run_vidseg
+
+    path = tiny_coco / "annotations" / "instances_minival2014.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 3, "name": "square"}, {"id": 7, "name": "circle"}, {"id": 9, "name": "triangle"}]
+    path.write_text(json.dumps(data))
+    cv2.imwrite(str(tiny_coco / "val2014" / "c.jpg"), np.zeros((60, 80, 3), np.uint8))
+    r = run_vidseg("evaluate", "--kind", "coco", "--dataset", tiny_coco, "--subset", "minival",
+                   "--weights", SHIPPED_WEIGHTS)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.splitlines() == [f"vidseg: error: {tiny_coco / 'val2014' / 'c.jpg'} is 80x60 but {path} gives "
+                                     "64x48 (width x height), which its masks are drawn at; put the picture that "
+                                     "was annotated there, or correct its width and height in the file"]

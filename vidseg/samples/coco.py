@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from mrcnn import utils
 from mrcnn.config import Config
 from vidseg.errors import InputError
-from vidseg.samples.file_dataset import FileDataset
+from vidseg.samples.file_dataset import FileDataset, image_header
 
 DEFAULT_DATASET_YEAR = "2014"
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -65,6 +65,19 @@ def _has_segmentation(annotation) -> bool:
         return "size" in segmentation and "counts" in segmentation
     return bool(segmentation) and isinstance(segmentation, list) and all(
         isinstance(polygon, list) and len(polygon) >= 6 for polygon in segmentation)
+
+
+def _size_mismatch(info, height, width):
+    """What is wrong, and what to do, when an image `info` of the annotation file is
+    width x height pixels upright."""
+    stored_height, stored_width, _ = image_header(info["path"])
+    turned = ""
+    if (stored_height, stored_width) == (info["height"], info["width"]) != (height, width):
+        turned = (f" upright (its EXIF orientation turns the stored {stored_width}x{stored_height}; if it was "
+                  "annotated unturned, remove the orientation tag)")
+    return (f"{info['path']} is {width}x{height}{turned} but {info['annotation_file']} gives "
+            f"{info['width']}x{info['height']} (width x height), which its masks are drawn at; put the picture "
+            "that was annotated there, or correct its width and height in the file")
 
 
 class CocoDataset(FileDataset):
@@ -116,7 +129,7 @@ class CocoDataset(FileDataset):
             missing += [path] if not os.path.isfile(path) else []
             maskless += [a["id"] for a in annotations if not _has_segmentation(a)]
             self.add_image("coco", image_id=i, path=path, width=img["width"], height=img["height"],
-                           annotations=annotations)
+                           annotations=annotations, annotation_file=str(annotation_file))
         if missing:
             them = "them" if len(missing) > 1 else "it"
             raise InputError(f"{len(missing)} image{'s' * (len(missing) > 1)} listed in {annotation_file} "
@@ -127,6 +140,16 @@ class CocoDataset(FileDataset):
                              f"{'have' if len(maskless) > 1 else 'has'} no segmentation (the first: id {maskless[0]}); "
                              "Mask R-CNN learns and is scored on masks: give each a polygon or RLE, or remove it")
         return coco
+
+    def load_image(self, image_id):
+        """uint8 RGB [H, W, 3], upright (EXIF orientation applied, as Detectron2 reads it).
+        InputError when H, W are not the annotation file's height and width: the masks are
+        drawn at the file's size and would be misplaced."""
+        image = super().load_image(image_id)
+        info = self.image_info[image_id]
+        if info["source"] == "coco" and image.shape[:2] != (info["height"], info["width"]):
+            raise InputError(_size_mismatch(info, image.shape[0], image.shape[1]))
+        return image
 
     def load_mask(self, image_id):
         """(bool [H, W, N], int32 [N]); crowd regions have negative class ids (and cover the whole
