@@ -203,6 +203,20 @@ def test_evaluate_coco_runs_the_model_in_batches(tiny_coco, capsys):
     assert model.calls == [2, 1, 1] and capsys.readouterr().out == ""
 
 
+def test_a_coco_file_without_area_or_bbox_gets_them_from_its_masks(tiny_coco):
+    """COCOeval needs both; the file's own are used when it has them."""
+    path = tiny_coco / "annotations" / "instances_minival2014.json"
+    data = json.loads(path.read_text())
+    for annotation in data["annotations"]:
+        del annotation["area"], annotation["bbox"]
+    path.write_text(json.dumps(data))
+    ds, _ = _load(tiny_coco)
+    truth = coco_sample.dataset_to_coco(ds)
+    assert [(a["area"], a["bbox"], a["iscrowd"]) for a in truth.loadAnns(truth.getAnnIds())] == [
+        (144, [4, 4, 12, 12], 0), (256, [30, 10, 16, 16], 0), (400, [10, 20, 20, 20], 0), (200, [40, 30, 20, 10], 1)]
+    assert coco_sample.coco_ap_table(truth, _ground_truth_results(ds, ds.image_ids))["AP"] == 1.0
+
+
 def test_any_dataset_evaluates_through_dataset_to_coco():
     ds = ShapesDataset.generate(12, 64, 64, seed=5)
     coco = coco_sample.dataset_to_coco(ds)
@@ -243,3 +257,73 @@ def test_vidseg_evaluate_says_which_image_has_another_size_in_one_line(tiny_coco
     assert r.stderr.splitlines() == [f"vidseg: error: {tiny_coco / 'val2014' / 'c.jpg'} is 80x60 but {path} gives "
                                      "64x48 (width x height), which its masks are drawn at; put the picture that "
                                      "was annotated there, or correct its width and height in the file"]
+
+
+class _FixedModel:
+    """A model whose detect() returns, for the k-th image it is given, detections[k]: a list
+    of (y1, x1, y2, x2, class id, score) boxes, each filled as its mask."""
+
+    class config:
+        BATCH_SIZE = 1
+
+    def __init__(self, detections):
+        self.detections = iter(detections)
+
+    def detect(self, images, verbose=0):
+        out = []
+        for image in images:
+            boxes = next(self.detections)
+            masks = np.zeros(image.shape[:2] + (len(boxes),), bool)
+            for k, (y1, x1, y2, x2, _, _) in enumerate(boxes):
+                masks[y1:y2, x1:x2, k] = True
+            out.append({"rois": np.array([b[:4] for b in boxes], np.int32).reshape(-1, 4),
+                        "class_ids": np.array([b[4] for b in boxes], np.int32),
+                        "scores": np.array([b[5] for b in boxes], np.float32), "masks": masks})
+        return out
+
+
+def test_a_coco_file_is_scored_against_its_own_annotations_as_cocoeval_on_the_file(tmp_path):
+    """The ground truth was rebuilt from rasterised masks: a 40x40 square the file says is of
+    area 900 (small) counted as medium, a sliver that rasterises to no pixel was left out, and
+    every box was the mask's. vidseg's table now equals COCOeval on the file itself."""
+    import copy
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    height, width = 96, 128
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "images" / name), np.zeros((height, width, 3), np.uint8))
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": _square(10, 10, 40), "area": 900.0,
+         "bbox": [10, 10, 40, 40], "iscrowd": 0},
+        {"id": 2, "image_id": 2, "category_id": 1, "segmentation": _square(60, 20, 40), "area": 1600.0,
+         "bbox": [60, 20, 40, 40], "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 1, "segmentation": _square(5, 5, 0.4), "area": 0.16,
+         "bbox": [5, 5, 0.4, 0.4], "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 1, "segmentation": _square(10, 60, 30), "area": 900.0,
+         "bbox": [10, 60, 30, 30], "iscrowd": 1},
+    ]
+    annotation_file = tmp_path / "instances.json"
+    annotation_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": height, "width": width},
+                   {"id": 2, "file_name": "b.png", "height": height, "width": width}],
+        "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}))
+    ds = CocoDataset()
+    ds.load_coco_file(annotation_file, tmp_path / "images")
+    ds.prepare()
+    detections = [[(10, 10, 50, 50, 1, 0.9), (60, 70, 90, 120, 1, 0.5)],
+                  [(24, 60, 64, 96, 1, 0.8), (60, 10, 90, 40, 1, 0.7), (2, 2, 9, 9, 1, 0.3)]]
+
+    report = coco_sample.evaluate_dataset(_FixedModel(detections), ds)
+
+    results, _, _ = coco_sample.predict_coco_results(_FixedModel(detections), ds)
+    for eval_type in ("bbox", "segm"):
+        truth = COCO(str(annotation_file))
+        cocoeval = COCOeval(truth, truth.loadRes(copy.deepcopy(results)), eval_type)
+        cocoeval.evaluate()
+        cocoeval.accumulate()
+        cocoeval.summarize()
+        assert list(report[eval_type].values()) == pytest.approx(list(cocoeval.stats[:6])), eval_type
+        assert report[eval_type]["APs"] > -1  # the file's small square is scored as small

@@ -8,7 +8,8 @@
 - `build_coco_results`, `predict_coco_results`, `coco_ap_table` and `evaluate_coco` run a model
   and pycocotools' COCOeval and return the AP table as a dict.
 - `dataset_to_coco(dataset)` turns any `utils.Dataset` (shapes, VIA, …) into in-memory COCO
-  ground truth, so every dataset is evaluated the same way; `detections_file_results` reads
+  ground truth, so every dataset is evaluated the same way (a COCO file by its own annotations,
+  as COCOeval on the file scores it); `detections_file_results` reads
   a `vidseg file --detections` file as COCO results, to score a video against its truth.
 """
 from __future__ import annotations
@@ -327,7 +328,8 @@ def evaluate_coco(model, dataset, coco, eval_type="bbox", limit=0, image_ids=Non
 def evaluate_dataset(model, dataset, coco=None, eval_types=("bbox", "segm"), limit=0, progress=None):
     """Detect once on a dataset and score every eval type: what `vidseg evaluate` prints.
 
-    coco: ground truth (default `dataset_to_coco(dataset)`, so shapes and VIA sets work too).
+    coco: ground truth (default `dataset_to_coco(dataset)`: a COCO file's own annotations, the
+    masks of shapes and VIA sets).
     Returns {"images": n, "seconds_per_image": float, "bbox": AP table, "segm": AP table}
     (one AP table per eval type, as `coco_ap_table`).
     """
@@ -353,30 +355,30 @@ def format_ap_table(report):
 
 
 def dataset_to_coco(dataset, image_ids=None):
-    """In-memory COCO ground truth of any prepared `utils.Dataset` (from `load_mask`).
+    """In-memory COCO ground truth of any prepared `utils.Dataset`, so every dataset is scored
+    the same way.
 
-    Image ids and category ids follow `coco_image_id` / `coco_category_id`; negative class ids
-    become crowd annotations. Returns a pycocotools COCO object.
+    Images of a COCO file keep that file's own annotations (`_file_truth`), so the AP table is
+    COCOeval's on the file; the others' come from `load_mask`: area the pixel count, box the
+    mask's, negative class ids crowds. Image ids and category ids follow `coco_image_id` /
+    `coco_category_id`. Returns a pycocotools COCO object.
     """
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     images, annotations = [], []
     for image_id in image_ids:
-        masks, class_ids = dataset.load_mask(image_id)
         info = dataset.image_info[image_id]
-        height = info.get("height") or masks.shape[0] or dataset.load_image(image_id).shape[0]
-        width = info.get("width") or masks.shape[1] or dataset.load_image(image_id).shape[1]
+        if info["source"] == "coco":
+            height, width = info["height"], info["width"]
+            truths = [_file_truth(dataset, a, height, width) for a in info["annotations"]]
+        else:
+            masks, class_ids = dataset.load_mask(image_id)
+            height = info.get("height") or masks.shape[0] or dataset.load_image(image_id).shape[0]
+            width = info.get("width") or masks.shape[1] or dataset.load_image(image_id).shape[1]
+            truths = _mask_truths(dataset, masks, class_ids)
         coco_id = coco_image_id(dataset, image_id)
         images.append({"id": coco_id, "width": int(width), "height": int(height),
                        "file_name": str(info.get("path") or image_id)})
-        boxes = utils.extract_bboxes(masks) if len(class_ids) else np.zeros((0, 4), int)
-        for k, class_id in enumerate(class_ids):
-            y1, x1, y2, x2 = (int(v) for v in boxes[k])
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": coco_id,
-                "category_id": coco_category_id(dataset, abs(int(class_id))),
-                "iscrowd": int(class_id < 0), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": int(masks[:, :, k].sum()), "segmentation": utils.mask_to_rle(masks[:, :, k]),
-            })
+        annotations += [dict(truth, id=len(annotations) + k, image_id=coco_id) for k, truth in enumerate(truths, 1)]
     categories = [{"id": coco_category_id(dataset, c), "name": dataset.class_names[c]}
                   for c in dataset.class_ids if c != 0]
     coco = COCO()
@@ -384,3 +386,28 @@ def dataset_to_coco(dataset, image_ids=None):
     with _quiet(False):
         coco.createIndex()
     return coco
+
+
+def _file_truth(dataset, annotation, height, width):
+    """A COCO file's annotation as ground truth: its own segmentation, area, bbox and iscrowd
+    (area and bbox computed from the mask when the file leaves them out), its category as the
+    CocoDataset maps it. height, width: the image's in the file."""
+    truth = {key: annotation[key] for key in ("segmentation", "area", "bbox") if key in annotation}
+    if len(truth) < 3:
+        rle = dataset.annToRLE(annotation, height, width)
+        truth = {"area": float(mask_util.area(rle)), "bbox": mask_util.toBbox(rle).tolist(), **truth}
+    return dict(truth, category_id=dataset.category_map[annotation["category_id"]],
+                iscrowd=int(annotation.get("iscrowd", 0)))
+
+
+def _mask_truths(dataset, masks, class_ids):
+    """Ground truth (annotations without id and image_id) of bool masks [H, W, N] and int class
+    ids [N]: area the pixel count, bbox the mask's, negative class ids crowds."""
+    boxes = utils.extract_bboxes(masks) if len(class_ids) else np.zeros((0, 4), int)
+    truths = []
+    for k, class_id in enumerate(class_ids):
+        y1, x1, y2, x2 = (int(v) for v in boxes[k])
+        truths.append({"category_id": coco_category_id(dataset, abs(int(class_id))), "iscrowd": int(class_id < 0),
+                       "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(masks[:, :, k].sum()),
+                       "segmentation": utils.mask_to_rle(masks[:, :, k])})
+    return truths
