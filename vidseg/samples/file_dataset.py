@@ -22,11 +22,14 @@ UPRIGHT = {
 
 def image_header(path):
     """(height, width, EXIF orientation 1..8) of an image file, the size as stored, reading
-    only its header. InputError naming the file when it is missing or not an image."""
+    only its header (a PNG's EXIF after its pixels, which PIL would decode the picture to
+    reach, is not read; PIL and ImageMagick write it before them). InputError naming the file
+    when it is missing or not an image."""
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = im.getexif().get(ORIENTATION, 1)
+            header_only = im.format != "PNG" or "exif" in im.info
+            orientation = im.getexif().get(ORIENTATION, 1) if header_only else 1
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
     except (OSError, ValueError):
