@@ -550,3 +550,84 @@ def test_stats_to_a_device_need_no_y(clip_480):
     r = run_vidseg("file", clip_480, "--model", "none", "--stats", "/dev/stdout", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["frames_out"] == 50
+
+
+
+
+DEEP = ["d" * 200] * 25  # a folder path longer than PATH_MAX (4096 bytes)
+
+
+def make_deep(root) -> int:
+    """A descriptor of the new folder DEEP under `root`, made a level at a time: the kernel
+    takes no path that long at once."""
+    fd = os.open(root, os.O_RDONLY)
+    for name in DEEP:
+        os.mkdir(name, dir_fd=fd)
+        fd, parent = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    return fd
+
+
+@pytest.mark.parametrize("command, option", [
+    ("file", "INPUT"), ("file", "-o"), ("file", "--detections"), ("file", "--stats"), ("bench", "INPUT"),
+    ("image", "INPUT"), ("image", "-o"), ("camera", "--device"), ("camera", "-o")])
+def test_a_path_longer_than_the_kernel_takes_is_said_to_be_too_long(workdir, command, option):
+    """A path of more than 4096 bytes to an input that exists said it was 'not found', and an
+    output in a folder that exists said the folder 'does not exist'."""
+    fd = make_deep(workdir)
+    copy = os.open("in.mp4", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(copy, (workdir / "in.mp4").read_bytes())
+    os.close(copy)
+    paths = {"INPUT": "in.mp4", "--device": "in.mp4", "-o": "out.png" if command == "image" else "out.mp4",
+             "--detections": "d.jsonl", "--stats": "s.json"}
+    paths = {opt: os.path.join(workdir, *DEEP, name) if opt == option else str(workdir / name)
+             for opt, name in paths.items()}
+    given = {"file": ["INPUT", "-o", "--detections", "--stats"], "bench": ["INPUT"], "image": ["INPUT", "-o"],
+             "camera": ["--device", "-o"]}[command]
+    args = [x for opt in given for x in ([paths[opt]] if opt == "INPUT" else [opt, paths[opt]])]
+    r = run_vidseg(command, *args, "--model", "none", *(["--no-window"] if command == "camera" else []))
+    assert_one_line_error(r, "path too long: ", "more than the 4095 a path can have; give a shorter path")
+    assert listing(workdir) == ["d" * 200, "in.mp4"]
+    assert os.listdir(fd) == ["in.mp4"]
+    os.close(fd)
+
+
+@pytest.mark.parametrize("command, option", [
+    ("file", "INPUT"), ("file", "-o"), ("file", "--detections"), ("file", "--stats"), ("bench", "INPUT"),
+    ("image", "INPUT"), ("image", "-o"), ("camera", "--device"), ("camera", "-o"), ("camera", "--stats")])
+def test_a_newline_in_a_path_is_shown_escaped_in_the_one_line(workdir, command, option):
+    """A path with a newline in it (missing, or in a missing folder) split the error in two."""
+    if command == "image":
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1",
+                        workdir / "in.png"], check=True)
+    before = listing(workdir)
+    paths = {"INPUT": "in.png" if command == "image" else "in.mp4", "--device": "0", "-o": "out.png" if command == "image" else "out.mp4",
+             "--detections": "d.jsonl", "--stats": "s.json"}
+    paths = {opt: str(workdir / "new\nline" / name) if opt == option and opt != "INPUT" else
+             str(workdir / "in\nput.mp4") if opt == option else str(workdir / name) for opt, name in paths.items()}
+    given = {"file": ["INPUT", "-o", "--detections", "--stats"], "bench": ["INPUT"], "image": ["INPUT", "-o"],
+             "camera": ["--device", "-o", "--stats"]}[command]
+    args = [x for opt in given for x in ([paths[opt]] if opt == "INPUT" else [opt, paths[opt]])]
+    r = run_vidseg(command, *args, "--model", "none", *(["--no-window"] if command == "camera" else []))
+    assert_one_line_error(r, str(workdir / ("in\\nput.mp4" if option == "INPUT" else "new\\nline")))
+    assert listing(workdir) == before
+
+
+def test_a_newline_in_an_output_path_stays_escaped_when_the_run_fails(tmp_path):
+    """The sink's error named the hidden temporary file (the output's name as an OSError shows
+    it was not recognised), and the detections file's name split the line in two."""
+    make_clip(tmp_path / "noisy.mp4", 640, 480, 40, noise=40)  # ~11 MB once encoded losslessly
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (9 << 20, 9 << 20))
+
+    out, found = tmp_path / "new\nline.mp4", tmp_path / "new\nline.jsonl"
+    r = run_vidseg("file", tmp_path / "noisy.mp4", "-o", out, "--detections", found, "--model", "none", "--crf", 0,
+                   "--no-progress", preexec_fn=limit_file_size)
+    assert r.returncode == 1, r.stderr
+    escaped = str(tmp_path / "new\\nline")
+    assert r.stderr.strip().splitlines() == [
+        f"vidseg: error: sink stage failed: OSError: [Errno 27] File too large: '{escaped}.mp4'; {escaped}.jsonl "
+        "keeps the detections of the 40 frames before it (partial)"]
+    assert listing(tmp_path) == ["new\nline.jsonl", "noisy.mp4"]

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from vidseg import stage_server
 from vidseg.errors import InputError, Terminated, descriptor_hint, raise_terminated, stop_signals_ignored
+from vidseg.pipelines.outputs import check_path_length, one_line
 from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -28,7 +29,8 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 class VidsegGroup(click.Group):
     """A click group that turns usage errors and InputError into one line and exit 2, and an
     OSError (disk full, permission denied) into one line and exit 1; a password in a URL
-    there is masked whatever the error (an RTSP URL given where a file was expected)."""
+    there is masked whatever the error (an RTSP URL given where a file was expected), and a
+    newline (in a file name) written `\\n`."""
 
     def invoke(self, ctx):
         try:
@@ -39,31 +41,42 @@ class VidsegGroup(click.Group):
     def main(self, args=None, prog_name="vidseg", **kwargs):
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, raise_terminated)  # clean up as for Ctrl-C, not die mid-write
+        error = None
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:
             click.echo(e.ctx.get_help(), err=True)
             code = 2
         except click.UsageError as e:
-            click.echo(mask(f"vidseg: error: {e.format_message()}" + (" (see --help)" if e.ctx else "")), err=True)
-            code = 2
+            error, code = e.format_message() + (" (see --help)" if e.ctx else ""), 2
         except InputError as e:
-            click.echo(mask(f"vidseg: error: {e}"), err=True)
-            code = e.exit_code
+            error, code = str(e), e.exit_code
         except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
             if os.environ.get("VIDSEG_DEBUG"):
                 traceback.print_exc()
-            click.echo(mask(f"vidseg: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}"
-                            f"{descriptor_hint(e)}"), err=True)
-            code = 1
+            error, code = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}{descriptor_hint(e)}", 1
         except click.Abort as e:  # click's wrapping of a KeyboardInterrupt, Terminated included
             code = getattr(e.__cause__, "exit_code", 130)
         except Terminated as e:
             code = e.exit_code
         except KeyboardInterrupt:
             code = 130
+        if error is not None:  # a path given with a newline in it is shown escaped, not split
+            click.echo(one_line(mask(f"vidseg: error: {error}")), err=True)
         gc.freeze()  # the process ends: spare its last collection over all it loaded (~40 ms)
         sys.exit(code or 0)
+
+
+class Path(click.Path):
+    """click.Path that refuses a path longer than the kernel takes (which every command then
+    called missing), in one line."""
+
+    def convert(self, value, param, ctx):
+        try:
+            check_path_length(os.fsdecode(value))
+        except InputError as e:
+            self.fail(str(e), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class Number(click.FloatRange):
@@ -117,11 +130,11 @@ def model_options(command):
                      help="Backbone, for weights files that do not say (default: read from the file).")(bundled)
     f = click.option("--max-dim", type=click.IntRange(64), default=None, metavar="PIXELS",
                      help="Model input size IMAGE_MAX_DIM, a multiple of 64 (default: the model's).")(f)
-    f = click.option("--classes", type=click.Path(dir_okay=False), default=None,
+    f = click.option("--classes", type=Path(dir_okay=False), default=None,
                      help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")(f)
     f = click.option("--model", default="mrcnn", show_default=True, metavar="mrcnn|none|pkg.module:factory",
                      help="Frame model: Mask R-CNN, no inference, or your own factory.")(f)
-    f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+    f = click.option("--weights", type=Path(dir_okay=False), default=None,
                      help="Mask R-CNN weights (.h5); default: the shipped model.")(f)
     f = click.option("--batch", type=click.IntRange(1, 64), default=None,
                      help="Frames (pictures, for image) per model call (default: the model's batch size, 4 for the shipped "
@@ -132,15 +145,15 @@ def model_options(command):
 
 
 @main.command("file")
-@click.argument("input", type=click.Path(dir_okay=True))
-@click.option("-o", "--output", type=click.Path(), default=None, help="Output MP4 (H.264, audio kept).")
+@click.argument("input", type=Path(dir_okay=True))
+@click.option("-o", "--output", type=Path(), default=None, help="Output MP4 (H.264, audio kept).")
 @model_options
 @click.option("--preset", type=click.Choice(PRESETS), default="veryfast", show_default=True, help="libx264 preset.")
 @click.option("--crf", type=click.IntRange(0, 51), default=23, show_default=True, help="libx264 quality (lower is better).")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
-@click.option("--detections", type=click.Path(dir_okay=False), default=None,
+@click.option("--stats", type=Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
+@click.option("--detections", type=Path(dir_okay=False), default=None,
               help="Write detections as JSON lines (COCO RLE masks).")
 def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, preset, crf, overwrite, no_progress,
              stats, detections):
@@ -155,7 +168,7 @@ def file_cmd(input, output, model, weights, batch, min_confidence, model_extra, 
 
 
 @main.command("bench")
-@click.argument("input", type=click.Path(dir_okay=True))
+@click.argument("input", type=Path(dir_okay=True))
 @model_options
 @click.option("--frames", type=click.IntRange(1), default=None, help="Frames to use (default: the whole clip).")
 @click.option("--preset", type=click.Choice(PRESETS), default=None,
@@ -192,7 +205,7 @@ def weights_group():
 
 @weights_group.command("download")
 @click.argument("name", type=click.Choice(["coco"]), metavar="NAME")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True,
+@click.option("--dir", "directory", type=Path(file_okay=False), default=".", show_default=True,
               help="Directory to save the weights file in.")
 @click.option("--url", default=None, metavar="URL",
               help="Download from this URL instead (a mirror); default: $VIDSEG_WEIGHTS_URL or the release.")
@@ -205,11 +218,11 @@ def weights_download_cmd(name, directory, url, no_progress):
 
 
 @main.command("image")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(), required=True,
+@click.argument("inputs", nargs=-1, required=True, type=Path())
+@click.option("-o", "--output", type=Path(), required=True,
               help="Output picture (one input picture) or folder (several, or a folder input).")
 @model_options
-@click.option("--detections", type=click.Path(dir_okay=False), default=None,
+@click.option("--detections", type=Path(dir_okay=False), default=None,
               help="Write detections as JSON lines, one per picture (COCO RLE masks).")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -239,8 +252,8 @@ def live_options(f):
                      help="libx264 quality (lower is better)."),
         click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that exist."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
-        click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON."),
-        click.option("--detections", type=click.Path(), default=None,
+        click.option("--stats", type=Path(dir_okay=False), default=None, help="Write run statistics as JSON."),
+        click.option("--detections", type=Path(), default=None,
                      help="Write detections as JSON lines, one per frame (COCO RLE masks): a file (one "
                           "source) or an existing folder (one NAME.jsonl per source)."),
     ]):
@@ -261,8 +274,8 @@ def _live(kind, targets, output, no_window, duration, max_frames, preset, crf, o
 
 
 @main.command("camera")
-@click.option("--device", default="0", show_default=True, metavar="0|/dev/videoN", help="The camera.")
-@click.option("-o", "--output", type=click.Path(), default=None, help="Also record to this MP4.")
+@click.option("--device", type=Path(), default="0", show_default=True, metavar="0|/dev/videoN", help="The camera.")
+@click.option("-o", "--output", type=Path(), default=None, help="Also record to this MP4.")
 @live_options
 def camera_cmd(device, **options):
     """Segment a webcam live (V4L2), in a window and/or into an MP4."""
@@ -271,7 +284,7 @@ def camera_cmd(device, **options):
 
 @main.command("rtsp")
 @click.argument("urls", nargs=-1, required=True, metavar="URL...")
-@click.option("-o", "--output", type=click.Path(), default=None,
+@click.option("-o", "--output", type=Path(), default=None,
               help="Also record: an MP4 (one source) or an existing folder (one MP4 per source).")
 @click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True,
               help="RTSP transport.")
@@ -291,11 +304,11 @@ def rtsp_cmd(urls, transport, max_retries, read_timeout, **options):
 # ---- `vidseg inspect` (vidseg/pipelines/inspect.py) ----
 
 @main.command("inspect")
-@click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(), help="Folder for the pictures and index.html (new or empty).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+@click.argument("image", type=Path(dir_okay=False))
+@click.option("--out", required=True, type=Path(), help="Folder for the pictures and index.html (new or empty).")
+@click.option("--weights", type=Path(dir_okay=False), default=None,
               help="Mask R-CNN weights (.h5: matterport's, a checkpoint); default: the shipped model.")
-@click.option("--classes", type=click.Path(dir_okay=False), default=None,
+@click.option("--classes", type=Path(dir_okay=False), default=None,
               help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")
 @click.option("--layers", default=None, metavar="L1,L2,...",
               help="Layers whose activations to show (default: backbone stages, FPN levels, RPN).")
@@ -320,12 +333,12 @@ def dataset_options(f):
     for option in reversed([
         click.option("--kind", type=click.Choice(KINDS), required=True,
                      help="shapes: generated; via: VGG Image Annotator folders; coco: COCO layout."),
-        click.option("--dataset", type=click.Path(), default=None,
+        click.option("--dataset", type=Path(), default=None,
                      help="Dataset folder (via: PATH/train and PATH/val; coco: PATH/annotations, images)."),
         click.option("--class-name", default=None, help="via: one class name for every region."),
         click.option("--attribute", default=None, help="via: the region attribute holding each region's class."),
         click.option("--year", default="2014", show_default=True, help="coco: the year in the file names."),
-        click.option("--model-dir", type=click.Path(file_okay=False), default="logs", show_default=True,
+        click.option("--model-dir", type=Path(file_okay=False), default="logs", show_default=True,
                      help="Where run folders with checkpoints and TensorBoard logs are (for --weights last)."),
     ]):
         f = option(f)
@@ -400,14 +413,14 @@ def evaluate_cmd(kind, dataset, class_name, attribute, year, model_dir, weights,
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(), default="demo.mp4", show_default=True, help="Output MP4.")
+@click.option("-o", "--output", type=Path(), default="demo.mp4", show_default=True, help="Output MP4.")
 @click.option("--seconds", type=float, default=10.0, show_default=True,
               help="Length of the generated clip (0.1 to 3600).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+@click.option("--weights", type=Path(dir_okay=False), default=None,
               help="Mask R-CNN weights (.h5); default: the shipped model.")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
+@click.option("--stats", type=Path(dir_okay=False), default=None, help="Write run statistics as JSON.")
 def demo_cmd(output, seconds, weights, overwrite, no_progress, stats):
     """Segment a generated 1280x720 moving-shapes clip with the shipped model (no download)."""
     prepare_pipeline("mrcnn")

@@ -18,7 +18,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      put_in_place, temp_beside, whole_lines)
+                                      one_line, put_in_place, temp_beside, whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import MP4_AUDIO, Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -106,8 +106,8 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
             code = code or 1  # not where it was asked for: a script must not read the other run's
     print(summary(dict(stats, partial=False) if unfinished else stats), file=sys.stderr)
     if unfinished:
-        print(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
-              f"{'was' if len(unfinished) == 1 else 'were'} not written", file=sys.stderr)
+        print(one_line(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
+                       f"{'was' if len(unfinished) == 1 else 'were'} not written"), file=sys.stderr)
     damage = damage_seen(stats, info) if result.status == "complete" else None
     if damage:
         print(f"warning: damaged input: {damage}", file=sys.stderr)
@@ -178,7 +178,7 @@ def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str
             if frames:
                 message += kept_partial(put_in_place(temps.pop(key), outputs[key], overwrite), frames, what)
     _remove(temps.values())
-    print(f"vidseg: error: {message}", file=sys.stderr)
+    print(f"vidseg: error: {one_line(message)}", file=sys.stderr)
     if stats_path and not bad_input and result.stats["frames_in"]:
         write_stats(stats_path, result.stats, overwrite)
     return result.exit_code

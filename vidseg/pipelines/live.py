@@ -26,7 +26,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      put_in_place, temp_beside, whole_lines)
+                                      one_line, put_in_place, temp_beside, whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -294,11 +294,11 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
         names = f"{' and '.join(unwritten)} {'was' if len(unwritten) == 1 else 'were'} not written"
         if result.status == "interrupted":
             when = "before finalising" if stats["frames_out"] else "before a frame was recorded"
-            print(f"interrupted {when}, so {names}", file=sys.stderr)
+            print(one_line(f"interrupted {when}, so {names}"), file=sys.stderr)
         elif code == 0:  # otherwise the message says why already
             code, message = 1, f"no frame was recorded, so {names}"
     if code != 0 and result.status != "interrupted" and message:
-        print(f"vidseg: error: {mask(message)}", file=sys.stderr)
+        print(f"vidseg: error: {one_line(mask(message))}", file=sys.stderr)
     if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
         code = code or 1  # not where it was asked for (see put_in_place)
     return code

@@ -5,11 +5,30 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import sys
 import tempfile
 from typing import Iterable, Optional, Sequence
 
 from vidseg.errors import InputError
+
+PATH_MAX = 4096  # bytes in a path the kernel takes (Linux's, its final NUL included)
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (a newline in a file name) written as Python writes
+    them in a string (`\\n`), so that a message naming a path stays one line."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def check_path_length(path: str, what: str = "path") -> None:
+    """InputError when `path` is longer than the kernel takes: every look-up of it fails (it
+    would be reported missing, or its folder)."""
+    size = len(os.fsencode(path))
+    if size >= PATH_MAX:
+        raise InputError(f"{what} too long: {size} bytes ({path[:40]}...), more than the {PATH_MAX - 1} a "
+                         "path can have; give a shorter path")
 
 
 def check_output(path: str, input_path: str, overwrite: bool, what: str = "output", stream: bool = False) -> str:
@@ -23,6 +42,7 @@ def check_output(path: str, input_path: str, overwrite: bool, what: str = "outpu
     if path.endswith(os.sep):  # abspath would take the slash off and name a file
         raise InputError(f"{what} {path} names a folder; give a file name")
     path = os.path.abspath(path)
+    check_path_length(path, f"{what} path")
     if os.path.exists(input_path) and os.path.exists(path) and os.path.samefile(path, input_path) \
             or path == os.path.abspath(input_path):
         raise InputError(f"{what} {path} is the input file; choose another {what} path (the input is never overwritten)")
@@ -132,8 +152,8 @@ def put_in_place(tmp: str, path: str, overwrite: bool) -> str:
         else:
             os.unlink(tmp)
         if target != path:
-            print(f"vidseg: warning: {path} appeared while vidseg ran and is left as it is; this run's is "
-                  f"{target}", file=sys.stderr)
+            print(one_line(f"vidseg: warning: {path} appeared while vidseg ran and is left as it is; this run's is "
+                           f"{target}"), file=sys.stderr)
         return target
 
 
@@ -158,9 +178,10 @@ def write_whole(path: str, text: str, what: str, overwrite: bool = True) -> str:
 
 def named_as_given(message: str, temps: Iterable[tuple[str, str]]) -> str:
     """`message` with each temporary name (temp_beside) replaced by its output's, given as
-    (temp, output) pairs: the user knows a file by the name they gave it."""
+    (temp, output) pairs: the user knows a file by the name they gave it. Also where the
+    message has it as Python writes it in a string (an OSError's file name)."""
     for tmp, path in temps:
-        message = message.replace(tmp, path)
+        message = message.replace(tmp, path).replace(repr(tmp)[1:-1], repr(path)[1:-1])
     return message
 
 
