@@ -682,3 +682,61 @@ def test_keep_going_rides_out_a_dead_source(model, clip_480, clips, tmp_path):
     result = run_pipeline([good, bad], model=model, batch=2, progress=False)
     assert result.status == "failed" and result.exit_code == 1
     assert result.message.startswith("capture stage (bad) failed: OSError: camera unplugged")
+
+
+def test_the_part_a_run_killed_whole_left_goes_with_the_next_run_to_that_output(clips, clip_480, tmp_path):
+    """Every process of a run killed at once (SIGKILL to its group) left its hidden temporary
+    MP4 beside the output for good, possibly hundreds of MB: the next run to that output
+    removes it, and writes its own whole."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from tests.test_faults import all_gone, start, wait_for_stages
+
+    noisy = clips("noisy360.mp4", width=480, height=360, frames=250, fps=25, noise=20)  # as test_faults'
+    run = start("file", noisy, "-o", tmp_path / "out.mp4", "--model", "none", "--preset", "veryslow",
+                "--no-progress")
+    wait_for_stages(run.pid, ("vidseg-capture0", "vidseg-sink0"))
+    everyone = [psutil.Process(run.pid), *psutil.Process(run.pid).children(recursive=True)]
+    os.killpg(run.pid, signal.SIGKILL)
+    run.communicate(timeout=30)
+    assert all_gone(everyone)
+    deadline = time.monotonic() + 30
+    while True:  # the stages' zombies reaped too (init may take a while), the group gone
+        try:
+            os.killpg(run.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    [part] = os.listdir(tmp_path)
+    assert part.startswith(".out.mp4.") and part.endswith(".part") and (tmp_path / part).stat().st_size > 0
+    r = run_vidseg("file", clip_480, "-o", tmp_path / "out.mp4", "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(tmp_path) == ["out.mp4"]
+    assert probe(tmp_path / "out.mp4")["video"]["nb_read_frames"] == "50"
+
+
+def test_a_part_whose_writer_may_still_run_is_left_alone(clip_480, tmp_path):
+    """Only a temporary file made on this machine by a process group that is gone is removed:
+    not one of a group with a process in it (this one's), nor one made elsewhere (a shared
+    folder), whose process ids say nothing here."""
+    import os
+
+    from vidseg.pipelines.outputs import temp_beside
+
+    out = str(tmp_path / "out.mp4")
+    alive = temp_beside(out)  # this test's process group
+    gone = subprocess.run([sys.executable, "-c", f"from vidseg.pipelines.outputs import temp_beside; "
+                                                 f"print(temp_beside({out!r}))"],
+                          start_new_session=True, capture_output=True, text=True, check=True).stdout.strip()
+    prefix, owner, random, _ = os.path.basename(gone).rsplit(".", 3)
+    machine, group = owner.split("-")
+    elsewhere = f"{prefix}.{'0' * 8 if machine == 'f' * 8 else 'f' * 8}-{group}.{random}.part"
+    (tmp_path / elsewhere).touch()
+    r = run_vidseg("file", clip_480, "-o", out, "--model", "none", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(alive), elsewhere, "out.mp4"])

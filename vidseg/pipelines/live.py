@@ -26,7 +26,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      one_line, put_in_place, temp_beside, whole_lines)
+                                      one_line, put_in_place, remove_abandoned, temp_beside, whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -235,6 +235,8 @@ def run_live(job: LiveJob) -> int:
             report_line(f"{names[i]}: not up yet; starting the others, it joins when it comes "
                         f"(its frames fitted to {largest[0]}x{largest[1]})")
     shapes = [p or (largest[0], largest[1], None) for p in probed]  # down at the start: the largest size
+    for path in filter(None, paths + detections):
+        remove_abandoned(path)
     temps = [temp_beside(p) if p else None for p in paths]
     detection_temps = [temp_beside(p) if p else None for p in detections]
     plans = []

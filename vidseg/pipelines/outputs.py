@@ -3,6 +3,8 @@ names they are written under until they are complete (see `temp_beside`)."""
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import itertools
 import os
 import re
@@ -119,16 +121,66 @@ def check_distinct(named: Sequence[tuple[str, Optional[str]]]) -> None:
 
 def temp_beside(path: str) -> str:
     """An empty temp file next to `path`, with the permissions a new file would get: a hidden
-    `.NAME.XXXXXXXX.part`, NAME cut short when the whole would be too long a file name."""
-    folder = os.path.dirname(path)
-    room = _name_max(folder) - len(".." + "X" * 8 + ".part")
-    name = os.fsencode(os.path.basename(path))[:room].decode(errors="ignore")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    `.NAME.OWNER.XXXXXXXX.part`, NAME cut short when the whole would be too long a file name,
+    OWNER this machine and process group (see remove_abandoned)."""
+    folder, prefix = _part_prefix(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{_machine()}-{os.getpgrp():07d}.", suffix=".part", dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return tmp
+
+
+def remove_abandoned(path: str) -> None:
+    """Remove the temporary files of `path` (temp_beside) that runs killed whole (SIGKILL to
+    all their processes at once) left behind: those made on this machine by a process group
+    that no longer exists. While any process of the group lives (the stages still writing
+    after the command itself was killed) the group exists, and its id is given to no new
+    process, so a file still being written is never taken. Files of another machine (a
+    shared folder, another container) or of an earlier boot are left alone: a process id
+    tells nothing there."""
+    folder, prefix = _part_prefix(path)
+    owned = re.compile(re.escape(f"{prefix}{_machine()}-") + r"(\d{7})\.\w{8}\.part")
+    try:
+        names = os.listdir(folder)
+    except OSError:  # a folder that can be written to but not listed: nothing to find
+        return
+    for name in names:
+        if (found := owned.fullmatch(name)) and not _group_exists(int(found[1])):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:  # another run took it first
+                pass
+
+
+def _part_prefix(path: str) -> tuple[str, str]:
+    """The folder of `path` and how its temporary names begin: `.NAME.`, NAME cut short to
+    leave room for the rest (`OWNER.XXXXXXXX.part`)."""
+    folder = os.path.dirname(path)
+    room = _name_max(folder) - len(f"..{'0' * 8}-{'0' * 7}.{'X' * 8}.part")
+    return folder, "." + os.fsencode(os.path.basename(path))[:room].decode(errors="ignore") + "."
+
+
+@functools.lru_cache(maxsize=None)
+def _machine() -> str:
+    """8 hex digits naming this boot of this machine's kernel and this process id namespace,
+    where a process group id means a group."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    return hashlib.sha1(f"{boot} {os.readlink('/proc/self/ns/pid')}".encode()).hexdigest()[:8]
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether process group `pgid` has a process (of any user) in it, a zombie not yet reaped
+    included."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def put_in_place(tmp: str, path: str, overwrite: bool) -> str:
