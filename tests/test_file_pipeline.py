@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from tests.conftest import BLOB_MODEL, blob_frame, current_umask, probe, run_vidseg
+from tests.conftest import BLOB_MODEL, blob_frame, current_umask, make_clip, probe, run_vidseg
 from tests.fake_models import BlobModel
 from vidseg.render import Renderer
 
@@ -740,3 +740,55 @@ def test_a_part_whose_writer_may_still_run_is_left_alone(clip_480, tmp_path):
     r = run_vidseg("file", clip_480, "-o", out, "--model", "none", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(alive), elsewhere, "out.mp4"])
+
+
+@pytest.mark.parametrize("status, overwrite", [("complete", False), ("complete", True), ("failed", False)])
+def test_a_finished_file_that_cannot_be_renamed_is_kept_and_the_line_says_where(tmp_path, monkeypatch, capsys,
+                                                                                 status, overwrite):
+    """The rename at the very end failed (its folder made read-only, or full, meanwhile): the
+    error named only the hidden file, as if it were broken, and the other outputs were left
+    hidden. Each finished file stays under its hidden name, read-only, so that no later run
+    takes it for abandoned, and the one line says where it is and what to do; exit 1. So
+    too for what a failed run keeps (partial)."""
+    import errno
+    import os
+
+    from vidseg.metrics import build_stats
+    from vidseg.pipelines.file import finish
+    from vidseg.pipelines.outputs import remove_abandoned
+    from vidseg.pipelines.run import RunResult
+
+    outputs = {"output": str(tmp_path / "out.mp4"), "detections": str(tmp_path / "d.jsonl")}
+    made = subprocess.run(  # by a process group that is gone once it ends, like a run killed whole
+        [sys.executable, "-c", "import sys; from vidseg.pipelines.outputs import temp_beside; "
+                               "print(*map(temp_beside, sys.argv[1:]))", *outputs.values()],
+        start_new_session=True, capture_output=True, text=True, check=True).stdout.split()
+    temps = dict(zip(outputs, made))
+    make_clip(temps["output"], 64, 48, frames=5, audio=False, container_format="mp4")
+    with open(temps["detections"], "w") as f:
+        f.write("the finished detections\n")
+    finished = {tmp: open(tmp, "rb").read() for tmp in temps.values()}
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "link", refuse)
+    failed = status == "failed"
+    result = RunResult(status, int(failed), "infer stage failed: RuntimeError: no" if failed else "",
+                       build_stats([], ["in.mp4"], 1.0, False))
+    assert finish(result, dict(temps), outputs, None, {"frames_listed": False}, overwrite) == 1
+    monkeypatch.undo()
+    said = {key: f"cannot name {outputs[key]}: Permission denied; the finished file is {tmp} (hidden): rename it "
+                 f"to {outputs[key]} yourself" for key, tmp in temps.items()}
+    expected = f"{said['output']}; {said['detections']}"
+    if failed:
+        expected = (f"{result.message}; {temps['output']} keeps the 5 frames encoded before it (partial); "
+                    f"{said['output']}; {temps['detections']} keeps the detections of the 1 frame before it (partial); "
+                    f"{said['detections']}")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"vidseg: error: {expected}"
+    remove_abandoned(outputs["output"])
+    remove_abandoned(outputs["detections"])
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(tmp) for tmp in temps.values())
+    for tmp, content in finished.items():
+        assert open(tmp, "rb").read() == content and not os.stat(tmp).st_mode & 0o222

@@ -103,9 +103,13 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
         not stats["frames_out"] or key == "output" and not video_frames(temps[key]))]
     _remove(temps.pop(key) for key in unfinished)
     code = result.exit_code
+    errors = []  # what could not be written at the end (a finished file not renamed: where it is)
     for key, tmp in temps.items():
-        if put_in_place(tmp, outputs[key], overwrite) != outputs[key]:
-            code = code or 1  # not where it was asked for: a script must not read the other run's
+        try:
+            if put_in_place(tmp, outputs[key], overwrite) != outputs[key]:
+                code = code or 1  # not where it was asked for: a script must not read the other run's
+        except OSError as e:
+            errors.append(e.strerror)
     print(summary(dict(stats, partial=False) if unfinished else stats), file=sys.stderr)
     if unfinished:
         print(one_line(f"interrupted before a frame was finalised, so {' and '.join(outputs[k] for k in unfinished)} "
@@ -113,7 +117,13 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
     damage = damage_seen(stats, info) if result.status == "complete" else None
     if damage:
         print(f"warning: damaged input: {damage}", file=sys.stderr)
-    if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
+    try:
+        if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
+            code = code or 1
+    except OSError as e:
+        errors.append(f"{e.filename + ': ' if e.filename else ''}{e.strerror}")
+    if errors:
+        print(f"vidseg: error: {one_line('; '.join(errors))}", file=sys.stderr)
         code = code or 1
     return code
 
@@ -178,7 +188,11 @@ def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str
                                  ("detections", whole_lines, "the detections of the {}")):
             frames = count(temps[key]) if key in temps else 0
             if frames:
-                message += kept_partial(put_in_place(temps.pop(key), outputs[key], overwrite), frames, what)
+                tmp = temps.pop(key)
+                try:
+                    message += kept_partial(put_in_place(tmp, outputs[key], overwrite), frames, what)
+                except OSError as e:
+                    message += f"{kept_partial(tmp, frames, what)}; {e.strerror}"
     _remove(temps.values())
     print(f"vidseg: error: {one_line(message)}", file=sys.stderr)
     if stats_path and not bad_input and result.stats["frames_in"]:

@@ -2,6 +2,7 @@
 names they are written under until they are complete (see `temp_beside`)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -137,7 +138,8 @@ def remove_abandoned(path: str) -> None:
     all their processes at once) left behind: those made on this machine by a process group
     that no longer exists. While any process of the group lives (the stages still writing
     after the command itself was killed) the group exists, and its id is given to no new
-    process, so a file still being written is never taken. Files of another machine (a
+    process, so a file still being written is never taken. Neither is a finished file that
+    could not be renamed (put_in_place made it read-only). Files of another machine (a
     shared folder, another container) or of an earlier boot are left alone: a process id
     tells nothing there."""
     folder, prefix = _part_prefix(path)
@@ -147,11 +149,14 @@ def remove_abandoned(path: str) -> None:
     except OSError:  # a folder that can be written to but not listed: nothing to find
         return
     for name in names:
-        if (found := owned.fullmatch(name)) and not _group_exists(int(found[1])):
-            try:
-                os.unlink(os.path.join(folder, name))
-            except FileNotFoundError:  # another run took it first
-                pass
+        if not ((found := owned.fullmatch(name)) and not _group_exists(int(found[1]))):
+            continue
+        part = os.path.join(folder, name)
+        try:
+            if os.stat(part).st_mode & 0o200:  # read-only: a finished file kept for the user (put_in_place)
+                os.unlink(part)
+        except FileNotFoundError:  # another run took it first
+            pass
 
 
 def _part_prefix(path: str) -> tuple[str, str]:
@@ -187,7 +192,21 @@ def put_in_place(tmp: str, path: str, overwrite: bool) -> str:
     """Rename the finished temporary file `tmp` to `path`; returns where it went. Without
     `overwrite`, a file that appeared at `path` while the command ran (another run writing
     the same name) is left as it is: `tmp` goes to the first free `NAME-2.EXT`, `NAME-3.EXT`...
-    beside it, and a line says so."""
+    beside it, and a line says so. When it cannot be renamed (the folder made read-only, or
+    full, meanwhile), it stays under its hidden name, made read-only so that no later run
+    takes it for abandoned (see remove_abandoned), and the OSError says where it is and
+    what to do."""
+    try:
+        return _rename(tmp, path, overwrite)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, os.stat(tmp).st_mode & ~0o222)
+        raise OSError(e.errno, f"cannot name {path}: {e.strerror}; the finished file is {tmp} (hidden): rename "
+                               f"it to {path} yourself") from None
+
+
+def _rename(tmp: str, path: str, overwrite: bool) -> str:
+    """put_in_place's renaming."""
     if overwrite:
         os.replace(tmp, path)
         return path
@@ -219,13 +238,13 @@ def write_whole(path: str, text: str, what: str, overwrite: bool = True) -> str:
     try:
         with open(tmp, "w") as f:
             f.write(text)
-        return path if special else put_in_place(tmp, path, overwrite)
     except BaseException as e:
         if not special:
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise OSError(e.errno, f"cannot write the {what}: {e.strerror}", path) from None
         raise
+    return path if special else put_in_place(tmp, path, overwrite)
 
 
 def named_as_given(message: str, temps: Iterable[tuple[str, str]]) -> str:
