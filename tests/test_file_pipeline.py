@@ -792,3 +792,38 @@ def test_a_finished_file_that_cannot_be_renamed_is_kept_and_the_line_says_where(
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(tmp) for tmp in temps.values())
     for tmp, content in finished.items():
         assert open(tmp, "rb").read() == content and not os.stat(tmp).st_mode & 0o222
+
+
+def test_a_live_recording_that_cannot_be_renamed_is_kept_and_the_line_says_where(tmp_path, monkeypatch, capsys):
+    """As for `vidseg file`: a recording that could not be renamed was reported as the hidden
+    file failing, and the other outputs were not put in place; a Ctrl-C run said nothing."""
+    import errno
+    import os
+
+    from vidseg.metrics import build_stats
+    from vidseg.pipelines import live
+    from vidseg.pipelines.outputs import temp_beside
+    from vidseg.pipelines.run import RunResult
+
+    paths = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    temps = [temp_beside(p) for p in paths]
+    for tmp in temps:
+        make_clip(tmp, 64, 48, frames=5, audio=False, container_format="mp4")
+    real_replace = os.replace
+
+    def refuse_a(tmp, path):
+        if path == paths[0]:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_replace(tmp, path)
+
+    monkeypatch.setattr(os, "replace", refuse_a)
+    unnamed = {}
+    assert live._keep_outputs(temps, paths, True, unnamed) == {paths[1]: 5}
+    monkeypatch.undo()
+    assert list(unnamed) == [paths[0]]
+    result = RunResult("interrupted", 130, "", build_stats([], ["cam a", "cam b"], 1.0, True))
+    assert live.finish(result, None, [], {}, True, list(unnamed.values())) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vidseg: error: cannot name {paths[0]}: Permission denied; the finished file is {temps[0]} (hidden): "
+        f"rename it to {paths[0]} yourself")
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(temps[0]), "b.mp4"])

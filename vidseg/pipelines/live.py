@@ -260,24 +260,26 @@ def run_live(job: LiveJob) -> int:
         result = run_pipeline(plans, model=job.model, model_options=options, batch=job.batch or len(plans),
                               progress=job.progress, keep_going=len(plans) > 1)
     finally:
-        kept = _keep_outputs(temps, paths, job.overwrite)
-        kept_detections = _keep_outputs(detection_temps, detections, job.overwrite, whole_lines)
+        unnamed: dict = {}  # path asked for → where its finished file is instead (see put_in_place)
+        kept = _keep_outputs(temps, paths, job.overwrite, unnamed)
+        kept_detections = _keep_outputs(detection_temps, detections, job.overwrite, unnamed, whole_lines)
     result.message = named_as_given(result.message, ((tmp, path) for tmp, path in
                                                      zip(temps + detection_temps, paths + detections) if tmp))
     if result.status == "failed":
         result.message += "".join(kept_partial(path, n) for path, n in kept.items())
         result.message += "".join(kept_partial(path, n, "the detections of the {}") for path, n in kept_detections.items())
     recorded = {name: (path, kept[path]) for name, path in zip(names, paths) if path in kept}
-    unwritten = [p for p in paths if p and p not in kept] + [p for p in detections if p and p not in kept_detections]
-    return finish(result, job.stats, unwritten, recorded, job.overwrite)
+    unwritten = [p for p in paths + detections if p and p not in {**kept, **kept_detections, **unnamed}]
+    return finish(result, job.stats, unwritten, recorded, job.overwrite, list(unnamed.values()))
 
 
 def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str] = (),
-           recorded: Optional[dict] = None, overwrite: bool = False) -> int:
+           recorded: Optional[dict] = None, overwrite: bool = False, unnamed: Sequence[str] = ()) -> int:
     """Print the summary (and the failure, if any); write --stats; return the exit code.
     unwritten: the MP4s asked for that got no frame (a run with one is not a success).
     recorded: {source name: (MP4 path, frames)} of the recordings kept, named in the error
-    of a source that gave up."""
+    of a source that gave up. unnamed: what put_in_place said of finished files it could not
+    rename, told however the run ended (exit 1 unless already not 0)."""
     stats = result.stats
     sources = stats.get("sources", {})
     stats["reconnects"] = sum(s.get("reconnects", 0) for s in sources.values())
@@ -299,16 +301,19 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
             print(one_line(f"interrupted {when}, so {names}"), file=sys.stderr)
         elif code == 0:  # otherwise the message says why already
             code, message = 1, f"no frame was recorded, so {names}"
-    if code != 0 and result.status != "interrupted" and message:
-        print(f"vidseg: error: {one_line(mask(message))}", file=sys.stderr)
+    said = [message] if code != 0 and result.status != "interrupted" and message else []
+    if said or unnamed:
+        print(f"vidseg: error: {one_line(mask('; '.join([*said, *unnamed])))}", file=sys.stderr)
+        code = code or 1
     if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
         code = code or 1  # not where it was asked for (see put_in_place)
     return code
 
 
-def _keep_outputs(temps: list, paths: list, overwrite: bool, frames_in=video_frames) -> dict:
+def _keep_outputs(temps: list, paths: list, overwrite: bool, unnamed: dict, frames_in=video_frames) -> dict:
     """Every output that holds frames goes into place (see put_in_place), however the run
-    ended; returns {path asked for: frames} of those. frames_in(temp): how many frames a
+    ended; returns {path asked for: frames} of those. One that cannot be renamed stays where
+    it is, and `unnamed[path]` is what put_in_place said of it. frames_in(temp): how many frames a
     finalised MP4 (`video_frames`) or a detections file (`whole_lines`, which also takes off
     a line a stopped render stage left unfinished) holds."""
     kept = {}
@@ -316,11 +321,14 @@ def _keep_outputs(temps: list, paths: list, overwrite: bool, frames_in=video_fra
         if tmp is None:
             continue
         frames = frames_in(tmp)
-        if frames:
+        if not frames:
+            os.unlink(tmp)
+            continue
+        try:
             put_in_place(tmp, path, overwrite)
             kept[path] = frames
-        else:
-            os.unlink(tmp)
+        except OSError as e:
+            unnamed[path] = e.strerror
     return kept
 
 
