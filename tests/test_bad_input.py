@@ -631,3 +631,21 @@ def test_a_newline_in_an_output_path_stays_escaped_when_the_run_fails(tmp_path):
         f"vidseg: error: sink stage failed: OSError: [Errno 27] File too large: '{escaped}.mp4'; {escaped}.jsonl "
         "keeps the detections of the 40 frames before it (partial)"]
     assert listing(tmp_path) == ["new\nline.jsonl", "noisy.mp4"]
+
+
+@pytest.mark.parametrize("pipeline", ["file", "live"])
+def test_stats_that_cannot_be_written_after_a_failure_join_its_one_line(pipeline, capsys):
+    """A --stats device is not tried up front (a write to one has effects, and writing nothing
+    tells nothing: /dev/full takes an empty write), so it can fail at the end. After a stage
+    failed, that made a second error line."""
+    from vidseg.metrics import build_stats
+    from vidseg.pipelines import file, live
+    from vidseg.pipelines.run import RunResult
+
+    result = RunResult("failed", 1, "infer stage failed: RuntimeError: no", build_stats([], ["in.mp4"], 1.0, True))
+    result.stats["frames_in"] = 3
+    code = file.fail(result, {}, {}, "/dev/full", True) if pipeline == "file" else live.finish(result, "/dev/full")
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "vidseg: error: infer stage failed: RuntimeError: no; /dev/full: cannot write the stats file: No space left on "
+        "device"]

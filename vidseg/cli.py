@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 from vidseg import stage_server
 from vidseg.errors import InputError, Terminated, descriptor_hint, raise_terminated, stop_signals_ignored
-from vidseg.pipelines.outputs import check_path_length, one_line
+from vidseg.pipelines.outputs import check_path_length, one_line, told
 from vidseg.secrets import mask
 
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -54,7 +54,7 @@ class VidsegGroup(click.Group):
         except OSError as e:  # the system refused (disk full, permission, I/O error): no traceback
             if os.environ.get("VIDSEG_DEBUG"):
                 traceback.print_exc()
-            error, code = f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}{descriptor_hint(e)}", 1
+            error, code = told(e) + descriptor_hint(e), 1
         except click.Abort as e:  # click's wrapping of a KeyboardInterrupt, Terminated included
             code = getattr(e.__cause__, "exit_code", 130)
         except Terminated as e:

@@ -18,7 +18,8 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      one_line, put_in_place, remove_abandoned, temp_beside, whole_lines)
+                                      one_line, put_in_place, remove_abandoned, temp_beside, told,
+                                      whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import MP4_AUDIO, Mp4Sink, video_frames
 from vidseg.sinks.null import NullSink
@@ -121,7 +122,7 @@ def finish(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[s
         if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
             code = code or 1
     except OSError as e:
-        errors.append(f"{e.filename + ': ' if e.filename else ''}{e.strerror}")
+        errors.append(told(e))
     if errors:
         print(f"vidseg: error: {one_line('; '.join(errors))}", file=sys.stderr)
         code = code or 1
@@ -194,9 +195,12 @@ def fail(result: RunResult, temps: dict, outputs: dict, stats_path: Optional[str
                 except OSError as e:
                     message += f"{kept_partial(tmp, frames, what)}; {e.strerror}"
     _remove(temps.values())
-    print(f"vidseg: error: {one_line(message)}", file=sys.stderr)
     if stats_path and not bad_input and result.stats["frames_in"]:
-        write_stats(stats_path, result.stats, overwrite)
+        try:
+            write_stats(stats_path, result.stats, overwrite)
+        except OSError as e:  # said in the same line
+            message += f"; {told(e)}"
+    print(f"vidseg: error: {one_line(message)}", file=sys.stderr)
     return result.exit_code
 
 

@@ -26,7 +26,8 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      one_line, put_in_place, remove_abandoned, temp_beside, whole_lines)
+                                      one_line, put_in_place, remove_abandoned, temp_beside, told,
+                                      whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
 from vidseg.sinks.mp4 import Mp4Sink, video_frames
@@ -301,12 +302,16 @@ def finish(result: RunResult, stats_path: Optional[str], unwritten: Sequence[str
             print(one_line(f"interrupted {when}, so {names}"), file=sys.stderr)
         elif code == 0:  # otherwise the message says why already
             code, message = 1, f"no frame was recorded, so {names}"
-    said = [message] if code != 0 and result.status != "interrupted" and message else []
-    if said or unnamed:
-        print(f"vidseg: error: {one_line(mask('; '.join([*said, *unnamed])))}", file=sys.stderr)
+    errors = [message] if code != 0 and result.status != "interrupted" and message else []
+    errors += unnamed
+    try:
+        if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
+            code = code or 1  # not where it was asked for (see put_in_place)
+    except OSError as e:  # said in the same line as the rest
+        errors.append(told(e))
+    if errors:
+        print(f"vidseg: error: {one_line(mask('; '.join(errors)))}", file=sys.stderr)
         code = code or 1
-    if stats_path and write_stats(stats_path, stats, overwrite) != stats_path:
-        code = code or 1  # not where it was asked for (see put_in_place)
     return code
 
 

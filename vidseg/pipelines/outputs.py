@@ -25,6 +25,11 @@ def one_line(text: str) -> str:
     return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def told(e: OSError) -> str:
+    """An OSError as the one-line error says it: `FILE: reason`."""
+    return f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
+
+
 def check_path_length(path: str, what: str = "path") -> None:
     """InputError when `path` is longer than the kernel takes: every look-up of it fails (it
     would be reported missing, or its folder)."""
