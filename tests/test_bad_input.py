@@ -601,7 +601,8 @@ def test_a_newline_in_a_path_is_shown_escaped_in_the_one_line(workdir, command, 
         subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1",
                         workdir / "in.png"], check=True)
     before = listing(workdir)
-    paths = {"INPUT": "in.png" if command == "image" else "in.mp4", "--device": "0", "-o": "out.png" if command == "image" else "out.mp4",
+    image = command == "image"
+    paths = {"INPUT": "in.png" if image else "in.mp4", "--device": "0", "-o": "out.png" if image else "out.mp4",
              "--detections": "d.jsonl", "--stats": "s.json"}
     paths = {opt: str(workdir / "new\nline" / name) if opt == option and opt != "INPUT" else
              str(workdir / "in\nput.mp4") if opt == option else str(workdir / name) for opt, name in paths.items()}

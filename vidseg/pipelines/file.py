@@ -62,7 +62,7 @@ def run_file(job: FileJob) -> int:
                   f"{info['height'] - info['height'] % 2} in the MP4 (H.264 in yuv420p needs even sizes)",
                   file=sys.stderr)
         for line in streams_changed(info, job.input):
-            print(f"note: {line}", file=sys.stderr)
+            print(one_line(f"note: {line}"), file=sys.stderr)
     if job.detections:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:

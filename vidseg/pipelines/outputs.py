@@ -16,13 +16,13 @@ from typing import Iterable, Optional, Sequence
 from vidseg.errors import InputError
 
 PATH_MAX = 4096  # bytes in a path the kernel takes (Linux's, its final NUL included)
-_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 def one_line(text: str) -> str:
     """`text` with its control characters (a newline in a file name) written as Python writes
     them in a string (`\\n`), so that a message naming a path stays one line."""
-    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def told(e: OSError) -> str:
@@ -154,11 +154,12 @@ def remove_abandoned(path: str) -> None:
     except OSError:  # a folder that can be written to but not listed: nothing to find
         return
     for name in names:
-        if not ((found := owned.fullmatch(name)) and not _group_exists(int(found[1]))):
+        found = owned.fullmatch(name)
+        if not found or _group_exists(int(found[1])):
             continue
         part = os.path.join(folder, name)
         try:
-            if os.stat(part).st_mode & 0o200:  # read-only: a finished file kept for the user (put_in_place)
+            if os.stat(part).st_mode & 0o200:  # not a finished file kept read-only for the user (put_in_place)
                 os.unlink(part)
         except FileNotFoundError:  # another run took it first
             pass
