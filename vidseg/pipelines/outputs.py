@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 
 from vidseg.errors import InputError
 
+UNKNOWN_MACHINE = "00000000"  # temp names made where /proc tells no boot id (see _machine): never removed
 PATH_MAX = 4096  # bytes in a path the kernel takes (Linux's, its final NUL included)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
@@ -148,6 +149,8 @@ def remove_abandoned(path: str) -> None:
     shared folder, another container) or of an earlier boot are left alone: a process id
     tells nothing there."""
     folder, prefix = _part_prefix(path)
+    if _machine() == UNKNOWN_MACHINE:  # a kernel that does not say which boot this is: nothing is proof
+        return
     owned = re.compile(re.escape(f"{prefix}{_machine()}-") + r"(\d{7})\.\w{8}\.part")
     try:
         names = os.listdir(folder)
@@ -161,7 +164,7 @@ def remove_abandoned(path: str) -> None:
         try:
             if os.stat(part).st_mode & 0o200:  # not a finished file kept read-only for the user (put_in_place)
                 os.unlink(part)
-        except FileNotFoundError:  # another run took it first
+        except OSError:  # another run took it first, or another user's in a sticky folder (/tmp)
             pass
 
 
@@ -176,10 +179,14 @@ def _part_prefix(path: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=None)
 def _machine() -> str:
     """8 hex digits naming this boot of this machine's kernel and this process id namespace,
-    where a process group id means a group."""
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        boot = f.read().strip()
-    return hashlib.sha1(f"{boot} {os.readlink('/proc/self/ns/pid')}".encode()).hexdigest()[:8]
+    where a process group id means a group; UNKNOWN_MACHINE when /proc does not tell (a sandbox)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return UNKNOWN_MACHINE
+    return hashlib.sha1(f"{boot} {namespace}".encode()).hexdigest()[:8]
 
 
 def _group_exists(pgid: int) -> bool:
