@@ -105,6 +105,11 @@ def wait_for(run, phase, timeout: float = 60.0) -> None:
 
 
 def ctrl_c(run, how: str, sig=signal.SIGINT) -> None:
+    if how == "on and on":  # every 10 ms until the command has exited: over its whole end too
+        deadline = time.monotonic() + EXIT_S
+        while run.poll() is None and time.monotonic() < deadline:
+            os.kill(run.pid, sig)
+            time.sleep(0.01)
     if how in ("command", "command+group"):
         os.kill(run.pid, sig)
     if how == "command+group":
@@ -159,7 +164,7 @@ MOMENTS = {
                (1.5, "group", signal.SIGINT), (2.0, "command", signal.SIGINT),
                (3.0, "command", signal.SIGTERM)],
     "pipeline": [(0.5, "group", signal.SIGINT), (1.5, "command+group", signal.SIGINT),
-                 (1.0, "command", signal.SIGTERM)],
+                 (1.0, "command", signal.SIGTERM), (1.0, "on and on", signal.SIGINT)],
 }
 
 

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 
+import av
 import psutil
 import pytest
 
-from tests.conftest import REPO, probe, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
 
 SLOW = "tests.fake_models:SlowBlobModel"
 # The two process graphs: with a model (stages forked from the stage server), and the
@@ -53,8 +54,9 @@ def start(*args, tmpdir=None) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0) -> dict:
-    """The stage processes of run `pid` by name, once all are up and the run is under way."""
+def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0, settle: float = 1.5) -> dict:
+    """The stage processes of run `pid` by name, once all are up and, `settle` s later, the
+    run is under way (model built, frames flowing)."""
     parent = psutil.Process(pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,7 +67,7 @@ def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0) -> dict:
             except psutil.NoSuchProcess:
                 pass
         if all(s in procs for s in stages):
-            time.sleep(1.5)  # model built, frames flowing
+            time.sleep(settle)
             return procs
         time.sleep(0.1)
     raise AssertionError(f"stages did not start: {sorted(procs)}")
@@ -290,6 +292,32 @@ def test_ctrl_c_pressed_on_and_on_changes_nothing_after_the_second(clip_for, tmp
         assert os.listdir(tmp_path) == ["out.mp4"] and int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) >= 1
     else:
         assert f"so {tmp_path / 'out.mp4'} was not written" in err
+    assert all_gone(procs.values())
+    assert not shm_leaked(shm)
+
+
+def test_stop_signals_after_the_run_ended_change_nothing(clips, tmp_path):
+    """Ctrl-C, then Ctrl-C again and again until the command has exited, over its whole end (a
+    user pressing it on and on; `timeout` signals the command, then its group): one that came
+    after the supervisor had put the handlers back raised KeyboardInterrupt in the middle of
+    putting the MP4 in place, which left its hidden temporary file beside the output."""
+    clip = make_clip(tmp_path / "in.mp4", width=480, height=360, frames=FRAMES, noise=20)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    shm = shm_entries()
+    run = start("file", clip, "-o", out_dir / "out.mp4", "--model", "none", "--no-progress")
+    procs = wait_for_stages(run.pid, PATHS["transcode"][1], settle=0.0)  # the run takes ~1.5 s
+    while run.poll() is None and sum(f.stat().st_size for f in out_dir.iterdir()) < 100_000:
+        time.sleep(0.01)  # frames encoded: a stop now keeps them
+    while run.poll() is None:
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.01)  # 20 within REPEAT_S count as one; after it, the second stops the run now
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130, err
+    assert "frames: in" in err and "Traceback" not in err, err  # the summary was printed
+    assert os.listdir(out_dir) == ["out.mp4"], err
+    with av.open(str(out_dir / "out.mp4")) as mp4:
+        assert sum(1 for _ in mp4.decode(video=0)) >= 1
     assert all_gone(procs.values())
     assert not shm_leaked(shm)
 

@@ -53,6 +53,24 @@ def stop_signals_ignored():
             signal.signal(sig, handler)
 
 
+_stopped = False  # a stop signal has stopped this process's run (see put_back_stop_handlers)
+
+
+def put_back_stop_handlers(previous: dict, stopped: bool) -> None:
+    """End a block that took the stop signals: put back their handlers before it (`previous`,
+    signal → handler), unless a stop signal has stopped the run, in this block (`stopped`) or
+    an earlier one: the command is ending, and they are ignored until it exits. A second one
+    would otherwise cut the end short (the outputs being renamed into place, the summary, the
+    temporary folders removed) or kill the command by SIGINT instead of its exit 130: a user
+    pressing Ctrl-C again, `timeout` signalling the command and then its process group.
+    SIG_IGN, not a Python handler that does nothing: the interpreter's finalisation puts
+    SIGINT's default back in place of a Python handler, and one then killed the process."""
+    global _stopped
+    _stopped = _stopped or stopped
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_IGN if _stopped else handler)
+
+
 def raise_terminated(signum, frame):
     """The command's SIGTERM and SIGHUP handler (see Terminated)."""
     if signum == signal.SIGHUP:

@@ -14,7 +14,8 @@ left to load and no server has to load it all a second time.
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
   drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
   timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once;
-  later ones are only counted until the stages are stopped and the rings unlinked.
+  later ones are only counted until the stages are stopped and the rings unlinked, and
+  ignored from then until the command exits.
   Stages ignore both themselves, so a signal sent to the whole process group (a terminal's
   Ctrl-C, timeout, systemd) reaches only this logic.
 - A stage asking to quit (a window closed) drains like Ctrl-C but ends with exit 0.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vidseg import stage_server
-from vidseg.errors import STOP_SIGNALS, leave_terminal
+from vidseg.errors import STOP_SIGNALS, leave_terminal, put_back_stop_handlers
 from vidseg.ring import FrameRing
 
 STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is killed
@@ -200,14 +201,14 @@ class Supervisor:
     def close(self) -> None:
         """Stop every stage still running (its stop signal, SIGKILL after STOP_GRACE_S; at once
         without one), then unlink every ring; then put back the stop signals' handlers that
-        watch() replaced (until then a further Ctrl-C is only counted). What the stopped stages
-        reported is kept in `late_reports` (after a second Ctrl-C, the sink that finalised its
-        MP4 in the grace)."""
+        watch() replaced (until then a further Ctrl-C is only counted), or, when one stopped
+        the run, ignore them until the command exits (errors.put_back_stop_handlers). What the
+        stopped stages reported is kept in `late_reports` (after a second Ctrl-C, the sink that
+        finalised its MP4 in the grace)."""
         try:
             self._close()
         finally:
-            for sig, handler in self._previous_handlers.items():
-                signal.signal(sig, handler)
+            put_back_stop_handlers(self._previous_handlers, stopped=self._interrupts > 0)
             self._previous_handlers = {}
 
     def _close(self) -> None:

@@ -22,7 +22,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal, outlive_readers
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal, outlive_readers, put_back_stop_handlers
 from vidseg.scratch import scratch_dir
 from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
@@ -36,8 +36,7 @@ class StopSignals:
     The first one raises KeyboardInterrupt (SIGINT) or Terminated (the others), or, while
     `polled`, is only recorded in `signum` for the code waiting on a process to act on; any
     later one is ignored, so that nothing cuts the clean-up short, and stays ignored after the
-    block: the command is ending (`timeout` signals the command, then its group: the second,
-    landing after the block, killed the process by SIGINT instead of its exit 130). While a
+    block, as after a pipeline a stop signal ended (errors.put_back_stop_handlers). While a
     pipeline runs, its supervisor has its own handlers and puts these back when it is done."""
 
     def __init__(self):
@@ -51,8 +50,7 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if self.signum is None else signal.SIG_IGN)
+        put_back_stop_handlers(self._previous, stopped=self.signum is not None)
 
     def __call__(self, signum, frame) -> None:
         if self.signum is not None:
