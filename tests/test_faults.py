@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -45,13 +46,18 @@ def clip_for(clips, long_clip):
     return {"model": long_clip, "transcode": big}
 
 
-def start(*args, tmpdir=None) -> subprocess.Popen:
+def start(*args, tmpdir=None, limits=None) -> subprocess.Popen:
     """The command in a process group of its own (as a shell job is), led by the command;
-    its temporary files in `tmpdir` if given."""
+    its temporary files in `tmpdir` if given; limits: {resource.RLIMIT_*: n}, as `ulimit` sets."""
     env = dict(os.environ, PYTHONPATH=str(REPO), **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
+
+    def set_limits():
+        for kind, n in (limits or {}).items():
+            resource.setrlimit(kind, (n, n))
+
     return subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=set_limits)
 
 
 def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0, settle: float = 1.5) -> dict:
@@ -138,6 +144,35 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
     assert r.stderr.strip() == "vidseg: error: infer stage failed: RuntimeError: test model failed on purpose"
     assert not shm_leaked(shm)
     assert os.listdir(tmp_path) == []
+
+
+def session_left(run: subprocess.Popen) -> list:
+    """The live processes of the session `start` gave run (orphans under PID 1 included)."""
+    left = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(p.pid) == run.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append(p)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return left
+
+
+@pytest.mark.parametrize("command", ["file", "bench"])
+def test_too_few_file_descriptors_is_one_line(command, long_clip, tmp_path):
+    """`ulimit -n 30` with a model: the stage server died receiving a stage's descriptors, with
+    an EOFError traceback, before the line saying the limit was too low."""
+    shm = shm_entries()
+    args = ("-o", tmp_path / "out.mp4") if command == "file" else ("--frames", "5")
+    run = start(command, long_clip, *args, "--model", "tests.fake_models:BlobModel", tmpdir=tmp_path,
+                limits={resource.RLIMIT_NOFILE: 30})
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2, err
+    assert err == ("vidseg: error: too few file descriptors (ulimit -n 30): vidseg needs about 40 for this run; "
+                   "raise the limit, e.g. `ulimit -n 1024`\n")
+    assert not shm_leaked(shm)
+    assert os.listdir(tmp_path) == []
+    assert all_gone(session_left(run))
 
 
 def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tmp_path):

@@ -41,6 +41,18 @@ def descriptor_hint(e: BaseException) -> str:
     return f" (the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: raise it, e.g. `ulimit -n 1024`)"
 
 
+def check_descriptors(processes: int) -> None:
+    """InputError unless this process may open the file descriptors a run of `processes`
+    stage processes needs: about 5 for each (its pipes and queues, the process's own) and 20
+    besides. Below that a `ulimit -n` cut the run short in the middle of starting its stages,
+    the stage server dying with a traceback (an EOFError receiving a stage's descriptors)."""
+    need = 20 + 5 * processes
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit < need:
+        raise InputError(f"too few file descriptors (ulimit -n {limit}): vidseg needs about {need} for this run; "
+                         "raise the limit, e.g. `ulimit -n 1024`")
+
+
 @contextlib.contextmanager
 def stop_signals_ignored():
     """Inside the block the stop signals are ignored; a process started there (through exec)

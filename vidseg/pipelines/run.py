@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vidseg import stages
-from vidseg.errors import InputError
+from vidseg.errors import InputError, check_descriptors
 from vidseg.metrics import Progress, build_stats
 from vidseg.ring import EndOfStream, FrameRing, PipeQueue, SourceLink, reap_stale_rings, shm_free_bytes
 from vidseg.scratch import make_scratch_dir, remove_scratch_dir
@@ -93,7 +93,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
     longer side are shrunk before the model (boxes scaled back). seed: the renderer's colours.
     keep_going: a failed capture (one dead camera among several)
     ends only its own source, the others run on; the run then exits 1 naming it.
-    Raises InputError (exit 2) when /dev/shm is too small.
+    Raises InputError (exit 2) when /dev/shm is too small or `ulimit -n` too low.
     """
     reap_stale_rings()
     slots = ring_slots(batch)
@@ -104,6 +104,7 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                          f"but {free / MiB:.0f} MiB are free; free space there or enlarge it "
                          f"(docker: --shm-size={need // MiB + 64}m)")
     direct = passthrough(sources, model)
+    check_descriptors(len(sources) * 2 if direct else len(sources) * 3 + 1)  # the stages started below
     sup = Supervisor(fork_here=direct)
     ctx = sup.ctx
     t0 = time.monotonic()
