@@ -137,3 +137,18 @@ def broken_factory(**_ignored):
 def not_a_model(**_ignored) -> int:
     """A factory that returns something else than a frame model."""
     return 5
+
+
+def short_of_memory(headroom: int = 4 << 20, **_ignored):
+    """A model factory that runs out of address space loading a library, as TensorFlow does
+    under `ulimit -v 1500000`: it limits its own process to what it has mapped and `headroom`
+    bytes more, then imports an extension module."""
+    import importlib
+    import resource
+
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    importlib.import_module("scipy.linalg")  # a library of its own (OpenBLAS) to map
+
+    raise AssertionError(f"scipy.linalg loaded in {headroom} bytes of address space")

@@ -7,6 +7,7 @@ a Ctrl-C, or when another stage failed), which then plays and is announced as pa
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import shlex
@@ -20,6 +21,8 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
+from tests.fake_models import short_of_memory
+from vidseg import stages
 
 SLOW = "tests.fake_models:SlowBlobModel"
 # The two process graphs: with a model (stages forked from the stage server), and the
@@ -173,6 +176,47 @@ def test_too_few_file_descriptors_is_one_line(command, long_clip, tmp_path):
     assert not shm_leaked(shm)
     assert os.listdir(tmp_path) == []
     assert all_gone(session_left(run))
+
+
+@pytest.mark.parametrize("command, who", [("file", "infer stage"), ("bench", "the process measuring the stages")])
+def test_running_out_of_memory_says_so(command, who, long_clip, tmp_path):
+    """A stage, or bench's measuring process, that runs out of address space loading a library
+    (TensorFlow under `ulimit -v 1500000`): the model was blamed ('cannot load model ...:
+    ImportError: ... failed to map segment', exit 2), or bench printed a traceback."""
+    shm = shm_entries()
+    args = ("-o", tmp_path / "out.mp4", "--no-progress") if command == "file" else ("--frames", "5")
+    run = start(command, long_clip, *args, "--model", "tests.fake_models:short_of_memory")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1, err
+    assert err.startswith(f"vidseg: error: {who} failed: out of memory loading libscipy_openblas"), err
+    assert err.endswith("raise the limit, e.g. `ulimit -v unlimited`\n") and err.count("\n") == 1, err
+    assert not shm_leaked(shm)
+    assert os.listdir(tmp_path) == []
+    assert all_gone(session_left(run))
+
+
+def _loop_short_of_memory(meter) -> None:
+    short_of_memory(headroom=0)
+
+
+def test_a_stage_out_of_memory_still_reports():
+    """With no address space left, a stage's report of its failure needs the control queue's
+    thread, which could then not start ("can't start new thread": a traceback, and the run's
+    line said only 'render stage failed: exited with code 1', as under `ulimit -v 500000`)."""
+    ctx = multiprocessing.get_context("fork")
+    ctrl = ctx.Queue()
+    stage = ctx.Process(target=stages.run_stage, args=("render[0]", _loop_short_of_memory, (), ctrl))
+    stage.start()
+    stage.join(10)
+    if stage.exitcode is None:
+        stage.kill()
+    assert stage.exitcode == 1
+    messages = [ctrl.get(timeout=5)]
+    while not ctrl.empty():
+        messages.append(ctrl.get(timeout=5))
+    kind, name, line, code = messages[-1]
+    assert (kind, name, code) == ("error", "render[0]", 1)
+    assert line.startswith("out of memory") and "ulimit -v" in line, line
 
 
 def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tmp_path):

@@ -53,6 +53,34 @@ def check_descriptors(processes: int) -> None:
                          "raise the limit, e.g. `ulimit -n 1024`")
 
 
+def memory_message(e: BaseException):
+    """The line for an error that running out of memory caused, saying what to do; None for
+    any other error. Under an address-space limit (`ulimit -v`) a stage that loads a library
+    (TensorFlow's are GBs of address space) gets an ImportError from the dynamic loader, a
+    MemoryError, or a SystemError from inside the import machinery; a library may raise its
+    own error from it (scipy: "your install seems to be broken"), so the chain is looked at."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+
+    def short_of_memory(x: BaseException) -> bool:
+        return (isinstance(x, MemoryError) or _failed_to_map(x)
+                or limit != resource.RLIM_INFINITY and isinstance(x, SystemError))
+
+    while e is not None and not short_of_memory(e):
+        e = e.__cause__ or e.__context__
+    if e is None:
+        return None
+    loading = f" loading {os.path.basename(str(e).split(':', 1)[0])}" if _failed_to_map(e) else ""
+    if limit == resource.RLIM_INFINITY:
+        return f"out of memory{loading}: free memory (close other programs) or run it on a machine with more"
+    return (f"out of memory{loading}: the address space is limited to {limit >> 20} MiB (ulimit -v {limit >> 10}); "
+            "raise the limit, e.g. `ulimit -v unlimited`")
+
+
+def _failed_to_map(e: BaseException) -> bool:
+    """The dynamic loader could not map a library (an ImportError naming its file)."""
+    return isinstance(e, ImportError) and "failed to map segment" in str(e)
+
+
 @contextlib.contextmanager
 def stop_signals_ignored():
     """Inside the block the stop signals are ignored; a process started there (through exec)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from vidseg.detections import Detections, FrameModel
-from vidseg.errors import InputError
+from vidseg.errors import InputError, memory_message
 
 
 class NoModel:
@@ -60,6 +60,8 @@ def load_frame_model(spec: str, **model_options) -> FrameModel:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - ImportError, SyntaxError, whatever the module raises
+        if memory_message(e):  # not the plug-in's fault: the stage says so (vidseg.stages)
+            raise
         raise InputError(f"cannot load model {spec!r}: {type(e).__name__}: {e}") from None
     if not (callable(model) and hasattr(model, "class_names")):
         raise InputError(f"model {spec!r} gave a {type(model).__name__}, not a frame model (class_names, "

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated, descriptor_hint
+from vidseg.errors import STOP_SIGNALS, InputError, Terminated, descriptor_hint, memory_message
 from vidseg.metrics import StageMeter
 from vidseg.ring import CaptureOut, EndOfStream, RingPort, SourceLink, model_input, to_rgb
 
@@ -69,6 +69,9 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork
     exit_with_parent()
     meter = StageMeter(name)
+    # The queue's feeder thread starts with this first message, while memory allows: a stage
+    # that ran out (ulimit -v) could not start a thread to report it. The supervisor ignores it.
+    ctrl.put(("started", name))
     try:
         loop(*args, meter)
     except Terminated:  # a sink stopped by STOP_SIGNAL (see sink_loop): its sinks are closed, its count stands
@@ -115,9 +118,11 @@ def exit_with_parent() -> None:
 
 def _one_line(e: BaseException) -> str:
     """`Type: first line of the message`, so the user's error stays one line; out of file
-    descriptors, what to do instead of the type and the file that could not be opened."""
+    descriptors or memory, what to do instead of the type and the file that could not be opened."""
     if hint := descriptor_hint(e):
         return e.strerror + hint
+    if message := memory_message(e):
+        return message
     text = " ".join(str(e).split("\n", 1)[0].split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

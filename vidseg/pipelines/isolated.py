@@ -22,7 +22,8 @@ import traceback
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from vidseg.errors import STOP_SIGNALS, InputError, Terminated, leave_terminal, outlive_readers, put_back_stop_handlers
+from vidseg.errors import (STOP_SIGNALS, InputError, Terminated, leave_terminal, memory_message, outlive_readers,
+                           put_back_stop_handlers)
 from vidseg.scratch import scratch_dir
 from vidseg.stages import exit_with_parent
 from vidseg.supervisor import describe_exit
@@ -87,7 +88,8 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
     """target(*args, workdir=D) in a spawned process (what it imports, TensorFlow say, stays out
     of this one); returns what it returns, or raises what it raised. A stop signal kills it at
     once (module doc); D, a temporary directory for the files it writes, is removed here however
-    it ends. what: the process, named in the one line printed if it dies (then exit 1)."""
+    it ends. what: the process, named in the one line printed if it dies or runs out of memory
+    (then exit 1)."""
     ctx = mp.get_context("spawn")
     with stop.deferred(), scratch_dir("child") as workdir:
         recv, send = ctx.Pipe(duplex=False)
@@ -127,6 +129,9 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
         raise SystemExit(1)
     if reply[0] == "ok":
         return reply[1]
+    if reply[0] == "out of memory":  # a limit (ulimit -v), not a bug: one line, no traceback
+        print(f"vidseg: error: {what} failed: {reply[1]}", file=sys.stderr)
+        raise SystemExit(1)
     _, error, remote_tb = reply
     if isinstance(error, InputError):
         raise error
@@ -134,9 +139,9 @@ def call_in_child(stop: StopSignals, what: str, target: Callable, *args) -> dict
 
 
 def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
-    """The child process: ignores the stop signals (its parent acts on them), ends
-    if its parent dies, sends ("ok", result) or ("error", exception, traceback) and exits at once
-    (TensorFlow's teardown is no use to anyone)."""
+    """The child process: ignores the stop signals (its parent acts on them), ends if its
+    parent dies, sends ("ok", result), ("out of memory", line) or ("error", exception,
+    traceback) and exits at once (TensorFlow's teardown is no use to anyone)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the start (call_in_child)
@@ -149,16 +154,23 @@ def _child_main(conn, target: Callable, args: tuple, kwargs: dict) -> None:
     try:
         reply = ("ok", target(*args, **kwargs))
     except BaseException as e:  # noqa: B902 - whatever it is, the parent reports it
-        tb = traceback.format_exc()
-        e.__traceback__ = None
-        try:
-            pickle.dumps(e)
-        except Exception:  # noqa: B902 - an exception that does not pickle: its text does
-            e = RuntimeError(f"{type(e).__name__}: {e}")
-        reply = ("error", e, tb)
+        message = memory_message(e)  # told here: this process's limit, the whole chain
+        reply = ("out of memory", message) if message else _error_reply(e)
     try:
         conn.send(reply)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _error_reply(e: BaseException) -> tuple:
+    """("error", e, its traceback) for the parent; e as a RuntimeError of its text if it does
+    not pickle."""
+    tb = traceback.format_exc()
+    e.__traceback__ = None
+    try:
+        pickle.dumps(e)
+    except Exception:  # noqa: B902 - an exception that does not pickle: its text does
+        e = RuntimeError(f"{type(e).__name__}: {e}")
+    return ("error", e, tb)
