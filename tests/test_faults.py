@@ -126,6 +126,36 @@ def test_sigkill_a_stage_stops_the_run(path, stage, clip_for, tmp_path):
         assert left in ([], ["out.mp4"])
 
 
+def test_sigkill_the_stage_server_stops_the_run(clip_for, tmp_path):
+    """The stage server killed mid-run (the OOM killer, `kill -9`): its stages live on,
+    reparented, but read as ended with exit code 255. The line blamed a stage ('infer stage
+    failed: exited with code 255'), the stages were left to end with the command, and the MP4
+    they were writing was lost. They are stopped as after a stage's failure: the sink
+    finalises what it has."""
+    shm = shm_entries()
+    options, stages = PATHS["model"]
+    out_dir, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmpdir.mkdir()
+    run = start("file", clip_for["model"], "-o", out_dir / "out.mp4", *options, "--no-progress", tmpdir=tmpdir)
+    procs = wait_for_stages(run.pid, stages)
+    helpers = psutil.Process(run.pid).children(recursive=True)
+    server = procs["vidseg-infer"].parent()
+    server.kill()
+    t0 = time.monotonic()
+    _, err = run.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert run.returncode == 1, err
+    assert err.startswith(f"vidseg: error: the stage server (pid {server.pid}) was killed by SIGKILL; "
+                          f"{out_dir / 'out.mp4'} keeps the "), err
+    assert err.endswith(" frames encoded before it (partial)\n") and err.count("\n") == 1, err
+    assert int(probe(out_dir / "out.mp4")["video"]["nb_read_frames"]) >= 1
+    assert os.listdir(out_dir) == ["out.mp4"]
+    assert all_gone(helpers)
+    assert not shm_leaked(shm)
+    assert os.listdir(tmpdir) == []
+
+
 def test_a_stage_killed_by_sigbus_points_at_shared_memory(clip_for, tmp_path):
     """A stage writing to a ring whose /dev/shm filled up after the check at the start (another
     run, another program) gets SIGBUS: the line said only 'killed by SIGBUS'."""

@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import sys
 from multiprocessing import forkserver
+from typing import Optional
 
 from vidseg.errors import outlive_readers, stop_signals_ignored
 from vidseg.scratch import make_scratch_dir, remove_scratch_dir
@@ -64,6 +65,19 @@ def start(window: bool = True):
             else:
                 os.environ[k] = v
     return ctx
+
+
+def died() -> Optional[tuple]:
+    """(pid, exit code: negative for a signal) of the server this process started, once it has
+    died (the OOM killer, a `kill -9`); None while it runs, or if none was started. It is left
+    to be reaped at exit (_stop), where multiprocessing waits for it."""
+    pid = forkserver._forkserver._forkserver_pid
+    if pid is None:
+        return None
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None:
+        return None
+    return pid, -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
 
 
 @atexit.register

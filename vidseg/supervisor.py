@@ -10,7 +10,8 @@ left to load and no server has to load it all a second time.
   stopped within seconds (sinks with their stop signal, so that an MP4 is finalised with what
   it has; captures end by themselves on `stop`, so their counts reach --stats; the rest
   killed, after the grace for those two), every ring is unlinked, and the run ends with one line naming
-  the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage).
+  the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage). The
+  stage server dying is told as such, and its stages, which live on, are stopped the same way.
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
   drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
   timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once;
@@ -42,6 +43,7 @@ STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is kille
 TICK_S = 0.1  # progress bar and control messages are looked at this often
 REPEAT_S = 0.2  # a second stop signal sooner than this is the first one again, not "stop now"
 STOPS_ON_ITS_OWN = 0  # a stage's stop signal when it ends by itself once `stop` is set (a capture)
+SERVER = "stage server"  # Outcome.stage when the stage server died (then the message says it all)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Supervisor:
         self._signalled_at = 0.0
         self.late_reports: list[dict] = []  # reports sent after watch() returned (see close)
         self._previous_handlers: dict = {}  # the stop signals' handlers before watch(), back after close()
+        self._orphaned = False  # the stage server died: its stages may run on (_server_lost)
 
     def add_ring(self, ring: FrameRing) -> FrameRing:
         """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
@@ -148,6 +151,9 @@ class Supervisor:
                 more, quit = self._drain_ctrl(reports, timeout=0.5)
                 failures += more
                 quit_requested |= quit
+                if lost := self._server_lost():
+                    failure = (SERVER, lost, 1)
+                    break
                 failures += [(n, describe_exit(self._procs[n].exitcode), 1, True)
                              for n in unreported if n not in reports and n not in (f[0] for f in failures)]
             for name, message, code, died in failures:
@@ -165,6 +171,16 @@ class Supervisor:
         if self._interrupts:
             return Outcome("interrupted", 128 + self._signal, "interrupted", report_list, "", tolerated)
         return Outcome("quit" if quit_requested else "complete", 0, "", report_list, "", tolerated)
+
+    def _server_lost(self) -> str:
+        """When the stage server has died: what happened to it; else "". Its stages live on,
+        reparented to init, but read as ended with exit code 255 (multiprocessing learnt their
+        ends from the server): `close()` ends them by their pids."""
+        died = None if self._fork_here else stage_server.died()
+        if died is None:
+            return ""
+        self._orphaned = True
+        return f"the stage server (pid {died[0]}) was {describe_exit(died[1])}"
 
     def _on_signal(self, signum, frame) -> None:
         if signum == signal.SIGHUP:
@@ -213,14 +229,16 @@ class Supervisor:
 
     def _close(self) -> None:
         self.stop.set()
-        alive = {name: p for name, p in self._procs.items() if p.is_alive()}
+        alive = {name: p for name, p in self._procs.items() if self._orphaned or p.is_alive()}
         for name, p in alive.items():
             stop_signal = self._stop_signals[name]
-            try:
-                os.kill(p.pid, signal.SIGKILL if stop_signal is None else stop_signal)  # 0: none is sent
-            except ProcessLookupError:
-                pass
+            _kill(p.pid, signal.SIGKILL if stop_signal is None else stop_signal)  # 0: none is sent
         deadline = time.monotonic() + STOP_GRACE_S
+        if self._orphaned:
+            left = _wait_for_pids([p.pid for p in alive.values()], deadline)
+            for pid in left:
+                _kill(pid, signal.SIGKILL)
+            _wait_for_pids(left, time.monotonic() + 1.0)
         for p in alive.values():
             p.join(max(deadline - time.monotonic(), 0.0))
             if p.is_alive():
@@ -242,3 +260,28 @@ class Supervisor:
             ring.unlink()
         self._rings = []
         self.ctrl.cancel_join_thread()
+
+
+def _kill(pid: int, sig: int) -> None:
+    """Send sig (0: none) to pid, which may have ended."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_pids(pids: list, deadline: float) -> list:
+    """Wait until the processes `pids`, which are not this process's children (a dead stage
+    server's), have ended, or until `deadline` (time.monotonic()); returns those still running
+    (a zombie that no init reaps among them: only the wait is longer)."""
+    while True:
+        left = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                left.append(pid)
+            except ProcessLookupError:
+                pass
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)

@@ -29,7 +29,7 @@ from vidseg.metrics import Progress, build_stats
 from vidseg.ring import EndOfStream, FrameRing, PipeQueue, SourceLink, reap_stale_rings, shm_free_bytes
 from vidseg.scratch import make_scratch_dir, remove_scratch_dir
 from vidseg.stages import Spec
-from vidseg.supervisor import STOPS_ON_ITS_OWN, Supervisor
+from vidseg.supervisor import SERVER, STOPS_ON_ITS_OWN, Supervisor
 
 __all__ = ["SourcePlan", "RunResult", "Spec", "run_pipeline"]
 
@@ -185,7 +185,7 @@ def _source_index(stage: str) -> int:
 
 def _failure_line(stage: str, cause: str, exit_code: int, names: list) -> str:
     """One line naming the stage (and its source when there are several) and the cause."""
-    if exit_code == 2:  # an InputError from inside a stage says it all
+    if exit_code == 2 or stage == SERVER:  # an InputError from inside a stage, the stage server's death: said all
         return cause
     kind = stage.partition("[")[0]
     where = f" ({names[_source_index(stage)]})" if "[" in stage and len(names) > 1 else ""
