@@ -211,6 +211,7 @@ class Supervisor:
             elif kind == "quit":
                 quit = True
                 self.stop.set()
+            # "started" (vidseg.stages.run_stage) tells nothing here
             timeout = 0.0  # keep reading only what is already there
             deadline = min(deadline, time.monotonic() + 0.05)
 
