@@ -139,16 +139,23 @@ def not_a_model(**_ignored) -> int:
     return 5
 
 
-def short_of_memory(headroom: int = 4 << 20, **_ignored):
-    """A model factory that runs out of address space loading a library, as TensorFlow does
-    under `ulimit -v 1500000`: it limits its own process to what it has mapped and `headroom`
-    bytes more, then imports an extension module."""
-    import importlib
+def limit_address_space(headroom: int = 4 << 20) -> None:
+    """Limit this process's address space to what it has mapped and `headroom` bytes more, as
+    a low `ulimit -v` leaves a process that has loaded its libraries: too little for a thread's
+    stack (8 MiB)."""
     import resource
 
     with open("/proc/self/statm") as f:
         mapped = int(f.read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (mapped + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    importlib.import_module("scipy.linalg")  # a library of its own (OpenBLAS) to map
 
-    raise AssertionError(f"scipy.linalg loaded in {headroom} bytes of address space")
+
+def short_of_memory(**_ignored):
+    """A model factory that runs out of address space loading a library, as TensorFlow does
+    under `ulimit -v 1500000`. For a fresh stage process: one that had loaded scipy.linalg
+    already would map nothing new."""
+    import importlib
+
+    limit_address_space()
+    importlib.import_module("scipy.linalg")  # a library of its own (OpenBLAS) to map
+    raise AssertionError("scipy.linalg loaded in 4 MiB of address space")

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
-from tests.fake_models import short_of_memory
+from tests.fake_models import limit_address_space
 from vidseg import stages
 
 SLOW = "tests.fake_models:SlowBlobModel"
@@ -226,14 +226,16 @@ def test_running_out_of_memory_says_so(command, who, long_clip, tmp_path):
 
 
 def _loop_short_of_memory(meter) -> None:
-    short_of_memory(headroom=0)
+    """A stage loop that runs out of address space."""
+    limit_address_space()
+    bytearray(1 << 30)
 
 
 def test_a_stage_out_of_memory_still_reports():
     """With no address space left, a stage's report of its failure needs the control queue's
     thread, which could then not start ("can't start new thread": a traceback, and the run's
     line said only 'render stage failed: exited with code 1', as under `ulimit -v 500000`)."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a fork of pytest may reuse a dead thread's stack
     ctrl = ctx.Queue()
     stage = ctx.Process(target=stages.run_stage, args=("render[0]", _loop_short_of_memory, (), ctrl))
     stage.start()
