@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +91,19 @@ def run_vidseg(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", "from vidseg.cli import main; main()", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def session(run: subprocess.Popen) -> list:
+    """Every live psutil.Process of the session of `run`, started with start_new_session (its
+    own processes, and any orphan of it under PID 1); info holds name, cmdline and status."""
+    procs = []
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        try:
+            if os.getsid(p.pid) == run.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                procs.append(p)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return procs
 
 
 def current_umask() -> int:

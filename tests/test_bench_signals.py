@@ -20,7 +20,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import REPO, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import REPO, run_vidseg, session, shm_entries, shm_leaked
 from tests.fake_models import BlobModel
 
 MODEL = "tests.test_bench_signals:NativeSlowModel"
@@ -59,18 +59,6 @@ def start_bench(clip, tmpdir) -> subprocess.Popen:
                              "--model", MODEL, "--frames", str(FRAMES), "--json"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def session(run: subprocess.Popen) -> list:
-    """Every live process of the run's session (its own, and any orphan of it under PID 1)."""
-    procs = []
-    for p in psutil.process_iter(["name", "cmdline", "status"]):
-        try:
-            if os.getsid(p.pid) == run.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                procs.append(p)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return procs
 
 
 def describe(procs) -> list:

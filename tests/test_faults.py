@@ -20,7 +20,7 @@ import av
 import psutil
 import pytest
 
-from tests.conftest import REPO, make_clip, probe, run_vidseg, shm_entries, shm_leaked
+from tests.conftest import REPO, make_clip, probe, run_vidseg, session, shm_entries, shm_leaked
 from tests.fake_models import limit_address_space
 from vidseg import stages
 
@@ -179,18 +179,6 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def session_left(run: subprocess.Popen) -> list:
-    """The live processes of the session `start` gave run (orphans under PID 1 included)."""
-    left = []
-    for p in psutil.process_iter(["status"]):
-        try:
-            if os.getsid(p.pid) == run.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                left.append(p)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return left
-
-
 @pytest.mark.parametrize("command", ["file", "bench"])
 def test_too_few_file_descriptors_is_one_line(command, long_clip, tmp_path):
     """`ulimit -n 30` with a model: the stage server died receiving a stage's descriptors, with
@@ -205,7 +193,7 @@ def test_too_few_file_descriptors_is_one_line(command, long_clip, tmp_path):
                    "raise the limit, e.g. `ulimit -n 1024`\n")
     assert not shm_leaked(shm)
     assert os.listdir(tmp_path) == []
-    assert all_gone(session_left(run))
+    assert all_gone(session(run))
 
 
 @pytest.mark.parametrize("command, who", [("file", "infer stage"), ("bench", "the process measuring the stages")])
@@ -222,7 +210,7 @@ def test_running_out_of_memory_says_so(command, who, long_clip, tmp_path):
     assert err.endswith("raise the limit, e.g. `ulimit -v unlimited`\n") and err.count("\n") == 1, err
     assert not shm_leaked(shm)
     assert os.listdir(tmp_path) == []
-    assert all_gone(session_left(run))
+    assert all_gone(session(run))
 
 
 def _loop_short_of_memory(meter) -> None:
