@@ -1,17 +1,19 @@
-"""The window sink, for real, under Xvfb: title, overlay, q quits with exit 0."""
+"""The window sink, for real, under Xvfb: title, overlay, q quits with exit 0, and so does a
+window closed or destroyed by another X client."""
 import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import av
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, session, shm_entries, shm_leaked
 from vidseg.sinks.window import draw_label
 
 pytestmark = pytest.mark.xvfb
@@ -149,6 +151,40 @@ def test_closing_the_window_ends_the_run_with_exit_0(xvfb, rtsp_server, tmp_path
         stop_group(proc)
         log.seek(0)
     assert proc.returncode == 0, log.read()
+
+
+@pytest.mark.rtsp
+def test_a_window_destroyed_by_another_client_ends_the_run_as_a_close(xvfb, rtsp_server, tmp_path):
+    """XDestroyWindow from another X client (`xdotool windowclose`), which OpenCV's Qt does not
+    notice: the run went on without a window until its --duration (60 s). Now it ends as when
+    the window is closed: exit 0 within seconds, the recording finalised, nothing left behind."""
+    out = tmp_path / "rec.mp4"
+    shm_before = shm_entries()
+    log = open(tmp_path / "vidseg.log", "w+")
+    proc = start_rtsp_run(rtsp_server.url("live"), log, "-o", str(out))
+    try:
+        window = find_window(xvfb, "127.0.0.1")
+        xdotool = partial(subprocess.run, env=dict(os.environ, DISPLAY=xvfb), check=True)
+        xdotool(["xdotool", "windowunmap", window])  # as when minimised: the run goes on
+        time.sleep(1.5)
+        assert proc.poll() is None
+        xdotool(["xdotool", "windowmap", window])
+        time.sleep(1)
+        xdotool(["xdotool", "windowclose", window])
+        proc.wait(timeout=20)  # 60 s, the --duration, without the fix
+        time.sleep(0.5)
+        left = session(proc)
+    finally:
+        stop_group(proc)
+        log.seek(0)
+        output = log.read()
+    assert proc.returncode == 0, output
+    assert not left, [p.info["cmdline"] for p in left]
+    with av.open(str(out)) as container:  # finalised: indexed, and every frame decodes
+        frames = container.streams.video[0].frames
+        assert frames > 10 and sum(1 for _ in container.decode(video=0)) == frames
+    assert sorted(os.listdir(tmp_path)) == ["rec.mp4", "vidseg.log"]
+    assert not shm_leaked(shm_before)
 
 
 @pytest.mark.rtsp

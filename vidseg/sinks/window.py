@@ -1,11 +1,13 @@
 """Show rendered frames in an OpenCV window, with the frame rate and latency drawn on top.
 
-The window is titled with the source (password masked). `q` or Esc, or closing the window,
-makes write() return False, which ends the run cleanly. Needs OpenCV built with a GUI
+The window is titled with the source (password masked). `q` or Esc, closing the window, or
+its destruction by another X client (`xdotool windowclose`) makes write() return False, which
+ends the run cleanly. Needs OpenCV built with a GUI
 (the opencv-python wheel, not -headless) and a display ($DISPLAY, e.g. Xvfb in tests).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import socket
@@ -21,6 +23,7 @@ from vidseg.errors import InputError
 from vidseg.secrets import mask
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27 = Esc
+CHECK_EVERY_S = 0.25  # how often the window's existence is asked of the X server (one round trip)
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # the opencv-python wheel's Qt ships no fonts
 
 
@@ -45,6 +48,7 @@ class WindowSink:
         self._slot = slot
         self._max_size = max_size
         self._opened = False
+        self._x_window = XWindowWatch(self.title) if os.environ.get("DISPLAY") else None
         self._shown: deque = deque()  # time.monotonic() of the frames shown in the last second
 
     def _open(self, height: int, width: int) -> None:
@@ -75,12 +79,18 @@ class WindowSink:
         return (cv2.waitKey(1) & 0xFF) not in QUIT_KEYS
 
     def _visible(self) -> bool:
+        """False once the window is closed, or destroyed by another X client (which OpenCV's Qt
+        does not notice: it went on "showing" frames in a window that was gone)."""
         try:
-            return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+            if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+                return False
         except cv2.error:  # closed: with its last window gone, OpenCV's Qt GUI is gone too
             return False
+        return self._x_window is None or self._x_window.exists()
 
     def close(self) -> None:
+        if self._x_window is not None:
+            self._x_window.close()
         if not self._opened:
             return
         try:
@@ -88,6 +98,123 @@ class WindowSink:
             cv2.waitKey(1)
         except cv2.error:  # the user closed it already: OpenCV has nothing left to destroy
             pass
+
+
+class XWindowWatch:
+    """Whether this process's window titled `title` still exists on the X display ($DISPLAY),
+    asked over an X connection of its own (libxcb, which OpenCV's Qt loads as well) at most
+    every CHECK_EVERY_S: OpenCV's Qt does not notice its window being destroyed by another
+    client (XDestroyWindow: `xdotool windowclose`), and WND_PROP_VISIBLE stays 1.
+
+    The window is found by its _NET_WM_PID (this process) and _NET_WM_NAME (the title) among
+    the root's children and, under a reparenting window manager, their descendants; it is
+    looked for again if its id goes (were Qt to replace it). Until it has been found, and when
+    the connection fails (a lost display, which Qt reports itself), it counts as existing; a
+    minimised (unmapped) window exists."""
+
+    def __init__(self, title: str):
+        self._title = title.encode()
+        self._window: Optional[int] = None
+        self._exists = True
+        self._next_check = 0.0
+        xcb = self._xcb = ctypes.CDLL("libxcb.so.1")
+        self._free = ctypes.CDLL(None).free
+        self._free.argtypes = [ctypes.c_void_p]
+        for name in ("query_tree", "get_property", "get_window_attributes", "intern_atom"):
+            getattr(xcb, f"xcb_{name}").restype = ctypes.c_uint  # a cookie: the request's sequence number
+            getattr(xcb, f"xcb_{name}_reply").restype = ctypes.c_void_p
+            getattr(xcb, f"xcb_{name}_reply").argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p]
+        xcb.xcb_connect.restype = xcb.xcb_get_setup.restype = ctypes.c_void_p
+        xcb.xcb_query_tree_children.restype = ctypes.POINTER(ctypes.c_uint32)
+        xcb.xcb_get_property_value.restype = ctypes.c_void_p
+        for name in ("connection_has_error", "disconnect", "get_setup", "query_tree_children",
+                     "query_tree_children_length", "get_property_value", "get_property_value_length"):
+            getattr(xcb, f"xcb_{name}").argtypes = [ctypes.c_void_p]
+        xcb.xcb_setup_roots_iterator.restype = _ScreenIterator
+        xcb.xcb_setup_roots_iterator.argtypes = [ctypes.c_void_p]
+        xcb.xcb_screen_next.argtypes = [ctypes.POINTER(_ScreenIterator)]
+        xcb.xcb_query_tree.argtypes = xcb.xcb_get_window_attributes.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        xcb.xcb_get_property.argtypes = [ctypes.c_void_p, ctypes.c_uint8] + [ctypes.c_uint32] * 5
+        xcb.xcb_intern_atom.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint16, ctypes.c_char_p]
+        screen = ctypes.c_int()
+        self._conn = xcb.xcb_connect(None, ctypes.byref(screen))
+        if self._broken():
+            return
+        screens = xcb.xcb_setup_roots_iterator(xcb.xcb_get_setup(self._conn))
+        for _ in range(screen.value):
+            xcb.xcb_screen_next(ctypes.byref(screens))
+        self._root = screens.data[0]  # xcb_screen_t starts with its root window
+        self._atoms = [self._atom(name) for name in (b"_NET_WM_PID", b"_NET_WM_NAME", b"UTF8_STRING")]
+
+    def exists(self) -> bool:
+        now = time.monotonic()
+        if self._exists and now >= self._next_check and not self._broken():
+            self._next_check = now + CHECK_EVERY_S
+            seen = self._window is not None
+            if not (seen and self._there(self._window)):
+                self._window = self._find()
+                self._exists = self._window is not None or not seen
+        return self._exists
+
+    def close(self) -> None:
+        self._xcb.xcb_disconnect(self._conn)
+
+    def _broken(self) -> bool:
+        return bool(self._xcb.xcb_connection_has_error(self._conn))
+
+    def _find(self) -> Optional[int]:
+        """The id of this process's window with the title, searched 3 levels down; None if none.
+        The requests of a level are all sent before their replies are read: one round trip."""
+        pid_atom, name_atom, utf8 = self._atoms
+        wanted = (os.getpid().to_bytes(4, sys.byteorder), self._title)
+        level = [self._root]
+        for _ in range(3):
+            cookies = [self._xcb.xcb_query_tree(self._conn, w) for w in level]
+            children = []
+            for reply in (self._reply("query_tree", cookie) for cookie in cookies):
+                if reply:
+                    n = self._xcb.xcb_query_tree_children_length(reply)
+                    children += self._xcb.xcb_query_tree_children(reply)[:n]
+                    self._free(reply)
+            cookies = [self._xcb.xcb_get_property(self._conn, 0, w, atom, kind, 0, 1024)
+                       for w in children for atom, kind in ((pid_atom, 6), (name_atom, utf8))]  # 6 = CARDINAL
+            values = [self._value(self._reply("get_property", cookie)) for cookie in cookies]
+            for i, window in enumerate(children):
+                if tuple(values[2 * i:2 * i + 2]) == wanted:
+                    return window
+            level = children
+        return None
+
+    def _there(self, window: int) -> bool:
+        reply = self._reply("get_window_attributes", self._xcb.xcb_get_window_attributes(self._conn, window))
+        self._free(reply)
+        return reply is not None
+
+    def _atom(self, name: bytes) -> int:
+        reply = self._reply("intern_atom", self._xcb.xcb_intern_atom(self._conn, 0, len(name), name))
+        atom = ctypes.cast(reply, ctypes.POINTER(ctypes.c_uint32))[2]  # after type, pad, sequence, length
+        self._free(reply)
+        return atom
+
+    def _reply(self, request: str, cookie: int) -> Optional[int]:
+        """The reply to a request, for the caller to free; None on an X error (a window gone)."""
+        error = ctypes.c_void_p()
+        reply = getattr(self._xcb, f"xcb_{request}_reply")(self._conn, cookie, ctypes.byref(error))
+        self._free(error)
+        return reply
+
+    def _value(self, reply: Optional[int]) -> Optional[bytes]:
+        """A get_property reply's value (freed); None for no reply."""
+        if not reply:
+            return None
+        xcb = self._xcb
+        value = ctypes.string_at(xcb.xcb_get_property_value(reply), xcb.xcb_get_property_value_length(reply))
+        self._free(reply)
+        return value
+
+
+class _ScreenIterator(ctypes.Structure):
+    _fields_ = [("data", ctypes.POINTER(ctypes.c_uint32)), ("rem", ctypes.c_int), ("index", ctypes.c_int)]
 
 
 def check_library_order() -> None:
