@@ -82,6 +82,36 @@ def standin_camera(frames_per_connection: int, duration: float):
     return Reconnecting(partial(CameraSource, 0, open_capture), "/dev/video0", first_delay=0.2, duration=duration)
 
 
+def _open_with_ffmpeg(path: str):
+    import cv2
+
+    return cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+
+
+def fifo_camera(path: str):
+    """The live camera source of `vidseg camera` (CameraSource, reopened by Reconnecting) over a
+    FIFO of raw video (YUV4MPEG2) that OpenCV reads with its FFmpeg backend instead of V4L2. A
+    camera that stops sending is a writer that stops writing: OpenCV's read then blocks in
+    read(2), deaf to signals, until the writer writes or closes the FIFO."""
+    from functools import partial
+
+    from vidseg.sources.camera import CameraSource
+    from vidseg.sources.reconnect import Reconnecting
+
+    return Reconnecting(partial(CameraSource, path, _open_with_ffmpeg), path)
+
+
+def record_fifo_camera(path: str, out: str) -> int:
+    """fifo_camera(path) into an MP4 at `out` (320x240, 30 fps), with no model; the exit code."""
+    from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
+    from vidseg.sinks.mp4 import Mp4Sink
+
+    plan = SourcePlan(name=path, source=Spec(fifo_camera, {"path": path}),
+                      sinks=[Spec(Mp4Sink, {"path": out, "width": 320, "height": 240, "fps": 30})],
+                      frame_shape=(240, 320), policy="latest")
+    return run_pipeline([plan], model="none", batch=1, progress=False).exit_code
+
+
 def log_run(url: str, log: str, model: str, duration: float):
     """One RTSP source through `model` into a FrameLog at `log` for `duration` s; the RunResult."""
     from vidseg.pipelines.live import live_source

@@ -1,7 +1,17 @@
-"""CameraSource through a stand-in capture object (no V4L2 device exists on these machines)."""
+"""CameraSource through a stand-in capture object or a FIFO read by OpenCV (no V4L2 device
+exists on these machines)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
 import cv2
 import numpy as np
 import pytest
+
+from tests.conftest import REPO, probe, session, shm_entries, shm_leaked
 
 from vidseg.sources.camera import CameraSource, device_path
 from vidseg.sources.reconnect import Reconnecting, SourceLost, SourceUnavailable
@@ -111,3 +121,51 @@ def test_camera_pipeline_end_to_end_with_a_stand_in(tmp_path):
     assert stats["frames_in"] == stats["frames_out"] + sum(stats["dropped"].values())
     video = probe(out)["video"]
     assert int(video["nb_read_frames"]) == stats["frames_out"] > 30
+
+
+def test_ctrl_c_while_the_camera_stalls_mid_read_ends_the_run_at_once(tmp_path):
+    """A camera that stops sending blocks OpenCV's read, deaf to signals, until the driver gives
+    up (V4L2 after 10 s), and Ctrl-C waited for that. Now the run ends within about a second of
+    Ctrl-C as usual: exit 130, the recording finalised, no process or /dev/shm entry left."""
+    fifo, out = tmp_path / "camera.fifo", tmp_path / "cam.mp4"
+    os.mkfifo(fifo)
+    stalled, unplug = threading.Event(), threading.Event()
+
+    def camera() -> None:  # 2 s of 320x240 video at 30 fps, then nothing for 10 s, then unplugged
+        try:
+            with open(fifo, "wb") as f:
+                f.write(b"YUV4MPEG2 W320 H240 F30:1 Ip A1:1 C420jpeg\n")
+                for i in range(60):
+                    f.write(b"FRAME\n" + bytes([40 + i]) * (320 * 240) + bytes([128]) * (320 * 240 // 2))
+                    f.flush()
+                    time.sleep(1 / 30)
+                stalled.set()
+                unplug.wait(10)
+        except BrokenPipeError:  # the reader is gone
+            pass
+
+    threading.Thread(target=camera, daemon=True).start()
+    shm_before = shm_entries()
+    code = f"import sys; from tests.live.helpers import record_fifo_camera as r; sys.exit(r({str(fifo)!r}, {str(out)!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert stalled.wait(60)
+        time.sleep(1)  # the read is blocked now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+        left = session(proc)
+    finally:
+        unplug.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert elapsed < 3, f"{elapsed:.1f} s from Ctrl-C to the end, with reads blocked for 10 s"
+    assert not left, [p.info["cmdline"] for p in left]
+    assert int(probe(out)["video"]["nb_read_frames"]) > 20
+    assert not shm_leaked(shm_before)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, current_umask, probe, run_vidseg
+from tests.conftest import REPO, current_umask, probe, run_vidseg, session, shm_entries, shm_leaked
 from tests.live.helpers import log_run, read_log
 from vidseg.pipelines.live import live_source
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
@@ -172,6 +172,40 @@ def test_ctrl_c_during_an_outage_stops_at_once(rtsp_server, tmp_path):
     assert time.monotonic() - started < 5
     assert "; reconnecting" in stderr
     assert int(probe(out)["video"]["nb_read_frames"]) > 20
+
+
+def test_ctrl_c_while_the_stream_stalls_mid_read_ends_the_run_at_once(rtsp_server, tmp_path):
+    """The camera stops sending (the server frozen): the read blocks in FFmpeg, deaf to signals,
+    until --read-timeout, and Ctrl-C waited for it (9 s of a 10 s timeout here). Now the run ends
+    within about a second as after any Ctrl-C: exit 130, the recording finalised, nothing left."""
+    out = tmp_path / "out.mp4"
+    shm_before = shm_entries()
+    proc = subprocess.Popen([sys.executable, "-c", "from vidseg.cli import main; main()", "rtsp", rtsp_server.url("live"),
+                             "--no-window", "--model", "none", "--read-timeout", "10", "-o", str(out)],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        rtsp_server.wait_clients(2)
+        time.sleep(2)
+        rtsp_server.pause()
+        time.sleep(1)  # the read is blocked now
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+        left = session(proc)
+    finally:
+        rtsp_server.resume()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert elapsed < 3, f"{elapsed:.1f} s from Ctrl-C to the end, with --read-timeout 10"
+    assert not left, [p.info["cmdline"] for p in left]
+    assert int(probe(out)["video"]["nb_read_frames"]) > 20
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    assert not shm_leaked(shm_before)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

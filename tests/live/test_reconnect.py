@@ -186,6 +186,44 @@ def test_interrupt_ends_an_open_that_gets_no_answer_at_once():
     assert late.closed
 
 
+class StallingSource(ScriptedSource):
+    """One frame, then a read that blocks for `stall` s (a camera that stopped sending) and
+    fails; records whether it was closed while a read was blocked."""
+
+    def __init__(self, stall):
+        super().__init__(1)
+        self.stall, self.reading, self.closed_under_read = stall, False, False
+
+    def frames(self):
+        yield SourceFrame(np.full((self.height, self.width, 3), 7, np.uint8), 0.0, time.monotonic())
+        self.reading = True
+        time.sleep(self.stall)
+        self.reading = False
+        raise SourceLost(f"cam: no frame for {self.stall} s")
+
+    def close(self):
+        self.closed_under_read |= self.reading
+        super().close()
+
+
+def test_interrupt_ends_a_blocked_read_at_once_and_the_source_is_closed_after_it():
+    """A read blocked on a camera that stopped sending held Ctrl-C back until its read timeout.
+    frames() now ends at once; the source is closed when the read returns, never under it."""
+    stalling = StallingSource(4)
+    source = Reconnecting(lambda: stalling, "cam", report=lambda m: None)
+    frames = source.frames()
+    next(frames)
+    threading.Timer(0.3, source.interrupt).start()
+    started = time.monotonic()
+    assert list(frames) == []
+    assert time.monotonic() - started < 2  # not the 4 s of the read
+    source.close()
+    assert not stalling.closed
+    while not stalling.closed and time.monotonic() - started < 20:
+        time.sleep(0.05)
+    assert stalling.closed and not stalling.closed_under_read
+
+
 class TimedSource(ScriptedSource):
     """Frames every 10 ms for ever."""
 

@@ -12,13 +12,17 @@ import sys
 import threading
 import time
 from fractions import Fraction
-from typing import Callable, Iterator, Optional
+from functools import partial
+from typing import Any, Callable, Iterator, Optional
 
 import cv2
 import numpy as np
 
 from vidseg.secrets import mask
 from vidseg.sources.base import FrameSource, SourceFrame
+
+
+_GIVEN_UP = object()  # what _heeding_close returns when the wait was ended by close() or interrupt()
 
 
 class SourceLost(Exception):
@@ -147,36 +151,57 @@ class Reconnecting:
             return source
 
     def _open_heeding_close(self) -> Optional[FrameSource]:
-        """open_source() in a thread of its own, so that close() ends the wait for it at once: an
-        RTSP connection that gets no answer blocks in FFmpeg, deaf to signals, for its whole open
-        timeout. None when closed meanwhile (a source opened after that is closed at once)."""
+        """open_source() heeding close() (see _heeding_close): an RTSP connection that gets no
+        answer blocks in FFmpeg, deaf to signals, for its whole open timeout. None when closed
+        meanwhile (a source opened after that is closed at once)."""
+        source = self._heeding_close(self._open_source, lambda late: late is not None and late.close())
+        return None if source is _GIVEN_UP else source
+
+    def _read(self, frames: Iterator[SourceFrame]) -> Optional[SourceFrame]:
+        """The current source's next frame from `frames`, None at its end, heeding close() (see
+        _heeding_close): a camera or stream that stops sending blocks the read in OpenCV or
+        FFmpeg, deaf to signals, until its read timeout. None too when closed meanwhile: the
+        source is then left to the reading thread, which closes it once the read returns (it is
+        never closed under a read)."""
+        source = self._source
+        frame = self._heeding_close(partial(next, frames, None), lambda _frame: source.close())
+        if frame is _GIVEN_UP:
+            self.skipped += int(getattr(source, "decode_errors", 0))
+            self._source = None
+            return None
+        return frame
+
+    def _heeding_close(self, call: Callable[[], Any], abandon: Callable[[Any], None]) -> Any:
+        """call() in a thread of its own, so that close() or interrupt() ends the wait for it
+        at once. Returns what call() returns, or raises what it raised; _GIVEN_UP when closed
+        meanwhile, and then abandon(what call() returns, None if it raised) runs in that thread
+        once call() returns."""
         outcome: list = []
         lock, done = threading.Lock(), threading.Event()
 
         def attempt() -> None:
             try:
-                result = (self._open_source(), None)
+                result = (call(), None)
             except BaseException as error:  # noqa: BLE001 - raised in the waiting thread
                 result = (None, error)
             with lock:
                 if done.is_set():  # given up on: nobody will take it
-                    if result[0] is not None:
-                        result[0].close()
+                    abandon(result[0])
                     return
                 outcome.append(result)
                 done.set()
 
-        threading.Thread(target=attempt, name="open", daemon=True).start()
+        threading.Thread(target=attempt, name="source", daemon=True).start()
         while not done.wait(0.05):
             if self._closed.is_set():
                 with lock:
                     if not done.is_set():
                         done.set()
-                        return None
-        source, error = outcome[0]
+                        return _GIVEN_UP
+        value, error = outcome[0]
         if error is not None:
             raise error
-        return source
+        return value
 
     def frames(self) -> Iterator[SourceFrame]:
         """Yields frames until close(), the duration or the frame limit; an outage only pauses
@@ -193,7 +218,7 @@ class Reconnecting:
             frames = self._source.frames()
             while frames is not None and not self._done():
                 try:
-                    for frame in frames:
+                    while (frame := self._read(frames)) is not None:
                         yield self._stamp(frame)
                         if self._done():
                             return
@@ -230,9 +255,9 @@ class Reconnecting:
                     return None
                 frames = self._source.frames()
                 try:
-                    first = next(frames)
-                    break
-                except StopIteration:
+                    first = self._read(frames)
+                    if first is not None:
+                        break
                     cause = f"{self.name}: stream ended"
                 except SourceLost as error:
                     cause = mask(error)
@@ -276,21 +301,22 @@ class Reconnecting:
                 **({"error": self.error} if self.error else {})}
 
     def _release(self) -> None:
+        if self._source is None:  # left to a read given up on (see _read)
+            return
         self.skipped += int(getattr(self._source, "decode_errors", 0))
         self._source.close()
         self._source = None
 
     def interrupt(self) -> None:
-        """Ends frames() at its next frame or retry wait; safe from another thread (the
-        reading thread then calls close())."""
+        """Ends frames() at once, even in a read or an open that gets no answer, or in a retry
+        wait; safe from another thread (the reading thread then calls close())."""
         self._closed.set()
 
     def close(self) -> None:
-        """Ends frames() at its next frame or retry wait (safe from a signal handler), and
-        releases the current source."""
+        """Ends frames() as interrupt() does and releases the current source: call it from the
+        thread that reads frames(), or once frames() has ended."""
         self._closed.set()
-        if self._source is not None:
-            self._release()
+        self._release()
 
 
 def fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
