@@ -226,3 +226,16 @@ def test_window_refuses_to_open_after_pyav(order, hangs):
             "try:\n    check_library_order()\nexcept RuntimeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert ("window would hang" in out) == hangs
+
+
+def test_without_libxcb_the_window_is_left_to_opencv(monkeypatch):
+    """A system with no libxcb.so.1 (OpenCV drawing with X libraries of its own) still shows
+    the window: the check for a window destroyed by another client is skipped, not an error."""
+    from vidseg.sinks import window
+
+    def missing(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(window.ctypes, "CDLL", missing)
+    assert window._watch_window("cam0") is None

@@ -48,7 +48,7 @@ class WindowSink:
         self._slot = slot
         self._max_size = max_size
         self._opened = False
-        self._x_window = XWindowWatch(self.title) if os.environ.get("DISPLAY") else None
+        self._x_window = _watch_window(self.title)
         self._shown: deque = deque()  # time.monotonic() of the frames shown in the last second
 
     def _open(self, height: int, width: int) -> None:
@@ -98,6 +98,17 @@ class WindowSink:
             cv2.waitKey(1)
         except cv2.error:  # the user closed it already: OpenCV has nothing left to destroy
             pass
+
+
+def _watch_window(title: str) -> Optional["XWindowWatch"]:
+    """An XWindowWatch of the window titled `title` on $DISPLAY; None with no display, or no
+    libxcb to ask it with (then OpenCV's own view of the window is all there is)."""
+    if not os.environ.get("DISPLAY"):
+        return None
+    try:
+        return XWindowWatch(title)
+    except OSError:  # libxcb.so.1 not found: a system whose OpenCV draws with no X libraries of its own
+        return None
 
 
 class XWindowWatch:
