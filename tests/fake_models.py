@@ -101,6 +101,14 @@ class FailingModel(SlowBlobModel):
         return super().__call__(frames)
 
 
+class MultiLineFailingModel(BlobModel):
+    """BlobModel that raises on its first batch with a message over several lines, as a
+    library's errors often are: what went wrong on the first, the useful part below."""
+
+    def __call__(self, frames):
+        raise ValueError("cannot run the model:\n\n  expected 4 input channels,\n  got   3 (an RGB frame)  \n")
+
+
 def failing_midway(batch_size: int = 1, **_ignored) -> FailingModel:
     """One frame per batch, 0.2 s each, raises on the 10th: nine frames go through first."""
     return FailingModel(batch_size=1, fail_at=10, delay=0.2)

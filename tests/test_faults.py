@@ -179,6 +179,23 @@ def test_stage_exception_names_the_stage(long_clip, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_stage_error_over_several_lines_keeps_them_all_in_its_one_line(long_clip, tmp_path):
+    """A plug-in's or a library's error over several lines was cut at its first: 'cannot run the
+    model:', without what was wrong."""
+    r = run_vidseg("file", long_clip, "-o", tmp_path / "out.mp4", "--model", "tests.fake_models:MultiLineFailingModel",
+                   "--no-progress")
+    assert r.returncode == 1
+    assert r.stderr == ("vidseg: error: infer stage failed: ValueError: cannot run the model: / expected 4 input "
+                        "channels, / got 3 (an RGB frame)\n"), r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_huge_stage_error_is_cut_with_an_ellipsis():
+    line = stages._one_line(RuntimeError("x" * 5000 + "\n" + "y" * 5000))
+    assert line == "RuntimeError: " + "x" * (stages.MESSAGE_MAX - 3) + "..."
+    assert stages._one_line(RuntimeError("a\n" * 3)) == "RuntimeError: a / a / a"
+
+
 @pytest.mark.parametrize("command", ["file", "bench"])
 def test_too_few_file_descriptors_is_one_line(command, long_clip, tmp_path):
     """`ulimit -n 30` with a model: the stage server died receiving a stage's descriptors, with

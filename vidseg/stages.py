@@ -37,6 +37,7 @@ _ORPHANED = threading.Event()  # the supervisor died: a sink stage stops, finali
 _KEPT = threading.Event()      # ... and has done so
 ORPHAN_GRACE_S = 5.0  # for that: an encoder's flush at a slow preset and a 4K frame included
 _EXIT_HANDLERS: list = []  # C callbacks given to the C library's atexit, kept alive here
+MESSAGE_MAX = 1000  # characters of a stage's exception message in the run's one line
 DISPLAY_LOST = "the window's display was lost (its X server ended or the connection to it broke)"
 
 
@@ -117,13 +118,17 @@ def exit_with_parent() -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    """`Type: first line of the message`, so the user's error stays one line; out of file
-    descriptors or memory, what to do instead of the type and the file that could not be opened."""
+    """`Type: message`, the message's lines joined by " / " (whitespace collapsed, blank lines
+    left out) so the user's error stays one line and keeps what a library says after its first
+    line; cut to MESSAGE_MAX characters, ending "...". Out of file descriptors or memory, what
+    to do instead of the type and the file that could not be opened."""
     if hint := descriptor_hint(e):
         return e.strerror + hint
     if message := memory_message(e):
         return message
-    text = " ".join(str(e).split("\n", 1)[0].split())
+    text = " / ".join(" ".join(line.split()) for line in str(e).splitlines() if line.strip())
+    if len(text) > MESSAGE_MAX:
+        text = text[:MESSAGE_MAX - 3].rstrip() + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
