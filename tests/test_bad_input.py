@@ -321,8 +321,8 @@ def test_too_few_file_descriptors_is_one_line_saying_what_to_do(workdir):
     r = run_vidseg("file", workdir / "in.mp4", "-o", workdir / "out.mp4", "--model", "none", "--no-progress",
                    preexec_fn=few_descriptors)
     assert r.returncode == 2, r.stderr
-    assert r.stderr == ("vidseg: error: too few file descriptors (ulimit -n 20): vidseg needs about 30 for this "
-                        "run; raise the limit, e.g. `ulimit -n 1024`\n")
+    assert r.stderr.startswith("vidseg: error: too few file descriptors (ulimit -n 20): vidseg needs about "), r.stderr
+    assert r.stderr.endswith(" for this run; raise the limit, e.g. `ulimit -n 1024`\n") and r.stderr.count("\n") == 1
     assert listing(workdir) == ["in.mp4"]
     assert not shm_leaked(shm)
 

@@ -41,12 +41,17 @@ def descriptor_hint(e: BaseException) -> str:
     return f" (the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: raise it, e.g. `ulimit -n 1024`)"
 
 
-def check_descriptors(processes: int) -> None:
-    """InputError unless this process may open the file descriptors a run of `processes`
-    stage processes needs: about 5 for each (its pipes and queues, the process's own) and 20
-    besides. Below that a `ulimit -n` cut the run short in the middle of starting its stages,
-    the stage server dying with a traceback (an EOFError receiving a stage's descriptors)."""
-    need = 20 + 5 * processes
+def check_descriptors(sources: int, direct: bool) -> None:
+    """InputError unless this process may open the file descriptors a run over `sources`
+    sources needs: those open now, and what the run's pipes, queues, rings and stage processes
+    take, measured by bisecting `ulimit -n` (`vidseg file` and `bench`, 1 to 3 sources): 6 +
+    10 per source when capture feeds the sink directly (`direct`: run.passthrough), 10 + 14
+    per source with infer and render. Called once the supervisor has started the stage server
+    and the resource tracker. Below that a `ulimit -n` cut the run short in the middle of
+    starting its stages (the stage server died with a traceback, an EOFError receiving a
+    stage's descriptors)."""
+    open_now = len(os.listdir("/proc/self/fd")) - 1  # not the one listing them
+    need = open_now + (6 + 10 * sources if direct else 10 + 14 * sources)
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit < need:
         raise InputError(f"too few file descriptors (ulimit -n {limit}): vidseg needs about {need} for this run; "

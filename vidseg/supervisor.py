@@ -33,10 +33,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from typing import Callable, Optional
 
 from vidseg import stage_server
-from vidseg.errors import STOP_SIGNALS, leave_terminal, put_back_stop_handlers
+from vidseg.errors import STOP_SIGNALS, leave_terminal, put_back_stop_handlers, stop_signals_ignored
 from vidseg.ring import FrameRing
 
 STOP_GRACE_S = 2.0  # how long a stage asked to stop may take before it is killed
@@ -76,6 +77,9 @@ class Supervisor:
         thread would stay locked in the child forever; else they come from the stage server).
         The caller starts no thread until the stages are started."""
         self._fork_here = fork_here and threading.active_count() == 1
+        if self._fork_here:  # the rings' resource tracker, started now as stage_server.start() does
+            with stop_signals_ignored():  # the tracker inherits them: they are the supervisor's
+                resource_tracker.ensure_running()
         self.ctx = mp.get_context("fork") if self._fork_here else stage_server.start()
         self.ctrl = self.ctx.Queue()
         self.stop = self.ctx.Event()

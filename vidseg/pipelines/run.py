@@ -104,8 +104,8 @@ def run_pipeline(sources: list[SourcePlan], model: str = "none", model_options: 
                          f"but {free / MiB:.0f} MiB are free; free space there or enlarge it "
                          f"(docker: --shm-size={need // MiB + 64}m)")
     direct = passthrough(sources, model)
-    check_descriptors(len(sources) * 2 if direct else len(sources) * 3 + 1)  # the stages started below
-    sup = Supervisor(fork_here=direct)
+    sup = Supervisor(fork_here=direct)  # with a model, the stage server runs from here on
+    check_descriptors(len(sources), direct)  # counts the descriptors open by now
     ctx = sup.ctx
     t0 = time.monotonic()
     bar = None
