@@ -157,6 +157,61 @@ def test_sigkill_the_stage_server_stops_the_run(clip_for, tmp_path):
     assert os.listdir(tmpdir) == []
 
 
+# `vidseg ARGS` with the stage server killed (SIGKILL) as the KILL_AT-th stage is started:
+# "after N", once N stages are; "reading N", while the N-th waits for its pid from the server
+KILL_SERVER_WHILE_STARTING = """
+import os, signal
+from multiprocessing import forkserver
+from vidseg import supervisor
+when, n = os.environ["KILL_AT"].split()
+starts, n = [0], int(n)
+
+def kill_server():
+    pid = forkserver._forkserver._forkserver_pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+def read_signed(fd, read=forkserver.read_signed):  # once
+    forkserver.read_signed = read
+    kill_server()
+    return read(fd)
+
+def start(self, *args, start=supervisor.Supervisor.start, **kwargs):
+    starts[0] += 1
+    if when == "reading" and starts[0] == n:
+        forkserver.read_signed = read_signed
+    start(self, *args, **kwargs)
+    if when == "after" and starts[0] == n:
+        kill_server()
+
+supervisor.Supervisor.start = start
+from vidseg.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["after 1", "after 3", "reading 2"])
+def test_the_stage_server_killed_while_stages_start_stops_the_run(kill_at, long_clip, tmp_path):
+    """The stage server killed while the supervisor starts the stages: multiprocessing started
+    another server (without this one's set-up) and the run blamed the infer stage ('exited with
+    code 255'), its stages left running after the command; killed as a stage waited for its pid,
+    the command exited 130 with no word (click's Abort, for the EOFError)."""
+    shm = shm_entries()
+    out_dir, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmpdir.mkdir()
+    run = subprocess.Popen([sys.executable, "-c", KILL_SERVER_WHILE_STARTING, "file", long_clip, "-o",
+                            out_dir / "out.mp4", "--model", SLOW, "--no-progress"], cwd=REPO, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmpdir), KILL_AT=kill_at),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1, err
+    assert re.fullmatch(r"vidseg: error: the stage server \(pid \d+\) was killed by SIGKILL\n", err), err
+    assert all_gone(session(run))
+    assert not shm_leaked(shm)
+    assert os.listdir(out_dir) == [] and os.listdir(tmpdir) == []
+
+
 def test_a_stage_killed_by_sigbus_points_at_shared_memory(clip_for, tmp_path):
     """A stage writing to a ring whose /dev/shm filled up after the check at the start (another
     run, another program) gets SIGBUS: the line said only 'killed by SIGBUS'."""

@@ -11,7 +11,8 @@ left to load and no server has to load it all a second time.
   it has; captures end by themselves on `stop`, so their counts reach --stats; the rest
   killed, after the grace for those two), every ring is unlinked, and the run ends with one line naming
   the stage and the cause (exit 1, or 2 for an `InputError` raised inside a stage). The
-  stage server dying is told as such, and its stages, which live on, are stopped the same way.
+  stage server dying is told as such, and its stages, which live on, are stopped the same way;
+  dead while stages are being started, it is not replaced and the stages left are not started.
 - Ctrl-C (SIGINT to the supervisor): `stop` is set, capture stops reading, what is in flight
   drains through every stage, sinks finalise (the MP4 plays), exit 130. SIGTERM (kill,
   timeout, docker stop, systemd) does the same and exits 143. A second signal stops at once;
@@ -92,6 +93,7 @@ class Supervisor:
         self.late_reports: list[dict] = []  # reports sent after watch() returned (see close)
         self._previous_handlers: dict = {}  # the stop signals' handlers before watch(), back after close()
         self._orphaned = False  # the stage server died: its stages may run on (_server_lost)
+        self._lost = ""  # the stage server died while stages were being started: what happened to it
 
     def add_ring(self, ring: FrameRing) -> FrameRing:
         """Take ownership of a ring: it is unlinked by `close()` whatever happens."""
@@ -102,7 +104,13 @@ class Supervisor:
         """Start `target(*args)` in a new stage process called `name` (it ignores SIGINT and
         SIGTERM). stop_signal: how `close()` asks it to end cleanly (a sink finalising its
         file), STOPS_ON_ITS_OWN: it is only given the grace (it watches `stop`), None: it is
-        killed at once."""
+        killed at once.
+        A stage server that has died is not replaced (multiprocessing would start another,
+        without this one's set-up): the stage is not started, nor any after it, and watch()
+        ends the run at once, naming the server's death."""
+        self._lost = self._lost or self._server_lost()
+        if self._lost:
+            return
         proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
         if self._fork_here:
             # What this process has loaded is the stage's too: out of the collector's sight,
@@ -113,6 +121,11 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             proc.start()
+        except (OSError, EOFError):  # refused, or cut off before the stage's pid came back
+            self._lost = self._server_lost(wait=1.0)
+            if not self._lost:
+                raise
+            return  # the stage may have been forked: it ends with this Process object (exit_with_parent)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self._procs[name] = proc
@@ -130,6 +143,8 @@ class Supervisor:
         dead camera among several); died is True when it ended without reporting.
         on_stop(signum) is called once, from this loop, after the first stop signal.
         """
+        if self._lost:
+            return Outcome("failed", 1, self._lost, [], SERVER)
         reports: dict[str, dict] = {}
         tolerated: dict[str, str] = {}
         failure: Optional[tuple] = None
@@ -176,11 +191,16 @@ class Supervisor:
             return Outcome("interrupted", 128 + self._signal, "interrupted", report_list, "", tolerated)
         return Outcome("quit" if quit_requested else "complete", 0, "", report_list, "", tolerated)
 
-    def _server_lost(self) -> str:
-        """When the stage server has died: what happened to it; else "". Its stages live on,
-        reparented to init, but read as ended with exit code 255 (multiprocessing learnt their
-        ends from the server): `close()` ends them by their pids."""
-        died = None if self._fork_here else stage_server.died()
+    def _server_lost(self, wait: float = 0.0) -> str:
+        """When the stage server has died (or does within `wait` s: it may be exiting): what
+        happened to it; else "". Its stages live on, reparented to init, but read as ended with
+        exit code 255 (multiprocessing learnt their ends from the server): `close()` ends them
+        by their pids."""
+        if self._fork_here:
+            return ""
+        deadline = time.monotonic() + wait
+        while (died := stage_server.died()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         if died is None:
             return ""
         self._orphaned = True
