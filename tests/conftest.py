@@ -106,6 +106,18 @@ def session(run: subprocess.Popen) -> list:
     return procs
 
 
+def all_gone(procs, timeout: float = 5.0) -> bool:
+    """Whether the psutil.Processes `procs` have all ended (or are zombies) within `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def current_umask() -> int:
     """This process's umask (os.umask can only be read by setting it)."""
     mask = os.umask(0)

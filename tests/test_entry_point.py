@@ -1,15 +1,17 @@
 """The `vidseg` entry point (`python -m vidseg`) when the standard streams are closed, or their
-reader leaves (`vidseg ... 2>&1 | head -1`)."""
+reader leaves (`vidseg ... 2>&1 | head -1`), or the address space is limited (`ulimit -v`)."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, probe
+from tests.conftest import REPO, all_gone, probe, session, shm_entries, shm_leaked
 
 
 def run_entry(*args, close: int) -> subprocess.CompletedProcess:
@@ -65,3 +67,25 @@ def test_a_bench_or_an_error_whose_reader_left_keeps_its_exit_code(clip_480, tmp
     assert run_unread("bench", clip_480, "--model", "none", "--frames", "10", "--json") == 0
     assert run_unread("file", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4") == 2
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("model", ["mrcnn", "none"])
+@pytest.mark.parametrize("mib", [60, 120, 160, 200])
+def test_an_address_space_too_small_to_load_the_libraries_is_one_line(mib, model, clip_480, tmp_path):
+    """Under `ulimit -v` of a few hundred MB the command's own imports of NumPy and PyAV failed
+    with a traceback ('ImportError: libavcodec...so: failed to map segment from shared object';
+    NumPy's forty lines of advice). It is the line a stage out of memory gives, exit 1."""
+    shm = shm_entries()
+    limit = mib << 20
+    run = subprocess.Popen([sys.executable, "-m", "vidseg", "file", clip_480, "-o", tmp_path / "out.mp4", "--model",
+                            model, "--no-progress"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1, err
+    assert re.fullmatch(rf"vidseg: error: (\w+ stage failed: )?out of memory( loading [^ ]+)?: the address space is "
+                        rf"limited to {mib} MiB \(ulimit -v {mib << 10}\); raise the limit, e\.g\. `ulimit -v "
+                        rf"unlimited`\n", err), err
+    assert os.listdir(tmp_path) == []
+    assert all_gone(session(run))
+    assert not shm_leaked(shm)

@@ -21,7 +21,7 @@ import av
 import psutil
 import pytest
 
-from tests.conftest import REPO, make_clip, probe, run_vidseg, session, shm_entries, shm_leaked
+from tests.conftest import REPO, all_gone, make_clip, probe, run_vidseg, session, shm_entries, shm_leaked
 from tests.fake_models import limit_address_space
 from vidseg import stages
 
@@ -81,15 +81,6 @@ def wait_for_stages(pid: int, stages: tuple, timeout: float = 60.0, settle: floa
             return procs
         time.sleep(0.1)
     raise AssertionError(f"stages did not start: {sorted(procs)}")
-
-
-def all_gone(procs, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize("path, stage", [(path, stage) for path, (_, stages) in PATHS.items() for stage in stages])

@@ -16,7 +16,25 @@ def main() -> None:
         from vidseg.cli import main as cli
     except KeyboardInterrupt:  # Ctrl-C while the command loads: before its handlers exist
         sys.exit(130)
-    cli()
+    except Exception:  # noqa: BLE001 - only running out of memory is told here
+        _exit_if_out_of_memory()
+    try:
+        cli()
+    except Exception:  # noqa: BLE001 - the commands import NumPy, PyAV, ... when they run
+        _exit_if_out_of_memory()
+
+
+def _exit_if_out_of_memory() -> None:
+    """In an `except` block: exit 1 with the one line of `errors.memory_message` when running
+    out of memory caused the error (a low `ulimit -v`: a library that cannot be mapped as the
+    command imports it); else raise the error again."""
+    from vidseg.errors import memory_message
+
+    message = memory_message(sys.exc_info()[1])
+    if message is None:
+        raise
+    sys.stderr.write(f"vidseg: error: {message}\n")
+    sys.exit(1)
 
 
 def _open_closed_std_streams() -> None:

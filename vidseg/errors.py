@@ -3,6 +3,7 @@ the signals that stop a command; and its messages' streams going away under it."
 import contextlib
 import errno
 import os
+import re
 import resource
 import signal
 import stat
@@ -58,6 +59,9 @@ def check_descriptors(sources: int, direct: bool) -> None:
                          "raise the limit, e.g. `ulimit -n 1024`")
 
 
+_MAP_FAILED = re.compile(r"([^\n]+?): failed to map segment")
+
+
 def memory_message(e: BaseException):
     """The line for an error that running out of memory caused, saying what to do; None for
     any other error. Under an address-space limit (`ulimit -v`) a stage that loads a library
@@ -74,16 +78,19 @@ def memory_message(e: BaseException):
         e = e.__cause__ or e.__context__
     if e is None:
         return None
-    loading = f" loading {os.path.basename(str(e).split(':', 1)[0])}" if _failed_to_map(e) else ""
+    mapped = _failed_to_map(e)
+    loading = f" loading {os.path.basename(mapped[1])}" if mapped else ""
     if limit == resource.RLIM_INFINITY:
         return f"out of memory{loading}: free memory (close other programs) or run it on a machine with more"
     return (f"out of memory{loading}: the address space is limited to {limit >> 20} MiB (ulimit -v {limit >> 10}); "
             "raise the limit, e.g. `ulimit -v unlimited`")
 
 
-def _failed_to_map(e: BaseException) -> bool:
-    """The dynamic loader could not map a library (an ImportError naming its file)."""
-    return isinstance(e, ImportError) and "failed to map segment" in str(e)
+def _failed_to_map(e: BaseException):
+    """The dynamic loader could not map a library: an ImportError whose message starts with
+    its file (a match, the file in group 1), not one that quotes it further down (NumPy's
+    'Importing the numpy C-extensions failed ... Original error was: ...'); else None."""
+    return _MAP_FAILED.match(str(e)) if isinstance(e, ImportError) else None
 
 
 @contextlib.contextmanager
