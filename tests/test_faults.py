@@ -328,6 +328,29 @@ def test_a_stage_out_of_memory_still_reports():
     assert line.startswith("out of memory") and "ulimit -v" in line, line
 
 
+def _stage_with_no_room_for_a_thread(ctrl) -> None:
+    """A stage process that starts with its address space used up (as under `ulimit -v 220000`)."""
+    limit_address_space()
+    stages.run_stage("sink[0]", lambda meter: None, (), ctrl)
+
+
+def test_a_stage_with_no_room_for_a_thread_still_reports():
+    """A stage that could not start even its first thread (the control queue's, or the one that
+    watches its parent) showed a traceback and the run said only 'sink stage failed: exited with
+    code 1'."""
+    ctx = multiprocessing.get_context("spawn")
+    ctrl = ctx.Queue()
+    stage = ctx.Process(target=_stage_with_no_room_for_a_thread, args=(ctrl,), name="stage")
+    stage.start()
+    stage.join(10)
+    if stage.exitcode is None:
+        stage.kill()
+    assert stage.exitcode == 1
+    kind, name, line, code = ctrl.get(timeout=5)
+    assert (kind, name, code) == ("error", "sink[0]", 1)
+    assert line.startswith("out of memory: the address space is limited to ") and "ulimit -v" in line, line
+
+
 def test_a_stage_failing_midway_keeps_the_frames_encoded_before_it(long_clip, tmp_path):
     """The MP4, the detections and the stats of what was done are kept (the detections were
     removed and no stats written: with -y an earlier run's stood beside the new MP4)."""

@@ -66,13 +66,14 @@ def memory_message(e: BaseException):
     """The line for an error that running out of memory caused, saying what to do; None for
     any other error. Under an address-space limit (`ulimit -v`) a stage that loads a library
     (TensorFlow's are GBs of address space) gets an ImportError from the dynamic loader, a
-    MemoryError, or a SystemError from inside the import machinery; a library may raise its
+    MemoryError, or a SystemError from inside the import machinery, and a process that starts
+    a thread no room for its stack ("can't start new thread"); a library may raise its
     own error from it (scipy: "your install seems to be broken"), so the chain is looked at."""
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
 
     def short_of_memory(x: BaseException) -> bool:
-        return (isinstance(x, MemoryError) or _failed_to_map(x)
-                or limit != resource.RLIM_INFINITY and isinstance(x, SystemError))
+        return (isinstance(x, MemoryError) or bool(_failed_to_map(x))
+                or limit != resource.RLIM_INFINITY and (isinstance(x, SystemError) or _no_thread(x)))
 
     while e is not None and not short_of_memory(e):
         e = e.__cause__ or e.__context__
@@ -84,6 +85,11 @@ def memory_message(e: BaseException):
         return f"out of memory{loading}: free memory (close other programs) or run it on a machine with more"
     return (f"out of memory{loading}: the address space is limited to {limit >> 20} MiB (ulimit -v {limit >> 10}); "
             "raise the limit, e.g. `ulimit -v unlimited`")
+
+
+def _no_thread(e: BaseException) -> bool:
+    """A thread could not be started (under an address-space limit: no room for its stack)."""
+    return isinstance(e, RuntimeError) and str(e) == "can't start new thread"
 
 
 def _failed_to_map(e: BaseException):

@@ -21,6 +21,7 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -68,11 +69,16 @@ def run_stage(name: str, loop: Callable, args: tuple, ctrl) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked across the fork
-    exit_with_parent()
     meter = StageMeter(name)
-    # The queue's feeder thread starts with this first message, while memory allows: a stage
-    # that ran out (ulimit -v) could not start a thread to report it. The supervisor ignores it.
-    ctrl.put(("started", name))
+    try:
+        # The queue's feeder thread starts with this first message, while memory allows: a stage
+        # that ran out (ulimit -v) could not start a thread to report it. The supervisor ignores it.
+        ctrl.put(("started", name))
+        exit_with_parent()
+    except RuntimeError as e:  # no room even now for a thread's stack: told without the feeder thread
+        with ctrl._wlock:
+            ctrl._writer.send_bytes(ForkingPickler.dumps(("error", name, _one_line(e), 1)))
+        sys.exit(1)
     try:
         loop(*args, meter)
     except Terminated:  # a sink stopped by STOP_SIGNAL (see sink_loop): its sinks are closed, its count stands
