@@ -203,6 +203,39 @@ def test_the_stage_server_killed_while_stages_start_stops_the_run(kill_at, long_
     assert os.listdir(out_dir) == [] and os.listdir(tmpdir) == []
 
 
+# sitecustomize.py for the stage server alone (it has VIDSEG_STAGE_SERVER in its environment):
+# its first import of the MP4 sink runs out of memory, as under `ulimit -v` of ~100 or ~205 MB
+SERVER_SHORT_OF_MEMORY = """
+import os
+import sys
+
+
+class ShortOfMemory:
+    def find_spec(self, name, path=None, target=None):
+        if name == "vidseg.sinks.mp4":
+            sys.meta_path.remove(self)
+            raise MemoryError
+
+
+if os.environ.get("VIDSEG_STAGE_SERVER"):
+    sys.meta_path.insert(0, ShortOfMemory())
+"""
+
+
+def test_a_stage_server_out_of_memory_preloading_the_stages_still_serves_them(clip_480, tmp_path):
+    """A MemoryError as the stage server preloaded the stage modules ended it with a traceback
+    (multiprocessing's preload lets only an ImportError pass); the stages import what it could
+    not after the fork."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SERVER_SHORT_OF_MEMORY)
+    r = subprocess.run([sys.executable, "-c", "from vidseg.cli import main; main()", "file", clip_480, "-o",
+                        tmp_path / "out.mp4", "--model", "tests.fake_models:BlobModel", "--no-progress"], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}:{REPO}"), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert int(probe(tmp_path / "out.mp4")["video"]["nb_read_frames"]) == 50
+
+
 def test_a_stage_killed_by_sigbus_points_at_shared_memory(clip_for, tmp_path):
     """A stage writing to a ring whose /dev/shm filled up after the check at the start (another
     run, another program) gets SIGBUS: the line said only 'killed by SIGBUS'."""

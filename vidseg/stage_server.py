@@ -23,6 +23,7 @@ This module imports nothing heavy itself, so a command can start the server firs
 from __future__ import annotations
 
 import atexit
+import importlib
 import multiprocessing as mp
 import os
 import sys
@@ -32,12 +33,11 @@ from typing import Optional
 from vidseg.errors import outlive_readers, stop_signals_ignored
 from vidseg.scratch import make_scratch_dir, remove_scratch_dir
 
-PRELOAD = ["vidseg.stage_server", "vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
+PRELOAD = ["vidseg.stages", "vidseg.sources.file", "vidseg.sinks.mp4"]
 # OpenCV before PyAV: both wheels bundle libxcb under the same file name, and with PyAV's
 # loaded first OpenCV's Qt window hangs connecting to the X server (xcb_wait_for_reply).
 WINDOW_PRELOAD = ["cv2"] + PRELOAD
-IN_SERVER = "VIDSEG_STAGE_SERVER"  # set in the server's environment, taken out by its preload
-SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", IN_SERVER: "1"}
+IN_SERVER = "VIDSEG_STAGE_SERVER"  # in the server's environment: "window" or "1"; taken out by its preload
 
 
 def start(window: bool = True):
@@ -46,14 +46,16 @@ def start(window: bool = True):
     window: preload OpenCV, before PyAV, so that a stage can open an OpenCV window (the call
     that starts the server decides; later calls only return the context)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(WINDOW_PRELOAD if window else PRELOAD)
+    # the server imports this module, which preloads the others (see the end of this module)
+    ctx.set_forkserver_preload(["vidseg.stage_server"])
     config = mp.current_process()._config  # where multiprocessing.util.get_temp_dir looks first
     if "tempdir" not in config:
         # multiprocessing's temporary folder (the server's socket) as one of ours: a pymp-*
         # stayed in $TMPDIR when this process was killed, this one goes with the next run
         config["tempdir"] = make_scratch_dir("mp")
-    saved = {k: os.environ.get(k) for k in SERVER_ENV}
-    os.environ.update(SERVER_ENV)
+    server_env = {"OPENBLAS_NUM_THREADS": "1", IN_SERVER: "window" if window else "1"}
+    saved = {k: os.environ.get(k) for k in server_env}
+    os.environ.update(server_env)
     try:
         # inherited through exec: Ctrl-C, SIGTERM and SIGHUP are the supervisor's (vidseg.supervisor)
         with stop_signals_ignored():
@@ -102,6 +104,11 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-if os.environ.pop(IN_SERVER, None):  # this is the server (its stages do not inherit the mark)
+if _mark := os.environ.pop(IN_SERVER, None):  # this is the server (its stages do not inherit the mark)
     atexit.register(_exit_now)
     outlive_readers()  # for its stages
+    for _module in WINDOW_PRELOAD if _mark == "window" else PRELOAD:
+        try:
+            importlib.import_module(_module)
+        except Exception:  # noqa: BLE001 - out of memory (ulimit -v): a stage imports it after the fork
+            pass  # (multiprocessing's own preload let a MemoryError end the server with a traceback)
