@@ -66,8 +66,8 @@ def memory_message(e: BaseException):
     """The line for an error that running out of memory caused, saying what to do; None for
     any other error. Under an address-space limit (`ulimit -v`) a stage that loads a library
     (TensorFlow's are GBs of address space) gets an ImportError from the dynamic loader, a
-    MemoryError, or a SystemError from inside the import machinery, and a process that starts
-    a thread no room for its stack ("can't start new thread"); a library may raise its
+    MemoryError, or a SystemError from inside the import machinery, and a thread finds no
+    room for its stack ("can't start new thread"); a library may raise its
     own error from it (scipy: "your install seems to be broken"), so the chain is looked at."""
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
 
