@@ -1,8 +1,13 @@
 """`vidseg image`: what is in the way of an output is refused before any picture is written."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
+import pytest
 
 from tests.conftest import BLOB_MODEL, run_vidseg
 
@@ -33,3 +38,47 @@ def test_an_output_ending_in_a_slash_is_a_folder(tmp_path):
     r = run_vidseg("image", *pictures(tmp_path, 1), "-o", f"{tmp_path / 'new.png'}/", "--model", BLOB_MODEL)
     assert r.returncode == 0, r.stderr
     assert [p.name for p in (tmp_path / "new.png").iterdir()] == ["s0.png"]
+
+
+def parts_made_by_a_gone_group(*outputs) -> list[str]:
+    """A temporary file (temp_beside) per output, made by a process group that is gone once it
+    ends, as a run killed whole leaves them."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from vidseg.pipelines.outputs import temp_beside; "
+                               "print(*map(temp_beside, sys.argv[1:]), sep='\\n')", *map(str, outputs)],
+        start_new_session=True, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def made_elsewhere(part: str) -> str:
+    """The name `part` would have had if made on another machine (another boot id)."""
+    prefix, owner, random, _ = os.path.basename(part).rsplit(".", 3)
+    machine, group = owner.split("-")
+    return f"{prefix}.{'0' * 8 if machine == 'f' * 8 else 'f' * 8}-{group}.{random}.part"
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_parts_a_run_killed_whole_left_are_removed_and_no_others(tmp_path, several):
+    """`vidseg image` never removed the hidden parts a run killed whole (SIGKILL to its group)
+    left beside its outputs, as `vidseg file` does: they piled up in the output folder. Only
+    those of a group that is gone, made on this machine, for the outputs of this run go."""
+    from vidseg.pipelines.outputs import temp_beside
+
+    src = tmp_path / "in"
+    src.mkdir()
+    images = pictures(src, 2 if several else 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    targets = [out / os.path.basename(p) for p in images] if several else [out / "one.png"]
+    dets = out / "d.jsonl"
+    abandoned = parts_made_by_a_gone_group(*targets, dets)
+    for part in abandoned:
+        with open(part, "wb") as f:
+            f.write(b"half a picture")
+    kept = [os.path.basename(temp_beside(str(targets[0]))),            # this test's group: alive
+            made_elsewhere(abandoned[0]),                              # another machine's
+            os.path.basename(parts_made_by_a_gone_group(out / "other.png")[0])]  # another output's
+    (out / kept[1]).touch()
+    r = run_vidseg("image", *images, "-o", out if several else targets[0], "--detections", dets,
+                   "--model", BLOB_MODEL)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == sorted([*(t.name for t in targets), "d.jsonl", *kept])

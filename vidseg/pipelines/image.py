@@ -10,7 +10,9 @@ input. `--detections FILE` gets one JSON line per picture, in input order:
       "box": [x1, y1, x2, y2] (pixels, x2/y2 exclusive), "mask": {"size": [h, w], "counts": str}}]}
 
 Everything is written under temporary names and renamed when all pictures are done, so a
-failure leaves nothing behind; inputs are never overwritten.
+failure leaves nothing behind; inputs are never overwritten. The temporary files a run killed
+whole (SIGKILL to its process group) left are removed by the next run writing the same outputs
+(`outputs.remove_abandoned`), as `vidseg file` does.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.outputs import check_output, check_writable, temp_beside
+from vidseg.pipelines.outputs import check_output, check_writable, remove_abandoned, temp_beside
 from vidseg.quiet import native_stderr_captured, native_stderr_filtered
 from vidseg.render import Renderer
 
@@ -206,6 +208,7 @@ def run_image(job: ImageJob) -> int:
             raise InputError(f"detections file {det_path} is also a picture; choose another path")
     if job.weights is not None:
         check_weights_file(job.weights, hdf5=job.model == "mrcnn")
+    remove_abandoned(*targets, *([det_path] if det_path else []))
 
     t0 = time.perf_counter()
     with native_stderr_filtered():

@@ -139,33 +139,38 @@ def temp_beside(path: str) -> str:
     return tmp
 
 
-def remove_abandoned(path: str) -> None:
-    """Remove the temporary files of `path` (temp_beside) that runs killed whole (SIGKILL to
+def remove_abandoned(*paths: str) -> None:
+    """Remove the temporary files of `paths` (temp_beside) that runs killed whole (SIGKILL to
     all their processes at once) left behind: those made on this machine by a process group
     that no longer exists. While any process of the group lives (the stages still writing
     after the command itself was killed) the group exists, and its id is given to no new
     process, so a file still being written is never taken. Neither is a finished file that
     could not be renamed (put_in_place made it read-only). Files of another machine (a
     shared folder, another container) or of an earlier boot are left alone: a process id
-    tells nothing there."""
-    folder, prefix = _part_prefix(path)
+    tells nothing there. Each folder is listed once, however many of its files are given
+    (`vidseg image` into a folder of thousands)."""
     if _machine() == UNKNOWN_MACHINE:  # a kernel that does not say which boot this is: nothing is proof
         return
-    owned = re.compile(re.escape(f"{prefix}{_machine()}-") + r"(\d{7})\.\w{8}\.part")
-    try:
-        names = os.listdir(folder)
-    except OSError:  # a folder that can be written to but not listed: nothing to find
-        return
-    for name in names:
-        found = owned.fullmatch(name)
-        if not found or _group_exists(int(found[1])):
-            continue
-        part = os.path.join(folder, name)
+    prefixes: dict[str, set[str]] = {}
+    for path in paths:
+        folder, prefix = _part_prefix(path)
+        prefixes.setdefault(folder, set()).add(prefix)
+    owned = re.compile(r"(.*\.)" + re.escape(f"{_machine()}-") + r"(\d{7})\.\w{8}\.part", re.DOTALL)
+    for folder, ours in prefixes.items():
         try:
-            if os.stat(part).st_mode & 0o200:  # not a finished file kept read-only for the user (put_in_place)
-                os.unlink(part)
-        except OSError:  # another run took it first, or another user's in a sticky folder (/tmp)
-            pass
+            names = os.listdir(folder)
+        except OSError:  # a folder that can be written to but not listed (or not made yet): nothing to find
+            continue
+        for name in names:
+            found = owned.fullmatch(name)
+            if not found or found[1] not in ours or _group_exists(int(found[2])):
+                continue
+            part = os.path.join(folder, name)
+            try:
+                if os.stat(part).st_mode & 0o200:  # not a finished file kept read-only for the user (put_in_place)
+                    os.unlink(part)
+            except OSError:  # another run took it first, or another user's in a sticky folder (/tmp)
+                pass
 
 
 def _part_prefix(path: str) -> tuple[str, str]:
