@@ -82,3 +82,62 @@ def test_parts_a_run_killed_whole_left_are_removed_and_no_others(tmp_path, sever
                    "--model", BLOB_MODEL)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == sorted([*(t.name for t in targets), "d.jsonl", *kept])
+
+
+class AppearingModel:
+    """BlobModel that, when first called, writes a file where the output `out.png` of the
+    folder in $APPEARING goes: another run writing the same name meanwhile."""
+
+    class_names = ("BG", "red")
+
+    def __init__(self, batch_size=1, **_):
+        from tests.fake_models import BlobModel
+
+        self.batch_size = batch_size
+        self._inner = BlobModel(batch_size)
+
+    def __call__(self, frames):
+        with open(os.path.join(os.environ["APPEARING"], "out.png"), "wb") as f:
+            f.write(b"the other run's")
+        return self._inner(frames)
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, monkeypatch):
+    """It was replaced silently, without -y (os.replace at the end), and the run exited 0. It
+    is left alone; this run's goes beside it, a line says where, exit 1 (as `vidseg file`)."""
+    [src] = pictures(tmp_path, 1)
+    monkeypatch.setenv("APPEARING", str(tmp_path))
+    r = run_vidseg("image", src, "-o", tmp_path / "out.png", "--model", f"{__name__}:AppearingModel")
+    assert r.returncode == 1, r.stderr
+    assert (tmp_path / "out.png").read_bytes() == b"the other run's"
+    assert f"{tmp_path / 'out.png'} appeared while vidseg ran and is left as it is; this run's is " \
+           f"{tmp_path / 'out-2.png'}" in r.stderr
+    assert cv2.imread(str(tmp_path / "out-2.png")).shape == (48, 64, 3)
+    assert sorted(os.listdir(tmp_path)) == ["out-2.png", "out.png", "s0.png"]
+
+
+def test_a_finished_picture_that_cannot_be_renamed_is_kept_and_the_line_says_where(tmp_path, monkeypatch, capsys):
+    """The rename at the end failed (the folder made read-only meanwhile): a traceback, and the
+    pictures not yet renamed were left hidden and writable, for the next run to remove as
+    abandoned. Each stays hidden, read-only (which remove_abandoned leaves), and the one error line says where; exit 1."""
+    import errno
+
+    from vidseg.pipelines.image import ImageJob, run_image
+
+    images = pictures(tmp_path, 2)
+    out = tmp_path / "out"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
+    assert run_image(ImageJob(inputs=images, output=str(out), model=BLOB_MODEL, progress=False)) == 1
+    monkeypatch.undo()
+    parts = sorted(os.listdir(out))
+    assert len(parts) == 2 and all(p.startswith((".s0.png.", ".s1.png.")) for p in parts)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "vidseg: error: " + "; ".join(
+        f"cannot name {out / name}: Permission denied; the finished file is {out / part} (hidden): rename it to "
+        f"{out / name} yourself" for name, part in zip(["s0.png", "s1.png"], parts))
+    assert all(not os.stat(out / p).st_mode & 0o222 for p in parts)

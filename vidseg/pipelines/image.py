@@ -10,7 +10,9 @@ input. `--detections FILE` gets one JSON line per picture, in input order:
       "box": [x1, y1, x2, y2] (pixels, x2/y2 exclusive), "mask": {"size": [h, w], "counts": str}}]}
 
 Everything is written under temporary names and renamed when all pictures are done, so a
-failure leaves nothing behind; inputs are never overwritten. The temporary files a run killed
+failure leaves nothing behind; inputs are never overwritten, nor, without `-y`, a file that
+appeared at an output's name while the run went on (`outputs.put_in_place`: this run's goes
+beside it, exit 1). The temporary files a run killed
 whole (SIGKILL to its process group) left are removed by the next run writing the same outputs
 (`outputs.remove_abandoned`), as `vidseg file` does.
 """
@@ -32,7 +34,8 @@ from tqdm import tqdm
 from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.outputs import check_output, check_writable, remove_abandoned, temp_beside
+from vidseg.pipelines.outputs import (check_output, check_writable, one_line, put_in_place, remove_abandoned,
+                                      temp_beside)
 from vidseg.quiet import native_stderr_captured, native_stderr_filtered
 from vidseg.render import Renderer
 
@@ -246,10 +249,18 @@ def run_image(job: ImageJob) -> int:
         if made_dir:
             os.rmdir(os.path.abspath(job.output))
         raise
+    code, errors = 0, []
     for tmp, final in temps:
-        os.replace(tmp, final)
+        try:
+            if put_in_place(tmp, final, job.overwrite) != final:
+                code = 1  # not where it was asked for: a script must not read the other run's
+        except OSError as e:
+            errors.append(e.strerror)
     seconds = time.perf_counter() - t0 - t_model
     print(f"{len(images)} picture{'s' * (len(images) > 1)}, {found} detection{'s' * (found != 1)}, "
           f"{seconds / len(images):.3f} s per picture (model loaded in {t_model:.1f} s), written to "
           f"{os.path.abspath(job.output)}", file=sys.stderr)
-    return 0
+    if errors:
+        print(f"vidseg: error: {one_line('; '.join(errors))}", file=sys.stderr)
+        code = 1
+    return code
