@@ -48,14 +48,68 @@ def _quiet(verbose):
 
 
 def read_coco(annotation_file, verbose=False):
-    """pycocotools COCO for an instances JSON file. Raises InputError if missing or malformed."""
+    """pycocotools COCO for an instances JSON file. Raises InputError if missing or malformed
+    (checked here: pycocotools fails on a wrong file with a KeyError or TypeError from inside)."""
+    if os.path.isdir(annotation_file):
+        raise InputError(f"{annotation_file} is a folder; the COCO annotations must be a JSON file of that name")
     if not os.path.isfile(annotation_file):
         raise InputError(f"COCO annotation file not found: {annotation_file}")
+    with open(annotation_file, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise InputError(f"{annotation_file} is empty; give a COCO instances file")
     try:
-        with _quiet(verbose):
-            return COCO(str(annotation_file))
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise InputError(f"{annotation_file}: not a COCO instances file ({e!r})") from None
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise InputError(f"{annotation_file} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{annotation_file} is not JSON ({e.msg}: line {e.lineno} column {e.colno}); "
+                         "give a COCO instances file") from None
+    problem = coco_problem(data)
+    if problem:
+        raise InputError(f"{annotation_file} is not a COCO instances file: {problem}")
+    coco = COCO()
+    coco.dataset = data
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+# what each entry of a COCO instances file must have, for loading and scoring
+COCO_FIELDS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id", "category_id"),
+               "categories": ("id", "name")}
+
+
+def coco_problem(data) -> str | None:
+    """What keeps `data` (parsed JSON) from being a COCO instances file, and what to do; None
+    when it is one."""
+    if isinstance(data, dict) and ("_via_img_metadata" in data or data and all(
+            isinstance(v, dict) and "filename" in v for v in data.values())):
+        return "it is a VGG Image Annotator export; use --kind via"
+    if not isinstance(data, dict):
+        found = "a list (a detections or results file?)" if isinstance(data, list) else json_kind(data)
+        return f"expected an object with images, annotations and categories, found {found}"
+    for key, fields in COCO_FIELDS.items():
+        entries = data.get(key)
+        if not isinstance(entries, list):
+            return f"{key!r} is {'missing' if entries is None else 'not a list'}; give the instances_*.json file"
+        for k, entry in enumerate(entries):
+            lacking = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if lacking:
+                return f"{key}[{k}] has no {lacking[0]!r}; every entry of {key} needs {', '.join(fields)}"
+    for k, image in enumerate(data["images"]):
+        if not isinstance(image["file_name"], str) or not all(
+                isinstance(image[f], int) and not isinstance(image[f], bool) and image[f] > 0 for f in ("height", "width")):
+            return f"images[{k}] needs a file name and a height and width in pixels (positive whole numbers)"
+    return None
+
+
+def json_kind(value) -> str:
+    """What a parsed JSON value is, as the user would say it: "a string", "a number", "null"."""
+    if isinstance(value, bool):
+        return "true or false"
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), "null")
 
 
 def _has_segmentation(annotation) -> bool:

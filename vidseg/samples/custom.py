@@ -48,7 +48,9 @@ def find_via_json(folder):
     preferred = folder / "via_region_data.json"
     if preferred.is_file():
         return preferred
-    candidates = sorted(folder.glob("*.json"))
+    if preferred.is_dir():
+        raise InputError(f"{preferred} is a folder; the VIA export must be a JSON file of that name")
+    candidates = sorted(p for p in folder.glob("*.json") if p.is_file())
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
         raise InputError(f"{folder}: expected via_region_data.json or exactly one VIA .json export "
@@ -58,14 +60,20 @@ def find_via_json(folder):
 
 def read_via(path):
     """Image entries of a VIA 1.x/2.x export or 2.x project: list of dicts with
-    "filename" and "regions" (a list of {"shape_attributes", "region_attributes"})."""
+    "filename" and "regions" (a list of {"shape_attributes", "region_attributes"}).
+    Raises InputError for a file that is not one, saying what is wrong."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable VIA JSON file ({e})") from None
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a readable VIA JSON file (not UTF-8 text); save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not a readable VIA JSON file ({e.msg}: line {e.lineno} column {e.colno}); "
+                         "export from VIA with Annotation > Export as JSON") from None
     if isinstance(data, dict) and "_via_img_metadata" in data:
         data = data["_via_img_metadata"]
+    if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
+        raise InputError(f"{path}: not a VIA export: it is a COCO instances file; use --kind coco")
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "filename" in v for v in data.values()):
         raise InputError(f"{path}: not a VIA export (expected an object of images with "
                          "'filename' and 'regions'); export from VIA with Annotation > Export as JSON")
@@ -74,7 +82,13 @@ def read_via(path):
         regions = entry.get("regions") or []
         if isinstance(regions, dict):  # VIA 1.x: {"0": region, "1": region, ...}
             regions = [regions[k] for k in sorted(regions, key=lambda k: int(k) if str(k).isdigit() else k)]
-        entries.append({"filename": entry["filename"], "regions": list(regions)})
+        if not isinstance(entry["filename"], str) or not isinstance(regions, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("shape_attributes") or {}, dict)
+                and isinstance(r.get("region_attributes") or {}, dict) for r in regions):
+            raise InputError(f"{path}: image {entry['filename']!r} is not a VIA entry (a file name and a list of "
+                             "regions, each with shape_attributes and region_attributes objects); export from VIA "
+                             "with Annotation > Export as JSON")
+        entries.append({"filename": entry["filename"], "regions": regions})
     return entries
 
 

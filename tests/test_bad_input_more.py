@@ -1,0 +1,168 @@
+"""Bad input to `image`, `inspect`, `evaluate`, `train` and `weights download`: one line saying
+what is wrong and what to do, exit 2, no traceback, nothing left behind. Each case here was a
+traceback or a misleading line before."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, run_vidseg
+from vidseg.errors import InputError
+
+SHIPPED = REPO / "vidseg" / "models" / "shapes.h5"
+SQUARE = {"shape_attributes": {"name": "polygon", "all_points_x": [10, 40, 40, 10], "all_points_y": [10, 10, 40, 40]},
+          "region_attributes": {}}
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidseg: error: "), r.stderr[-3000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def picture(path) -> str:
+    image = np.full((64, 64, 3), 90, np.uint8)
+    image[10:40, 10:40] = 230
+    assert cv2.imwrite(str(path), image)
+    return str(path)
+
+
+def via_set(root, export) -> str:
+    """root/train and root/val, a picture a.jpg in each and `export` as their VIA file."""
+    for subset in ("train", "val"):
+        (root / subset).mkdir(parents=True)
+        picture(root / subset / "a.jpg")
+        (root / subset / "via_region_data.json").write_bytes(export)
+    return str(root)
+
+
+def coco_set(root, instances) -> str:
+    """root/annotations/instances_{train,val}2014.json holding `instances`, a picture in each subset."""
+    (root / "annotations").mkdir(parents=True)
+    for subset in ("train", "val"):
+        (root / f"{subset}2014").mkdir()
+        picture(root / f"{subset}2014" / "a.jpg")
+        (root / "annotations" / f"instances_{subset}2014.json").write_bytes(instances)
+    return str(root)
+
+
+COCO = {"images": [{"id": 1, "file_name": "a.jpg", "height": 64, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]],
+                         "area": 900, "bbox": [10, 10, 30, 30], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "square"}]}
+VIA = {"a.jpg": {"filename": "a.jpg", "size": 1, "regions": [SQUARE], "file_attributes": {}}}
+
+
+def without(key, index=None, field=None):
+    data = json.loads(json.dumps(COCO))
+    if field is None:
+        del data[key]
+    else:
+        del data[key][index][field]
+    return json.dumps(data).encode()
+
+
+# ---- COCO files: pycocotools failed inside (KeyError 'categories' for a VIA file, a traceback);
+# the other cases said "not a COCO instances file (<the exception's repr>)", for random bytes
+# the whole file's bytes in the one line
+
+COCO_CASES = {
+    "a VIA export": (json.dumps(VIA).encode(), "is not a COCO instances file: it is a VGG Image Annotator export; "
+                                               "use --kind via"),
+    "a list": (b"[1, 2]", "found a list (a detections or results file?)"),
+    "a string": (b'"hello"', "found a string"),
+    "not UTF-8": (b'{"images": "\xff"}', "is not UTF-8 text; save it as UTF-8 JSON"),
+    "random bytes": (bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8)), "is not UTF-8 text"),
+    "empty": (b"", "is empty; give a COCO instances file"),
+    "not JSON": (b"{not json", "is not JSON (Expecting property name enclosed in double quotes: line 1 column 2)"),
+    "numbers for lists": (b'{"images": 1, "annotations": 2, "categories": 3}', "'images' is not a list"),
+    "no categories": (without("categories"), "'categories' is missing"),
+    "an image without a file name": (without("images", 0, "file_name"),
+                                     "images[0] has no 'file_name'; every entry of images needs id, file_name, "
+                                     "height, width"),
+    "an annotation without a category": (without("annotations", 0, "category_id"), "annotations[0] has no "
+                                                                                   "'category_id'"),
+    "a size that is text": (json.dumps(dict(COCO, images=[dict(COCO["images"][0], width="64")])).encode(),
+                            "images[0] needs a file name and a height and width in pixels"),
+}
+
+
+@pytest.mark.parametrize("case", COCO_CASES)
+def test_a_coco_file_of_the_wrong_kind_says_what_it_is(tmp_path, case):
+    from vidseg.samples.coco import CocoDataset
+
+    content, message = COCO_CASES[case]
+    root = coco_set(tmp_path, content)
+    with pytest.raises(InputError) as e:
+        CocoDataset().load_coco(root, "train")
+    assert str(e.value).startswith(f"{root}/annotations/instances_train2014.json ")
+    assert message in str(e.value) and len(str(e.value)) < 300, str(e.value)
+
+
+def test_a_folder_named_as_the_coco_file_is_said_to_be_one(tmp_path):
+    from vidseg.samples.coco import CocoDataset
+
+    root = coco_set(tmp_path, json.dumps(COCO).encode())
+    path = tmp_path / "annotations" / "instances_train2014.json"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(InputError, match="instances_train2014.json is a folder; the COCO annotations must be a JSON"):
+        CocoDataset().load_coco(root, "train")
+
+
+# ---- VIA files: a region list of the wrong shape was an AttributeError traceback
+
+VIA_CASES = {
+    "regions a string": ({"a.jpg": {"filename": "a.jpg", "regions": "x"}}, "image 'a.jpg' is not a VIA entry"),
+    "regions of numbers": ({"a.jpg": {"filename": "a.jpg", "regions": [1, 2]}}, "image 'a.jpg' is not a VIA entry"),
+    "shape attributes a list": ({"a.jpg": {"filename": "a.jpg", "regions": [{"shape_attributes": [1]}]}},
+                                "image 'a.jpg' is not a VIA entry"),
+    "a number for a file name": ({"a": {"filename": 5, "regions": []}}, "image 5 is not a VIA entry"),
+    "a COCO file": (COCO, "not a VIA export: it is a COCO instances file; use --kind coco"),
+}
+
+
+@pytest.mark.parametrize("case", VIA_CASES)
+def test_a_via_file_of_the_wrong_shape_says_what_is_wrong(tmp_path, case):
+    from vidseg.samples.custom import ViaDataset
+
+    export, message = VIA_CASES[case]
+    root = via_set(tmp_path, json.dumps(export).encode())
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        ViaDataset().load_via(root, "train", class_name="square")
+
+
+def test_a_via_file_that_is_not_utf8_says_so_and_a_folder_of_its_name_is_one(tmp_path):
+    """The first said "not a readable VIA JSON file ('utf-8' codec can't decode byte 0xff in
+    position 11: ...)", the second "[Errno 21] Is a directory"."""
+    from vidseg.samples.custom import ViaDataset
+
+    root = via_set(tmp_path, b'{"a.jpg": "\xff"}')
+    with pytest.raises(InputError, match=r"not a readable VIA JSON file \(not UTF-8 text\); save it as UTF-8"):
+        ViaDataset().load_via(root, "train", class_name="square")
+    path = tmp_path / "train" / "via_region_data.json"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(InputError, match="via_region_data.json is a folder; the VIA export must be a JSON file"):
+        ViaDataset().load_via(root, "train", class_name="square")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_wrong_kind_annotations_are_one_line_in_the_commands(tmp_path, command):
+    """`evaluate --kind coco` on a VIA file was a KeyError traceback, `train --kind via` with a
+    region list of the wrong shape an AttributeError one; both exit 1."""
+    coco = coco_set(tmp_path / "coco", json.dumps(VIA).encode())
+    via = via_set(tmp_path / "via", json.dumps({"a.jpg": {"filename": "a.jpg", "regions": "x"}}).encode())
+    before = sorted(os.listdir(tmp_path))
+    train = ["--weights", "none", "--epochs", "1", "--model-dir", tmp_path / "logs"] if command == "train" else []
+    r = run_vidseg(command, "--kind", "coco", "--dataset", coco, *train)
+    assert_one_line_error(r, "it is a VGG Image Annotator export; use --kind via")
+    r = run_vidseg(command, "--kind", "via", "--dataset", via, "--class-name", "square", *train)
+    assert_one_line_error(r, "image 'a.jpg' is not a VIA entry")
+    assert sorted(os.listdir(tmp_path)) == before
