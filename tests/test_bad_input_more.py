@@ -166,3 +166,23 @@ def test_wrong_kind_annotations_are_one_line_in_the_commands(tmp_path, command):
     r = run_vidseg(command, "--kind", "via", "--dataset", via, "--class-name", "square", *train)
     assert_one_line_error(r, "image 'a.jpg' is not a VIA entry")
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_weights_for_other_classes_say_what_to_evaluate_instead(tmp_path):
+    """It said only "... has 4 classes but the dataset has 2 (with BG)"."""
+    via = via_set(tmp_path, json.dumps(VIA).encode())
+    r = run_vidseg("evaluate", "--kind", "via", "--dataset", via, "--class-name", "square")
+    assert_one_line_error(r, "has 4 classes but the dataset has 2 (with BG); evaluate weights trained on its "
+                             "classes (vidseg train --kind via ..., then --weights last)")
+
+
+@pytest.mark.timeout(60)
+def test_evaluate_generates_only_the_shapes_it_evaluates():
+    """--images 99999999999 --limit 1 generated every image's description first: it ran for
+    12 minutes, its memory growing, before it was stopped."""
+    from vidseg.samples.train import EvaluateJob, evaluation_set
+
+    dataset = evaluation_set(EvaluateJob(kind="shapes", images=10 ** 11, limit=3, seed=5))
+    assert len(dataset.image_ids) == 3
+    whole = evaluation_set(EvaluateJob(kind="shapes", images=10, seed=5))
+    assert [dataset.image_info[i]["shapes"] for i in range(3)] == [whole.image_info[i]["shapes"] for i in range(3)]

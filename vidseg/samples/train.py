@@ -335,7 +335,9 @@ def inference_model(kind, weights, class_names, min_confidence=None, model_dir="
         raise InputError("--weights none has nothing to evaluate: give coco, last or a weights file")
     path, arch, file_classes = resolve_weights(str(weights or SHIPPED_WEIGHTS), model_dir, kind)
     if file_classes != len(class_names):
-        raise InputError(f"{path} has {file_classes} classes but the dataset has {len(class_names)} (with BG)")
+        raise InputError(f"{path} has {file_classes} classes but the dataset has {len(class_names)} (with BG); "
+                         f"evaluate weights trained on its classes (vidseg train --kind {kind} ..., then "
+                         "--weights last)")
     sidecar = read_sidecar(path)
     trained = sidecar["class_names"]
     if trained is not None and list(trained[1:]) != list(class_names[1:]):
@@ -363,7 +365,8 @@ def evaluation_set(job: EvaluateJob):
         if job.dataset is not None:
             raise InputError("--kind shapes generates its images; leave out --dataset")
         make = ShapesDataset.generate_shifted if job.shifted else ShapesDataset.generate
-        dataset = make(job.images, seed=job.seed)
+        # the first N of a seeded set are the same whatever its size: --limit 1 of --images 10**11 made them all
+        dataset = make(min(job.images, job.limit or job.images), seed=job.seed)
     else:
         from mrcnn.frame_model import SHIPPED_WEIGHTS, read_sidecar
 
