@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from mrcnn import weights as weightslib  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.utils import not_hdf5  # noqa: E402
 from vidseg.detections import Detections  # noqa: E402
 from vidseg.errors import InputError  # noqa: E402
 
@@ -42,11 +43,10 @@ def architecture_from_file(path):
     """Config fields that the weight shapes determine: {BACKBONE, BACKBONE_WIDTH (resnet18),
     NUM_CLASSES, TOP_DOWN_PYRAMID_SIZE, RPN_CONV_SIZE, FPN_CLASSIF_FC_LAYERS_SIZE,
     MASK_HEAD_CONV_SIZE}; raises InputError for a file that is not Mask R-CNN weights."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
-                         "(e.g. from `vidseg weights download coco`)") from None
+    problem = not_hdf5(path)
+    if problem:
+        raise InputError(f"{path} {problem}")
+    f = h5py.File(path, "r")
     try:
         with f, weightslib.readable(path):
             group = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f

@@ -666,6 +666,30 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
     return result[0] if len(result) == 1 else result
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def not_hdf5(path) -> str | None:
+    """Why the existing file `path` is no HDF5 weights file, said as the end of a sentence
+    naming it ("is empty; ..."), or None when h5py can open it. A file that begins as HDF5 but
+    does not open was cut short (an interrupted copy or download) or damaged."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):  # h5py.is_hdf5 looks at the signature only: a truncated file passes
+            return None
+    except OSError:
+        pass
+    with open(path, "rb") as f:
+        head = f.read(len(HDF5_SIGNATURE))
+    if not head:
+        return "is empty; give a Mask R-CNN .h5 (e.g. from `vidseg weights download coco`)"
+    if head == HDF5_SIGNATURE:
+        return (f"is cut short or damaged ({os.path.getsize(path):,} bytes: it begins as an HDF5 file but does not "
+                "open); download or copy it again")
+    return "is not an HDF5 weights file; give a Mask R-CNN .h5 (e.g. from `vidseg weights download coco`)"
+
+
 def download_trained_weights(coco_model_path, verbose=1, url=COCO_MODEL_URL):
     """Download matterport's COCO weights to `coco_model_path` (the only network use here).
 

@@ -19,6 +19,8 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn.utils import not_hdf5
+
 BY_NAME_HINT = "; load with by_name=True to keep their initial values"  # for API users, not the CLI
 
 _ORDER = ["kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"]
@@ -84,10 +86,10 @@ def load_weights(model, path, exclude=None, require_all=False):
     exclude = set(exclude or [])
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise WeightsError(f"{path} is not an HDF5 weights file") from None
+    problem = not_hdf5(path)
+    if problem:
+        raise WeightsError(f"{path} {problem}")
+    f = h5py.File(path, "r")
     with f, readable(path):
         group, file_names = _open_layers(f, path)
         targets = {n: ws for n, ws in weighted_layers(model).items() if n not in exclude}

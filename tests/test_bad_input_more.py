@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
@@ -186,3 +188,61 @@ def test_evaluate_generates_only_the_shapes_it_evaluates():
     assert len(dataset.image_ids) == 3
     whole = evaluation_set(EvaluateJob(kind="shapes", images=10, seed=5))
     assert [dataset.image_info[i]["shapes"] for i in range(3)] == [whole.image_info[i]["shapes"] for i in range(3)]
+
+
+# ---- weights files: a truncated .h5 was "not an HDF5 weights file" (it is one, cut short)
+# from every command, and a raw h5py line from `file` and `bench` once the check was sharper
+
+def truncated(tmp_path) -> str:
+    path = tmp_path / "cut.h5"
+    path.write_bytes(SHIPPED.read_bytes()[:SHIPPED.stat().st_size // 2])
+    shutil.copy(SHIPPED.with_suffix(".json"), tmp_path / "cut.json")
+    return str(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is cut short or damaged ("),
+    (b"", "is empty; give a Mask R-CNN .h5"),
+    (b"hello", "is not an HDF5 weights file; give a Mask R-CNN .h5"),
+], ids=["truncated", "empty", "text"])
+def test_weights_that_are_not_whole_hdf5_say_which(tmp_path, content, message):
+    from mrcnn.utils import not_hdf5
+
+    path = truncated(tmp_path) if content is None else tmp_path / "w.h5"
+    if content is not None:
+        path.write_bytes(content)
+    assert message in not_hdf5(path)
+    assert not_hdf5(SHIPPED) is None
+
+
+@pytest.mark.parametrize("command", ["image", "evaluate", "inspect"])
+def test_a_truncated_weights_file_is_one_line_saying_to_copy_it_again(tmp_path, command):
+    weights = truncated(tmp_path)
+    src = picture(tmp_path / "in.png")
+    args = {"image": ["image", src, "-o", tmp_path / "out.png"], "evaluate": ["evaluate", "--kind", "shapes", "--images",
+                                                                             "1"],
+            "inspect": ["inspect", src, "--out", tmp_path / "report"]}[command]
+    r = run_vidseg(*args, "--weights", weights)
+    assert_one_line_error(r, f"{weights} is cut short or damaged (", "download or copy it again")
+    assert sorted(os.listdir(tmp_path)) == ["cut.h5", "cut.json", "in.png"]
+
+
+def test_weights_download_into_a_folder_that_takes_no_files_is_refused_first(tmp_path):
+    """As root, access() said /proc was writable: the download started, and the line said the
+    network was down ("cannot reach github.com") or, from a mirror, failed writing the part."""
+    weights = tmp_path / "w.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("x", data=np.zeros(4))
+    r = run_vidseg("weights", "download", "coco", "--dir", "/proc", "--url", weights.as_uri())
+    assert_one_line_error(r, "cannot write to /proc: it takes no new files; choose a writable --dir")
+
+
+def test_weights_download_from_a_mirror_that_sends_a_cut_file_keeps_nothing(tmp_path):
+    """With no size announced (file://), a truncated HDF5 file passed h5py.is_hdf5 (the
+    signature) and was saved as the weights."""
+    source = truncated(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_vidseg("weights", "download", "coco", "--dir", out, "--url", f"file://{source}", "--no-progress")
+    assert_one_line_error(r, "did not send an HDF5 weights file")
+    assert os.listdir(out) == []

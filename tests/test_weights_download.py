@@ -251,7 +251,7 @@ def test_an_existing_file_that_is_not_hdf5_is_not_taken_for_the_weights(server, 
     (tmp_path / NAME).write_bytes(b"junk!")
     r = run_cli("weights", "download", "coco", "--dir", str(tmp_path), "--url", server.url)
     assert r.returncode == 2, r.stderr
-    assert "is not an HDF5 weights file: delete it and run again" in r.stderr
+    assert "is not a whole HDF5 weights file: delete it and run again" in r.stderr
     assert (tmp_path / NAME).read_bytes() == b"junk!" and server.ranges == []
 
 

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from mrcnn.utils import COCO_MODEL_URL
+from mrcnn.utils import COCO_MODEL_URL, not_hdf5
 from vidseg.errors import InputError
+from vidseg.pipelines.outputs import check_writable
 from vidseg.secrets import mask
 
 URL_ENV = "VIDSEG_WEIGHTS_URL"   # overrides the release URL (mirrors, tests)
@@ -63,17 +64,14 @@ def download(name: str, directory: str = ".", url: Optional[str] = None, progres
     expected = release.size if url == release.url else None
     if not os.path.isdir(directory):
         raise InputError(f"directory {directory!r} does not exist: create it or pass another --dir")
-    if not os.access(directory, os.W_OK):
-        raise InputError(f"directory {directory!r} is not writable: pass another --dir")
+    check_writable(directory, "--dir")  # tried, before the download: access() says yes to root on /proc
     dest = os.path.join(directory, release.filename)
     if os.path.exists(dest):
-        import h5py  # only here: the check needs it, the rest of the CLI does not
-
         size = os.path.getsize(dest)
         if expected is not None and size != expected:
             raise InputError(f"{dest} exists but has {size:,} bytes, not {expected:,}: delete it and run again")
-        if not h5py.is_hdf5(dest):
-            raise InputError(f"{dest} exists but is not an HDF5 weights file: delete it and run again")
+        if not_hdf5(dest):
+            raise InputError(f"{dest} exists but is not a whole HDF5 weights file: delete it and run again")
         print(f"{dest} is already here ({size:,} bytes)")
         return dest
     fetch(url, dest, expected, progress)
@@ -151,16 +149,14 @@ def _open(url: str, have: int, dest: str):
 
 
 def _finish(part: str, dest: str, total: Optional[int], url: str) -> None:
-    """Check the part's size and HDF5 signature, then give it its final name."""
-    import h5py  # only here: the check needs it, the rest of the CLI does not
-
+    """Check the part's size and that it opens as HDF5, then give it its final name."""
     size = os.path.getsize(part)
     if total is not None and size < total:
         raise InputError(f"download stopped at {size:,} of {total:,} bytes: run the command again to resume")
     if total is not None and size > total:
         os.remove(part)
         raise InputError(f"downloaded {size:,} bytes, expected {total:,}: removed it; run the command again")
-    if not h5py.is_hdf5(part):
+    if not_hdf5(part):  # with no size announced, also a download cut short
         os.remove(part)
         raise InputError(f"{mask(url)} did not send an HDF5 weights file: check the URL")
     os.replace(part, dest)

@@ -146,14 +146,13 @@ def writes_colour(ext: str) -> bool:
 
 def check_weights_file(path: str, hdf5: bool) -> None:
     """Fail fast, before TensorFlow loads, on a weights file that is missing (or not HDF5,
-    when `hdf5`: Mask R-CNN weights are)."""
-    import h5py
+    empty or cut short, when `hdf5`: Mask R-CNN weights are HDF5)."""
+    from mrcnn.utils import not_hdf5
 
     if not os.path.isfile(path):
         raise InputError(f"weights file not found: {path}")
-    if hdf5 and not h5py.is_hdf5(path):
-        raise InputError(f"{path} is not an HDF5 weights file; give a Mask R-CNN .h5 "
-                         "(e.g. from `vidseg weights download coco`)")
+    if hdf5 and (problem := not_hdf5(path)):
+        raise InputError(f"{path} {problem}")
 
 
 def read_rgb(path: str) -> np.ndarray:
