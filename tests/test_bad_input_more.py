@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zlib
 
 import cv2
 import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_vidseg
+from tests.conftest import BLOB_MODEL, REPO, run_vidseg
 from vidseg.errors import InputError
 
 SHIPPED = REPO / "vidseg" / "models" / "shapes.h5"
@@ -219,8 +221,8 @@ def test_weights_that_are_not_whole_hdf5_say_which(tmp_path, content, message):
 def test_a_truncated_weights_file_is_one_line_saying_to_copy_it_again(tmp_path, command):
     weights = truncated(tmp_path)
     src = picture(tmp_path / "in.png")
-    args = {"image": ["image", src, "-o", tmp_path / "out.png"], "evaluate": ["evaluate", "--kind", "shapes", "--images",
-                                                                             "1"],
+    args = {"image": ["image", src, "-o", tmp_path / "out.png"],
+            "evaluate": ["evaluate", "--kind", "shapes", "--images", "1"],
             "inspect": ["inspect", src, "--out", tmp_path / "report"]}[command]
     r = run_vidseg(*args, "--weights", weights)
     assert_one_line_error(r, f"{weights} is cut short or damaged (", "download or copy it again")
@@ -246,3 +248,30 @@ def test_weights_download_from_a_mirror_that_sends_a_cut_file_keeps_nothing(tmp_
     r = run_vidseg("weights", "download", "coco", "--dir", out, "--url", f"file://{source}", "--no-progress")
     assert_one_line_error(r, "did not send an HDF5 weights file")
     assert os.listdir(out) == []
+
+
+# ---- pictures and model options
+
+def huge_png(path, width, height) -> str:
+    """A PNG of width x height black pixels, written row by row (never whole in memory)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (1 + 3 * width)
+    rows = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["image", "inspect"])
+def test_a_picture_too_large_to_decode_is_one_line(tmp_path, command):
+    """Over 2^30 pixels OpenCV's imread raised a cv2.error assertion: a traceback."""
+    src = huge_png(tmp_path / "huge.png", 40000, 30000)
+    args = ["-o", tmp_path / "out.png", "--model", BLOB_MODEL] if command == "image" else ["--out", tmp_path / "r"]
+    r = run_vidseg(command, src, *args)
+    assert_one_line_error(r, f"cannot decode {src}: 40000x30000 (1,200,000,000 pixels) is too large a picture to "
+                             "decode; shrink it first")
+    assert os.listdir(tmp_path) == ["huge.png"]

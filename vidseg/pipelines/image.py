@@ -157,11 +157,14 @@ def check_weights_file(path: str, hdf5: bool) -> None:
 
 def read_rgb(path: str) -> np.ndarray:
     """uint8 RGB [H, W, 3] (EXIF orientation applied; gray and alpha made RGB). InputError for
-    a file that does not decode or a JPEG cut short; the decoders' own lines about those stay
-    off the terminal, their other warnings are passed on."""
+    a file that does not decode, a picture too large to decode, or a JPEG cut short; the
+    decoders' own lines about those stay off the terminal, their other warnings are passed on."""
     with native_stderr_captured() as said:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:  # damaged, not an image, or a TIFF with an orientation tag (OpenCV 5.0 fails on those)
+        try:
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        except cv2.error:  # more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS, 2^30): an assertion
+            bgr = None
+    if bgr is None:  # damaged, not an image, too large, or a TIFF with an orientation tag (OpenCV 5.0 fails)
         return _read_with_pillow(path)
     if JPEG_CUT_SHORT in said[0]:
         raise InputError(f"cannot decode {path}: the file is cut short (part of the picture is missing); "
@@ -177,8 +180,25 @@ def _read_with_pillow(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # writable: drawn on
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        width, height = _size_unchecked(path)
+        raise InputError(f"cannot decode {path}: {width}x{height} ({width * height:,} pixels) is too large a "
+                         "picture to decode; shrink it first") from None
+    except (OSError, ValueError):
         raise InputError(f"cannot decode {path}: the file is damaged or not an image{video_hint(path)}") from None
+
+
+def _size_unchecked(path: str) -> tuple[int, int]:
+    """(width, height) of a picture from its header, past Pillow's limit on pixels (which
+    guards decoding; nothing is decoded here)."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _save(rgb: np.ndarray, target: str) -> str:
