@@ -275,3 +275,11 @@ def test_a_picture_too_large_to_decode_is_one_line(tmp_path, command):
     assert_one_line_error(r, f"cannot decode {src}: 40000x30000 (1,200,000,000 pixels) is too large a picture to "
                              "decode; shrink it first")
     assert os.listdir(tmp_path) == ["huge.png"]
+
+
+def test_a_max_dim_too_large_for_memory_is_refused(tmp_path):
+    """--max-dim 8192 (a multiple of 64, so taken) built a model the kernel killed for memory
+    after 80 s: no line at all from `image`, "killed by SIGKILL" from the others."""
+    r = run_vidseg("image", picture(tmp_path / "in.png"), "-o", tmp_path / "out.png", "--max-dim", "8192")
+    assert_one_line_error(r, "--max-dim", "8192 is not in the range 64<=x<=4096")
+    assert os.listdir(tmp_path) == ["in.png"]

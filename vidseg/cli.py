@@ -23,6 +23,7 @@ from vidseg.errors import InputError, Terminated, descriptor_hint, raise_termina
 from vidseg.pipelines.outputs import check_path_length, one_line, told
 from vidseg.secrets import mask
 
+MAX_DIM = 4096  # the largest --max-dim: memory grows with its square
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -128,8 +129,10 @@ def model_options(command):
 
     f = click.option("--backbone", type=click.Choice(["resnet50", "resnet101", "resnet18"]), default=None,
                      help="Backbone, for weights files that do not say (default: read from the file).")(bundled)
-    f = click.option("--max-dim", type=click.IntRange(64), default=None, metavar="PIXELS",
-                     help="Model input size IMAGE_MAX_DIM, a multiple of 64 (default: the model's).")(f)
+    # 4096 takes 8.5 GB with the small shipped model (2048: 2.6 GB); 8192 was killed for memory
+    f = click.option("--max-dim", type=click.IntRange(64, MAX_DIM), default=None, metavar="PIXELS",
+                     help=f"Model input size IMAGE_MAX_DIM, a multiple of 64 up to {MAX_DIM} (default: the "
+                          "model's).")(f)
     f = click.option("--classes", type=Path(dir_okay=False), default=None,
                      help="Class names file (JSON list or one per line, 'BG' first) for weights without a sidecar.")(f)
     f = click.option("--model", default="mrcnn", show_default=True, metavar="mrcnn|none|pkg.module:factory",
