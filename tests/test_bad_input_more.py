@@ -283,3 +283,21 @@ def test_a_max_dim_too_large_for_memory_is_refused(tmp_path):
     r = run_vidseg("image", picture(tmp_path / "in.png"), "-o", tmp_path / "out.png", "--max-dim", "8192")
     assert_one_line_error(r, "--max-dim", "8192 is not in the range 64<=x<=4096")
     assert os.listdir(tmp_path) == ["in.png"]
+
+
+@pytest.mark.parametrize("name", ["w.h5", "w.json", "names.txt"])
+def test_an_output_is_never_a_file_the_model_is_read_from(tmp_path, name):
+    """`--detections w.h5 --weights w.h5 -y` replaced the 16 MB weights with 283 bytes of
+    detections and exited 0 (-y replaces outputs, not inputs); so too the class names beside
+    them (w.json) or given with --classes."""
+    shutil.copy(SHIPPED, tmp_path / "w.h5")
+    shutil.copy(SHIPPED.with_suffix(".json"), tmp_path / "w.json")
+    (tmp_path / "names.txt").write_text("BG\nsquare\ncircle\ntriangle\n")
+    src = picture(tmp_path / "in.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = run_vidseg("image", src, "-o", tmp_path / "out.png", "--detections", tmp_path / name, "--weights",
+                   tmp_path / "w.h5", "--classes", tmp_path / "names.txt", "-y")
+    what = {"w.h5": "the --weights file", "w.json": "the class names and settings of --weights",
+            "names.txt": "the --classes file"}[name]
+    assert_one_line_error(r, f"output {tmp_path / name} is {what}; choose another path")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

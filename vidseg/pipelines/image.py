@@ -144,6 +144,22 @@ def writes_colour(ext: str) -> bool:
             return False
 
 
+def refuse_model_files(outputs: Sequence[str], weights: Optional[str], classes: Optional[str]) -> None:
+    """InputError when an output would replace a file the model is read from: --weights, the
+    JSON beside it (`<stem>.json`, its class names and settings) or --classes. -y replaces
+    outputs, not these: `--detections model.json -y` wrote over the weights' class names."""
+    read = {}
+    if weights:
+        read[os.path.realpath(weights)] = "the --weights file"
+        read[os.path.realpath(os.path.splitext(weights)[0] + ".json")] = "the class names and settings of --weights"
+    if classes:
+        read[os.path.realpath(classes)] = "the --classes file"
+    for path in outputs:
+        if os.path.realpath(path) in read:
+            raise InputError(f"output {path} is {read[os.path.realpath(path)]}; choose another path (what the model "
+                             "is read from is never overwritten)")
+
+
 def check_weights_file(path: str, hdf5: bool) -> None:
     """Fail fast, before TensorFlow loads, on a weights file that is missing (or not HDF5,
     empty or cut short, when `hdf5`: Mask R-CNN weights are HDF5)."""
@@ -228,6 +244,8 @@ def run_image(job: ImageJob) -> int:
         det_path = check_output(job.detections, images[0], job.overwrite, "detections file")
         if det_path in targets or det_path in {os.path.realpath(p) for p in images}:
             raise InputError(f"detections file {det_path} is also a picture; choose another path")
+    refuse_model_files([*targets, *([det_path] if det_path else [])], job.weights,
+                       job.model_options.get("class_names"))
     if job.weights is not None:
         check_weights_file(job.weights, hdf5=job.model == "mrcnn")
     remove_abandoned(*targets, *([det_path] if det_path else []))
