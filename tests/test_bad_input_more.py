@@ -301,3 +301,13 @@ def test_an_output_is_never_a_file_the_model_is_read_from(tmp_path, name):
             "names.txt": "the --classes file"}[name]
     assert_one_line_error(r, f"output {tmp_path / name} is {what}; choose another path")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", ["image", "inspect"])
+def test_a_pipe_given_as_a_picture_is_not_called_missing(tmp_path, command):
+    """A FIFO (or a device) was "image not found"; it is there, and not read (it may never end)."""
+    os.mkfifo(tmp_path / "fifo")
+    args = ["-o", tmp_path / "out.png", "--model", BLOB_MODEL] if command == "image" else ["--out", tmp_path / "r"]
+    r = run_vidseg(command, tmp_path / "fifo", *args, timeout=60)
+    assert_one_line_error(r, f"{tmp_path / 'fifo'} is a pipe or a device, not a file; save the picture to a file first")
+    assert os.listdir(tmp_path) == ["fifo"]

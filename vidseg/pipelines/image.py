@@ -76,6 +76,8 @@ def find_images(inputs: Sequence[str]) -> list[str]:
             found += [os.path.join(path, n) for n in names]
         elif os.path.isfile(path):
             found.append(path)
+        elif os.path.exists(path):
+            raise InputError(not_a_file(path))
         else:
             raise InputError(f"image not found: {path}")
     for path in found:
@@ -86,6 +88,12 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     for path in found:                     # the same picture named twice is done once
         unique.setdefault(os.path.realpath(path), path)
     return list(unique.values())
+
+
+def not_a_file(path: str) -> str:
+    """What is wrong with a picture given as a path that exists but is no file (a FIFO, a
+    device), which is not read: it was called "not found"."""
+    return f"{path} is a pipe or a device, not a file; save the picture to a file first"
 
 
 def video_hint(path: str) -> str:

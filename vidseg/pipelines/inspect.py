@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from vidseg.errors import InputError
-from vidseg.pipelines.image import read_rgb
+from vidseg.pipelines.image import not_a_file, read_rgb
 from vidseg.pipelines.outputs import check_writable
 from vidseg.quiet import native_stderr_filtered
 
@@ -81,7 +81,7 @@ def parse_layers(text: Optional[str]) -> Optional[list[str]]:
 def check_job(job: InspectJob) -> None:
     """Check what can be checked before the model loads. Raises InputError."""
     if not os.path.isfile(job.image):
-        raise InputError(f"image not found: {job.image}")
+        raise InputError(not_a_file(job.image) if os.path.exists(job.image) else f"image not found: {job.image}")
     if job.weights is not None and not os.path.isfile(job.weights):
         raise InputError(f"weights file not found: {job.weights}")
     out = os.path.abspath(job.out)
