@@ -7,6 +7,7 @@ Boxes in graph code are normalised (y1, x1, y2, x2) unless said otherwise.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -518,6 +519,27 @@ class ScalarLog(keras.callbacks.Callback):
                                      step=epoch, metadata=self.histogram_metadata)
 
 
+class TrainingDiverged(ValueError):
+    """The training loss stopped being a finite number (a learning rate too high, most often)."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Ends training at the first step whose loss is not finite: the weights are then NaN, and
+    Keras carried on, saving every later epoch's checkpoint with them (and a resumed run
+    started from one). Raises TrainingDiverged before that epoch's checkpoint is written."""
+
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"training diverged: the loss became {float(loss)} in epoch {self.epoch + 1}, "
+                                   f"step {batch + 1}, so that epoch's checkpoint was not written")
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, write all weights to `checkpoint_path` (mask_rcnn_<name>_<epoch:04d>.h5,
     1-based epoch) in the h5 layout `MaskRCNN.load_weights` reads, and its sidecar
@@ -594,7 +616,7 @@ def train(mrcnn_model, train_dataset, val_dataset, learning_rate, epochs, layers
         gens.append(datalib.data_generator(val_dataset, config, shuffle=True, batch_size=config.BATCH_SIZE,
                                            seed=seed + 1, workers=1, start=start))
     mrcnn_model.make_log_dir()
-    callbacks = [ScalarLog(mrcnn_model.log_dir, histograms),
+    callbacks = [ScalarLog(mrcnn_model.log_dir, histograms), StopOnDivergence(),
                  EpochCheckpoint(mrcnn_model, train_dataset.class_names,
                                  dict(layers=layers, learning_rate=learning_rate, steps_per_epoch=config.STEPS_PER_EPOCH,
                                       validation_steps=config.VALIDATION_STEPS))] + list(custom_callbacks or [])

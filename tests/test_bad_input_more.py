@@ -311,3 +311,25 @@ def test_a_pipe_given_as_a_picture_is_not_called_missing(tmp_path, command):
     r = run_vidseg(command, tmp_path / "fifo", *args, timeout=60)
     assert_one_line_error(r, f"{tmp_path / 'fifo'} is a pipe or a device, not a file; save the picture to a file first")
     assert os.listdir(tmp_path) == ["fifo"]
+
+
+def test_training_stops_at_the_first_step_whose_loss_is_not_finite():
+    from mrcnn.training import StopOnDivergence, TrainingDiverged
+
+    stop = StopOnDivergence()
+    stop.on_epoch_begin(2)
+    stop.on_train_batch_end(0, {"loss": 5e27})
+    with pytest.raises(TrainingDiverged, match="the loss became nan in epoch 3, step 2, so that epoch's checkpoint "
+                                               "was not written"):
+        stop.on_train_batch_end(1, {"loss": float("nan")})
+
+
+@pytest.mark.slow
+def test_a_learning_rate_that_makes_training_diverge_is_one_line_and_leaves_no_checkpoint(tmp_path):
+    """--lr 1e30 trained to NaN weights, saved them as the epoch's checkpoint (178 arrays not
+    finite) and exited 0 saying where the checkpoints were."""
+    r = run_vidseg("train", "--kind", "shapes", "--weights", "none", "--layers", "all", "--epochs", "1", "--steps", "2",
+                   "--val-steps", "1", "--lr", "1e30", "--model-dir", tmp_path / "logs", timeout=600)
+    assert_one_line_error(r, "training diverged: the loss became nan in epoch 1, step ",
+                          "train again with a lower --lr (this run's: 1e+30)")
+    assert os.listdir(tmp_path) == []

@@ -275,6 +275,7 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
 
     from mrcnn import augmentation
     from mrcnn import model as modellib
+    from mrcnn.training import TrainingDiverged
     from mrcnn.weights import CLASS_SPECIFIC_LAYERS, WeightsError
 
     model = modellib.MaskRCNN("training", config, job.model_dir)
@@ -299,8 +300,9 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
     import keras
 
     step_done = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: first_step_done())
+    learning_rate = job.learning_rate or config.LEARNING_RATE
     try:
-        model.train(train_ds, val_ds, job.learning_rate or config.LEARNING_RATE, job.epochs, job.layers or "heads",
+        model.train(train_ds, val_ds, learning_rate, job.epochs, job.layers or "heads",
                     augmentation=aug, custom_callbacks=[step_done], histograms=job.tensorboard)
     except BaseException as error:  # failed or stopped: a run folder with no checkpoint is of no use
         if not any(Path(model.log_dir).glob("*.h5")):
@@ -311,6 +313,8 @@ def _train(job: TrainJob, train_ds, val_ds, first_step_done):
         interrupt = interrupt_in(error)
         if interrupt is not None and interrupt is not error:
             raise interrupt from None
+        if isinstance(error, TrainingDiverged):
+            raise InputError(f"{error}; train again with a lower --lr (this run's: {learning_rate:g})") from None
         if "No space left on device" in str(error) and not isinstance(error, OSError):  # TensorFlow's log writer
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), model.log_dir) from None
         raise
