@@ -333,3 +333,12 @@ def test_a_learning_rate_that_makes_training_diverge_is_one_line_and_leaves_no_c
     assert_one_line_error(r, "training diverged: the loss became nan in epoch 1, step ",
                           "train again with a lower --lr (this run's: 1e+30)")
     assert os.listdir(tmp_path) == []
+
+
+def test_inspect_of_a_layer_the_model_runs_per_pyramid_level_is_one_line(tmp_path):
+    """--layers rpn_model (a sub-model called once per level) was Keras' 'Output with path
+    `7.0` is not connected to `inputs`' traceback."""
+    r = run_vidseg("inspect", picture(tmp_path / "in.png"), "--out", tmp_path / "r", "--layers", "fpn_p2,rpn_model")
+    assert_one_line_error(r, "rpn_model runs more than once (once per pyramid level), so it has no one activation to "
+                             "show; give layers it feeds or is fed by, e.g. fpn_p2")
+    assert os.listdir(tmp_path) == ["in.png"]

@@ -195,6 +195,11 @@ def run_inspect(job: InspectJob) -> int:
     if unknown:
         raise InputError(f"no layer named {', '.join(unknown)} in this model; e.g. "
                          f"{', '.join(steps.default_layers(keras_model)[:6])}")
+    shared = steps.shared_layers(keras_model, layers)
+    if shared:
+        raise InputError(f"{', '.join(shared)} runs more than once (once per pyramid level), so it has no one "
+                         "activation to show; give layers it feeds or is fed by, e.g. "
+                         f"{', '.join(steps.default_layers(keras_model)[4:9])}")
     out = os.path.abspath(job.out)
     tmp = tempfile.mkdtemp(prefix=".inspect-", dir=os.path.dirname(out))
     os.chmod(tmp, 0o755)

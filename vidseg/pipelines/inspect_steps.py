@@ -116,6 +116,12 @@ def unknown_layers(keras_model, names):
     return [n for n in names if n not in known]
 
 
+def shared_layers(keras_model, names):
+    """The names in `names` of layers the model calls more than once (rpn_model, once per
+    pyramid level): they have no one output to show (Keras raised 'not connected to inputs')."""
+    return [n for n in names if len(keras_model.get_layer(n)._inbound_nodes) > 1]
+
+
 ############################################################
 #  One pass through the network
 ############################################################
