@@ -34,8 +34,8 @@ from tqdm import tqdm
 from vidseg.detections_io import detection_items
 from vidseg.errors import InputError
 from vidseg.models import check_spec, load_frame_model
-from vidseg.pipelines.outputs import (check_output, check_writable, one_line, put_in_place, remove_abandoned,
-                                      temp_beside)
+from vidseg.pipelines.outputs import (check_output, check_writable, one_line, put_in_place, refuse_model_files,
+                                      remove_abandoned, temp_beside)
 from vidseg.quiet import native_stderr_captured, native_stderr_filtered
 from vidseg.render import Renderer
 
@@ -150,22 +150,6 @@ def writes_colour(ext: str) -> bool:
             return bool(ext) and cv2.imencode(ext.lower(), np.zeros((64, 64, 3), np.uint8))[0]
         except cv2.error:
             return False
-
-
-def refuse_model_files(outputs: Sequence[str], weights: Optional[str], classes: Optional[str]) -> None:
-    """InputError when an output would replace a file the model is read from: --weights, the
-    JSON beside it (`<stem>.json`, its class names and settings) or --classes. -y replaces
-    outputs, not these: `--detections model.json -y` wrote over the weights' class names."""
-    read = {}
-    if weights:
-        read[os.path.realpath(weights)] = "the --weights file"
-        read[os.path.realpath(os.path.splitext(weights)[0] + ".json")] = "the class names and settings of --weights"
-    if classes:
-        read[os.path.realpath(classes)] = "the --classes file"
-    for path in outputs:
-        if os.path.realpath(path) in read:
-            raise InputError(f"output {path} is {read[os.path.realpath(path)]}; choose another path (what the model "
-                             "is read from is never overwritten)")
 
 
 def check_weights_file(path: str, hdf5: bool) -> None:

@@ -96,6 +96,23 @@ def check_writable(folder: str, what: str = "output directory") -> None:
         raise InputError(f"cannot write to {folder}: {reason}; choose a writable {what}") from None
 
 
+def refuse_model_files(outputs: Iterable[str], weights: Optional[str], classes: Optional[str]) -> None:
+    """InputError when an output would replace a file the model is read from: --weights, the
+    JSON beside it (`<stem>.json`, its class names and settings) or --classes. -y replaces
+    outputs, not these: `vidseg image --detections w.h5 --weights w.h5 -y` wrote over the weights.
+    For every command with --weights (file, camera and rtsp do not call it yet)."""
+    read = {}
+    if weights:
+        read[os.path.realpath(weights)] = "the --weights file"
+        read[os.path.realpath(os.path.splitext(weights)[0] + ".json")] = "the class names and settings of --weights"
+    if classes:
+        read[os.path.realpath(classes)] = "the --classes file"
+    for path in outputs:
+        if os.path.realpath(path) in read:
+            raise InputError(f"output {path} is {read[os.path.realpath(path)]}; choose another path (what the model "
+                             "is read from is never overwritten)")
+
+
 def kept_partial(path: str, frames: int, what: str = "the {} encoded") -> str:
     """The end of a failed run's one-line error when its MP4 (or, with `what` "the detections
     of the {}", detections file) was finalised with frames in it."""
