@@ -342,3 +342,12 @@ def test_inspect_of_a_layer_the_model_runs_per_pyramid_level_is_one_line(tmp_pat
     assert_one_line_error(r, "rpn_model runs more than once (once per pyramid level), so it has no one activation to "
                              "show; give layers it feeds or is fed by, e.g. fpn_p2")
     assert os.listdir(tmp_path) == ["in.png"]
+
+
+def test_both_ways_of_naming_via_classes_are_refused_naming_the_options(tmp_path):
+    """It said "give either one class name for all regions or the region attribute ...",
+    naming no option (the API's words)."""
+    via = via_set(tmp_path, json.dumps(VIA).encode())
+    r = run_vidseg("evaluate", "--kind", "via", "--dataset", via, "--class-name", "square", "--attribute", "kind")
+    assert_one_line_error(r, "--kind via needs --class-name NAME (one class) or --attribute ATTR (class per region), "
+                             "not both")

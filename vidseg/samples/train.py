@@ -96,8 +96,9 @@ def load_datasets(kind, dataset, class_name=None, attribute=None, year="2014", s
     if kind == "via":
         from vidseg.samples.custom import load_via_datasets
 
-        if class_name is None and attribute is None:
-            raise InputError("--kind via needs --class-name NAME (one class) or --attribute ATTR (class per region)")
+        if (class_name is None) == (attribute is None):
+            raise InputError(f"--kind via needs --class-name NAME (one class) or --attribute ATTR (class per region)"
+                             f"{', not both' if class_name else ''}")
         return load_via_datasets(dataset, class_name=class_name, attribute=attribute, subsets=subsets,
                                  class_order=class_order[1:] if class_order else None)
     if kind == "coco":
