@@ -303,6 +303,23 @@ def test_an_output_is_never_a_file_the_model_is_read_from(tmp_path, name):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("command", ["file", "rtsp"])
+def test_a_video_run_never_writes_over_the_files_the_model_is_read_from(command, clip_480, tmp_path):
+    """`vidseg file` (and camera and rtsp, which share their checks) with `--detections w.h5
+    --weights w.h5 -y` replaced the weights with the detections and exited 0; `--stats`
+    could do the same to the class names beside them."""
+    shutil.copy(SHIPPED, tmp_path / "w.h5")
+    shutil.copy(SHIPPED.with_suffix(".json"), tmp_path / "w.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    source = [clip_480] if command == "file" else ["--no-window", "rtsp://127.0.0.1:9/none"]
+    for option, name, what in (("--detections", "w.h5", "the --weights file"),
+                               ("--stats", "w.json", "the class names and settings of --weights")):
+        r = run_vidseg(command, *source, option, tmp_path / name, "--weights", tmp_path / "w.h5", "-y",
+                       "--no-progress")
+        assert_one_line_error(r, f"output {tmp_path / name} is {what}; choose another path")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 @pytest.mark.parametrize("command", ["image", "inspect"])
 def test_a_pipe_given_as_a_picture_is_not_called_missing(tmp_path, command):
     """A FIFO (or a device) was "image not found"; it is there, and not read (it may never end)."""

@@ -18,7 +18,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      one_line, put_in_place, remove_abandoned, temp_beside, told,
+                                      one_line, put_in_place, refuse_model_files, remove_abandoned, temp_beside, told,
                                       whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.sinks.mp4 import MP4_AUDIO, Mp4Sink, video_frames
@@ -67,6 +67,8 @@ def run_file(job: FileJob) -> int:
         outputs["detections"] = check_output(job.detections, job.input, job.overwrite, "detections file")
     if job.stats:
         check_output(job.stats, job.input, job.overwrite, "stats file", stream=True)
+    refuse_model_files(filter(None, [job.output, job.detections, job.stats]), job.weights,
+                       job.model_extra.get("class_names"))
     for path in outputs.values():
         remove_abandoned(path)
     temps = {k: temp_beside(v) for k, v in outputs.items()}

@@ -26,7 +26,7 @@ from vidseg.errors import InputError
 from vidseg.metrics import summary, write_stats
 from vidseg.models import check_spec
 from vidseg.pipelines.outputs import (check_distinct, check_mp4_name, check_output, kept_partial, named_as_given,
-                                      one_line, put_in_place, remove_abandoned, temp_beside, told,
+                                      one_line, put_in_place, refuse_model_files, remove_abandoned, temp_beside, told,
                                       whole_lines)
 from vidseg.pipelines.run import RunResult, SourcePlan, Spec, run_pipeline
 from vidseg.secrets import mask
@@ -226,6 +226,7 @@ def run_live(job: LiveJob) -> int:
         check_output(job.stats, "", job.overwrite, "stats file", stream=True)
     check_distinct([("-o", p) for p in paths] + [("--detections", p) for p in detections]
                    + [("--stats", job.stats)])
+    refuse_model_files(filter(None, [*paths, *detections, job.stats]), job.weights, job.model_extra.get("class_names"))
     probed = probe_all(job)
     names = [mask(t) for t in job.targets]
     if len(set(names)) < len(names):

@@ -100,7 +100,7 @@ def refuse_model_files(outputs: Iterable[str], weights: Optional[str], classes: 
     """InputError when an output would replace a file the model is read from: --weights, the
     JSON beside it (`<stem>.json`, its class names and settings) or --classes. -y replaces
     outputs, not these: `vidseg image --detections w.h5 --weights w.h5 -y` wrote over the weights.
-    For every command with --weights (file, camera and rtsp do not call it yet)."""
+    For every command with --weights."""
     read = {}
     if weights:
         read[os.path.realpath(weights)] = "the --weights file"
