@@ -208,6 +208,24 @@ def test_block_policy_loses_nothing_under_a_slow_consumer():
         rig.close()
 
 
+def test_capture_counts_the_frames_waiting_downstream():
+    """What a file's capture lowers its priority by (stages._YieldingReader): frames put and
+    not yet given back, with the slots given back taken into account as they come."""
+    rig = Rig(4, "block")
+    try:
+        assert rig.out.queued() == 0
+        for i in range(3):
+            rig.out.put(frame(i), i / 25, time.monotonic())
+        assert rig.out.queued() == 3
+        rig.port.release(rig.port.get(timeout=5))
+        assert rig.out.queued() == 2
+        for i in range(3, 5):  # the slot given back is used again: nothing waits for one
+            rig.out.put(frame(i), i / 25, time.monotonic())
+        assert rig.out.queued() == 4 and rig.out.wait_s == 0
+    finally:
+        rig.close()
+
+
 def test_latest_policy_bounds_latency_under_a_slow_consumer():
     rig = Rig(4, "latest")
     lat, drops = [], {}

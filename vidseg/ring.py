@@ -449,6 +449,15 @@ class CaptureOut:
         self._out.put(meta)  # for `latest`, a wake-up: infer claims from the mailbox
         return dropped
 
+    def queued(self) -> int:
+        """Frames put in the ring and not given back yet by the stage that frees their slots
+        (`block` policy), once every slot given back by now is taken back."""
+        while True:
+            try:
+                self._unused.append(self.link.free.get_nowait())
+            except queue.Empty:
+                return self.link.ring.slots - len(self._unused)
+
     def end(self, interrupted: bool = False, last_duration: Optional[float] = None) -> None:
         self._out.put(EndOfStream(self.link.source, interrupted, last_duration))
 

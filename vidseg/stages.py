@@ -12,6 +12,7 @@ import importlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -38,6 +39,9 @@ _ORPHANED = threading.Event()  # the supervisor died: a sink stage stops, finali
 _KEPT = threading.Event()      # ... and has done so
 ORPHAN_GRACE_S = 5.0  # for that: an encoder's flush at a slow preset and a 4K frame included
 _EXIT_HANDLERS: list = []  # C callbacks given to the C library's atexit, kept alive here
+# A file's capture decodes at a lower CPU priority while this share of its ring waits
+# downstream (see _YieldingReader; measured in docs/benchmarks/runtime.md)
+ENOUGH_QUEUED, LOW_NICE = 0.5, 10
 MESSAGE_MAX = 1000  # characters of a stage's exception message in the run's one line
 DISPLAY_LOST = "the window's display was lost (its X server ended or the connection to it broke)"
 
@@ -159,11 +163,13 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
     frames = source.frames()
     # a live source waiting seconds between attempts to reach its camera hears the stop at once
     watch = _interrupted_on(stop, source.interrupt) if hasattr(source, "interrupt") else nullcontext()
+    reader = _YieldingReader(frames) if link.policy == "block" and not source.live else None
+    enough = link.ring.slots * ENOUGH_QUEUED
     try:
         with watch:
             while not stop.is_set():
                 meter.start()
-                frame = next(frames, None)
+                frame = reader.next(out.queued() >= enough) if reader else next(frames, None)
                 if frame is None:
                     break
                 cause = out.put(frame.image, frame.pts, frame.capture_time, getattr(frame, "format", "rgb24"))
@@ -174,6 +180,8 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
                 if cause:
                     meter.dropped[cause] += 1
     finally:
+        if reader:
+            reader.close()
         meter.busy_s -= out.wait_s  # time blocked on a free slot is back-pressure, not work
         out.end(interrupted=stop.is_set(), last_duration=getattr(source, "last_duration", None))
         meter.extra["skipped"] = int(getattr(source, "skipped", 0))
@@ -181,6 +189,48 @@ def capture_loop(source_spec: Spec, link: SourceLink, out_q, stop, ready, meter:
             meter.extra[key] = value
         source.close()
         out.close()
+
+
+class _YieldingReader:
+    """next(frames) for a file's capture, in this thread or, asked with `low`, in a thread of
+    its own at a lower CPU priority (nice LOW_NICE: Linux gives each thread its own).
+
+    Asked `low` while enough frames wait downstream (ENOUGH_QUEUED of the ring), the decoder
+    takes the CPUs only where the encoder's or the model's threads leave them idle, instead of
+    preempting them (libx264's frame threads wait on one another: one preempted holds up the
+    rest); with fewer frames waiting it decodes at full priority, so the ring never runs dry
+    on video that costs more to decode. An unprivileged process cannot raise a priority once
+    lowered, hence two threads. A decoder with frame threads of its own (from 4 CPUs up,
+    `sources.file.decode_threads`) keeps the priority it started with, this thread's."""
+
+    def __init__(self, frames: Iterator):
+        self._frames = frames
+        self._asks: queue.SimpleQueue = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="decode-low", daemon=True)
+        self._thread.start()
+
+    def next(self, low: bool):
+        """The next frame, None at the end; raises what reading raised."""
+        if not low:
+            return next(self._frames, None)
+        self._asks.put(True)
+        frame, error = self._answers.get()
+        if error is not None:
+            raise error
+        return frame
+
+    def close(self) -> None:
+        self._asks.put(False)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        os.nice(LOW_NICE)
+        while self._asks.get():
+            try:
+                self._answers.put((next(self._frames, None), None))
+            except BaseException as error:  # noqa: BLE001 - raised in the asking thread
+                self._answers.put((None, error))
 
 
 @contextmanager
