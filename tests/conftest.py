@@ -6,6 +6,7 @@ square, which `tests.fake_models.BlobModel` detects; an AAC sine tone is the aud
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from fractions import Fraction
@@ -104,6 +105,30 @@ def session(run: subprocess.Popen) -> list:
         except (ProcessLookupError, PermissionError):
             pass
     return procs
+
+
+def ctrl_c_once_stalled(proc: subprocess.Popen, wait_stalled, resume) -> tuple:
+    """Ctrl-C (SIGINT) to `proc` a second after `wait_stalled()` returns, its source's read
+    blocked by then; returns (its stderr, seconds from the signal to its end, the processes left
+    in its session). `resume()` ends the stall however this ends; `proc`, if still running, is
+    killed with its session."""
+    import time
+
+    try:
+        wait_stalled()
+        time.sleep(1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)
+        left = session(proc)
+    finally:
+        resume()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return stderr, elapsed, left
 
 
 def all_gone(procs, timeout: float = 5.0) -> bool:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, probe, session, shm_entries, shm_leaked
+from tests.conftest import REPO, ctrl_c_once_stalled, probe, shm_entries, shm_leaked
 
 from vidseg.sources.camera import CameraSource, device_path
 from vidseg.sources.reconnect import Reconnecting, SourceLost, SourceUnavailable
@@ -150,20 +150,7 @@ def test_ctrl_c_while_the_camera_stalls_mid_read_ends_the_run_at_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        assert stalled.wait(60)
-        time.sleep(1)  # the read is blocked now
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - started
-        time.sleep(0.5)
-        left = session(proc)
-    finally:
-        unplug.set()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stderr, elapsed, left = ctrl_c_once_stalled(proc, lambda: stalled.wait(60), unplug.set)
     assert proc.returncode == 130, stderr
     assert elapsed < 3, f"{elapsed:.1f} s from Ctrl-C to the end, with reads blocked for 10 s"
     assert not left, [p.info["cmdline"] for p in left]

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, current_umask, probe, run_vidseg, session, shm_entries, shm_leaked
+from tests.conftest import REPO, ctrl_c_once_stalled, current_umask, probe, run_vidseg, shm_entries, shm_leaked
 from tests.live.helpers import log_run, read_log
 from vidseg.pipelines.live import live_source
 from vidseg.pipelines.run import SourcePlan, Spec, run_pipeline
@@ -184,22 +184,13 @@ def test_ctrl_c_while_the_stream_stalls_mid_read_ends_the_run_at_once(rtsp_serve
                              "--no-window", "--model", "none", "--read-timeout", "10", "-o", str(out)],
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+
+    def stall() -> None:
         rtsp_server.wait_clients(2)
         time.sleep(2)
         rtsp_server.pause()
-        time.sleep(1)  # the read is blocked now
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - started
-        time.sleep(0.5)
-        left = session(proc)
-    finally:
-        rtsp_server.resume()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
+    stderr, elapsed, left = ctrl_c_once_stalled(proc, stall, rtsp_server.resume)
     assert proc.returncode == 130, stderr
     assert elapsed < 3, f"{elapsed:.1f} s from Ctrl-C to the end, with --read-timeout 10"
     assert not left, [p.info["cmdline"] for p in left]
