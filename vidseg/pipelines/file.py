@@ -69,8 +69,7 @@ def run_file(job: FileJob) -> int:
         check_output(job.stats, job.input, job.overwrite, "stats file", stream=True)
     refuse_model_files(filter(None, [job.output, job.detections, job.stats]), job.weights,
                        job.model_extra.get("class_names"))
-    for path in outputs.values():
-        remove_abandoned(path)
+    remove_abandoned(*outputs.values())
     temps = {k: temp_beside(v) for k, v in outputs.items()}
     try:
         sink = Spec(Mp4Sink, dict(path=temps["output"], width=info["width"], height=info["height"], fps=info["fps"],

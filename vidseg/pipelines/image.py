@@ -236,11 +236,11 @@ def run_image(job: ImageJob) -> int:
         det_path = check_output(job.detections, images[0], job.overwrite, "detections file")
         if det_path in targets or det_path in {os.path.realpath(p) for p in images}:
             raise InputError(f"detections file {det_path} is also a picture; choose another path")
-    refuse_model_files([*targets, *([det_path] if det_path else [])], job.weights,
-                       job.model_options.get("class_names"))
+    written = [*targets, *([det_path] if det_path else [])]
+    refuse_model_files(written, job.weights, job.model_options.get("class_names"))
     if job.weights is not None:
         check_weights_file(job.weights, hdf5=job.model == "mrcnn")
-    remove_abandoned(*targets, *([det_path] if det_path else []))
+    remove_abandoned(*written)
 
     t0 = time.perf_counter()
     with native_stderr_filtered():

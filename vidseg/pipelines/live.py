@@ -237,8 +237,7 @@ def run_live(job: LiveJob) -> int:
             report_line(f"{names[i]}: not up yet; starting the others, it joins when it comes "
                         f"(its frames fitted to {largest[0]}x{largest[1]})")
     shapes = [p or (largest[0], largest[1], None) for p in probed]  # down at the start: the largest size
-    for path in filter(None, paths + detections):
-        remove_abandoned(path)
+    remove_abandoned(*filter(None, paths + detections))
     temps = [temp_beside(p) if p else None for p in paths]
     detection_temps = [temp_beside(p) if p else None for p in detections]
     plans = []
